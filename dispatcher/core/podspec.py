@@ -1,0 +1,175 @@
+"""The pod manifest for a task on a cluster; pure, no I/O, no clock.
+
+``build_pod(task, job_id=..., attempt=..., defaults=..., submitted_at=...)`` returns a plain
+JSON-able dict in the API's camelCase shape. The pod carries everything a restarted
+dispatcher needs to find and rebuild the job (reattach):
+
+- labels ``kube-dispatcher.dev/managed-by``, ``/job-id`` and ``/attempt`` (a label selector
+  lists our pods with one watch per cluster);
+- annotations ``/idempotency-key``, ``/task-spec`` (the spec as compact JSON) and
+  ``/submitted-at``.
+
+The pod name is deterministic (task name, a hash of the job id, the attempt), so creating
+the same attempt twice fails with 409 Conflict instead of making a second pod.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from dispatcher.core import quantity
+from dispatcher.core.names import check_label_value, sanitize_dns_label
+from dispatcher.core.scheduling import pod_constraints, pod_namespace
+from dispatcher.core.spec import PodDefaults, TaskSpec
+
+__all__ = [
+    "ATTEMPT_LABEL",
+    "CONTAINER_NAME",
+    "IDEMPOTENCY_KEY_ANNOTATION",
+    "JOB_ID_LABEL",
+    "MANAGED_BY_LABEL",
+    "MANAGED_BY_VALUE",
+    "SUBMITTED_AT_ANNOTATION",
+    "TASK_SPEC_ANNOTATION",
+    "TERMINATION_MESSAGE_PATH",
+    "build_pod",
+    "managed_pods_selector",
+    "pod_name",
+]
+
+MANAGED_BY_LABEL = "kube-dispatcher.dev/managed-by"
+MANAGED_BY_VALUE = "kube-dispatcher"
+JOB_ID_LABEL = "kube-dispatcher.dev/job-id"
+ATTEMPT_LABEL = "kube-dispatcher.dev/attempt"
+IDEMPOTENCY_KEY_ANNOTATION = "kube-dispatcher.dev/idempotency-key"
+TASK_SPEC_ANNOTATION = "kube-dispatcher.dev/task-spec"
+SUBMITTED_AT_ANNOTATION = "kube-dispatcher.dev/submitted-at"
+
+#: KubernetesPodOperator's container name; outcome messages name it.
+CONTAINER_NAME = "base"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+
+_NAME_MAX = 63
+_HASH_CHARS = 10
+
+
+def managed_pods_selector() -> str:
+    """The label selector that lists every pod the dispatcher created."""
+    return f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
+
+
+def pod_name(task_name: str | None, job_id: str, attempt: int) -> str:
+    """``<task>-<hash of job id>-<attempt>``: a valid RFC 1123 label of at most 63."""
+    digest = hashlib.sha256(job_id.encode()).hexdigest()[:_HASH_CHARS]
+    suffix = f"-{digest}-{attempt}"
+    base = sanitize_dns_label(task_name or "", max_length=_NAME_MAX - len(suffix)) or "task"
+    return base + suffix
+
+
+def _rfc3339(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("submitted_at must be timezone-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _container(task: TaskSpec) -> dict[str, Any]:
+    resources: dict[str, Any] = {}
+    requests = dict(task.container_resources.requests)
+    limits = dict(task.container_resources.limits)
+    if task.gpus and quantity.GPU not in requests and quantity.GPU not in limits:
+        # Asked through requirements.gpus: the pod must still reserve them.
+        limits[quantity.GPU] = str(task.gpus)
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": task.image,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": task.termination_message_policy,
+    }
+    if task.cmds:
+        container["command"] = list(task.cmds)
+    if task.arguments:
+        container["args"] = list(task.arguments)
+    if task.env_vars:
+        container["env"] = [env.to_k8s() for env in task.env_vars]
+    if resources:
+        container["resources"] = resources
+    if task.volume_mounts:
+        container["volumeMounts"] = [dict(mount) for mount in task.volume_mounts]
+    if task.image_pull_policy:
+        container["imagePullPolicy"] = task.image_pull_policy
+    return container
+
+
+def build_pod(
+    task: TaskSpec,
+    *,
+    job_id: str,
+    attempt: int,
+    defaults: PodDefaults,
+    submitted_at: datetime,
+) -> dict[str, Any]:
+    """The pod for one attempt of a job on the cluster whose ``defaults`` are given.
+
+    ``job_id`` must be a valid label value (the dispatcher generates it); ``attempt``
+    counts from 0. Raises ``ValueError`` otherwise.
+    """
+    check_label_value(job_id)
+    if not job_id:
+        raise ValueError("job_id must not be empty")
+    if attempt < 0:
+        raise ValueError("attempt must not be negative")
+    constraints = pod_constraints(task, defaults)
+    labels = {
+        **defaults.labels,
+        **task.labels,
+        MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+        JOB_ID_LABEL: job_id,
+        ATTEMPT_LABEL: str(attempt),
+    }
+    annotations = {**defaults.annotations, **task.annotations}
+    if task.idempotency_key is not None:
+        annotations[IDEMPOTENCY_KEY_ANNOTATION] = task.idempotency_key
+    annotations[TASK_SPEC_ANNOTATION] = task.to_annotation()
+    annotations[SUBMITTED_AT_ANNOTATION] = _rfc3339(submitted_at)
+
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [_container(task)],
+    }
+    if constraints.node_selector:
+        spec["nodeSelector"] = dict(constraints.node_selector)
+    if constraints.tolerations:
+        spec["tolerations"] = [t.to_k8s() for t in constraints.tolerations]
+    if task.affinity is not None:
+        spec["affinity"] = task.affinity.to_k8s()
+    if task.volumes:
+        spec["volumes"] = [dict(volume) for volume in task.volumes]
+    service_account = task.service_account_name or defaults.service_account_name
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    priority_class = task.priority_class_name or defaults.priority_class_name
+    if priority_class:
+        spec["priorityClassName"] = priority_class
+    pull_secrets = dict.fromkeys((*task.image_pull_secrets, *defaults.image_pull_secrets))
+    if pull_secrets:
+        spec["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
+    if task.active_deadline_seconds is not None:
+        spec["activeDeadlineSeconds"] = task.active_deadline_seconds
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(task.name, job_id, attempt),
+            "namespace": pod_namespace(task, defaults),
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": spec,
+    }

@@ -1,0 +1,566 @@
+"""Where a task should run: ``route(task, snapshot, policy) -> Decision``; pure, no I/O.
+
+For each cluster, in order:
+
+1. cluster filters: allow-list, cluster labels (region), node-selector conflicts with the
+   cluster's pod defaults;
+2. static node filters, once per node shape (per node only when the task names a per-node
+   label): GPU model, node selector, required node affinity, taints, and whether the task
+   fits an *empty* node of the shape. No shape passing means the cluster can never run the
+   task (REJECT), and the furthest filter reached explains why;
+3. the cost cap (price from the cluster's cost table);
+4. health: a down cluster that could run the task makes it WAIT;
+5. free room now, on ready, schedulable nodes (the shape's frontier): PLACE or WAIT.
+
+Clusters where the task fits now are ranked by the policy: healthy before degraded,
+in-plane first when preferred, then by the strategy (cost, least-loaded, bin-pack or a
+weighted blend), then by name, so equal inputs give equal decisions.
+
+The resulting ``Decision`` is PLACE (a cluster and the node shape it fits), WAIT (some
+cluster could run it later) or REJECT (none ever could), and explains every cluster with a
+machine-readable ``Reason`` and a message a DAG author understands.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dispatcher.core import quantity
+from dispatcher.core.scheduling import (
+    PodConstraints,
+    fits,
+    matches_node_affinity,
+    matches_node_selector,
+    pod_constraints,
+    untolerated_taints,
+)
+from dispatcher.core.snapshot import (
+    ClusterRole,
+    ClusterState,
+    Health,
+    NodeInfo,
+    NodeShape,
+    Snapshot,
+    Taint,
+    gpu_model_matches,
+)
+from dispatcher.core.spec import TaskSpec
+
+__all__ = [
+    "REGION_LABEL",
+    "ClusterVerdict",
+    "Decision",
+    "Reason",
+    "RoutingPolicy",
+    "ScoreWeights",
+    "Strategy",
+    "Verdict",
+    "route",
+]
+
+REGION_LABEL = "topology.kubernetes.io/region"
+
+
+class Verdict(StrEnum):
+    """For a decision: what to do. For one cluster: what it can do for the task."""
+
+    PLACE = "place"
+    WAIT = "wait"
+    REJECT = "reject"
+
+
+class Reason(StrEnum):
+    """Why a cluster got its verdict; stable codes for metrics, API and tests."""
+
+    # PLACE
+    PLACED = "placed"
+    OUTRANKED = "outranked"
+    # WAIT: could run the task, not now
+    CLUSTER_DOWN = "cluster-down"
+    NODES_NOT_READY = "nodes-not-ready"
+    INSUFFICIENT_FREE = "insufficient-free-resources"
+    # REJECT: can never run the task as configured
+    NOT_ALLOWED = "not-allowed"
+    CLUSTER_LABELS_MISMATCH = "cluster-labels-mismatch"
+    NO_NODES = "no-nodes"
+    GPU_MODEL_UNAVAILABLE = "gpu-model-unavailable"
+    NODE_SELECTOR_MISMATCH = "node-selector-mismatch"
+    NODE_AFFINITY_MISMATCH = "node-affinity-mismatch"
+    UNTOLERATED_TAINT = "untolerated-taint"
+    INSUFFICIENT_CAPACITY = "insufficient-capacity"
+    COST_UNKNOWN = "cost-unknown"
+    OVER_COST_CAP = "over-cost-cap"
+
+
+class Strategy(StrEnum):
+    #: Cheapest first; more headroom breaks ties.
+    COST = "cost"
+    #: Most headroom (free share of the resources asked for) first; cost breaks ties.
+    LEAST_LOADED = "least-loaded"
+    #: Least headroom first, to keep other clusters' nodes empty; cost breaks ties.
+    BIN_PACK = "bin-pack"
+    #: ``weights.cost * cost / max cost + weights.headroom * (1 - headroom)``, lowest first.
+    WEIGHTED = "weighted"
+
+
+class ScoreWeights(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cost: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    headroom: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+
+
+class RoutingPolicy(BaseModel):
+    """How to choose among clusters where a task fits now."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Run in the dispatcher's own cluster when the task fits there.
+    prefer_in_plane: bool = True
+    strategy: Strategy = Strategy.COST
+    #: Used by the ``weighted`` strategy only.
+    weights: ScoreWeights = Field(default_factory=ScoreWeights)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterVerdict:
+    """What one cluster can do for the task, and why, in words and as a code."""
+
+    cluster: str
+    verdict: Verdict
+    reason: Reason
+    message: str
+    #: Hourly cost of the task there, when known.
+    hourly_cost: float | None = None
+    #: A node shape where the task fits now (PLACE verdicts only).
+    shape: NodeShape | None = field(default=None, repr=False, compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.cluster}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "verdict": self.verdict.value,
+            "reason": self.reason.value,
+            "message": self.message,
+            "hourly_cost": self.hourly_cost,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of routing one task, with every cluster explained.
+
+    ``clusters`` lists the chosen cluster first, then the others that fit now by rank,
+    then those that could run the task later, then the rest, each group by name.
+    """
+
+    verdict: Verdict
+    clusters: tuple[ClusterVerdict, ...]
+    #: The chosen cluster (PLACE only).
+    cluster: str | None = None
+    #: A node shape of the chosen cluster the task fits now (PLACE only).
+    shape: NodeShape | None = field(default=None, repr=False, compare=False)
+    hourly_cost: float | None = None
+
+    def explain(self, cluster: str) -> ClusterVerdict | None:
+        for verdict in self.clusters:
+            if verdict.cluster == cluster:
+                return verdict
+        return None
+
+    def message(self) -> str:
+        """One paragraph for the DAG author."""
+        if self.verdict is Verdict.PLACE:
+            cost = _money(self.hourly_cost)
+            where = f" on {self.shape.describe()}" if self.shape else ""
+            return f"placed on {self.cluster}{where}" + (f", {cost}" if cost else "")
+        if not self.clusters:
+            return "no clusters are configured"
+        if self.verdict is Verdict.WAIT:
+            waiting = [str(c) for c in self.clusters if c.verdict is Verdict.WAIT]
+            return "no cluster can run the task now; waiting for " + "; ".join(waiting)
+        return "no cluster can ever run this task: " + "; ".join(str(c) for c in self.clusters)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict.value,
+            "cluster": self.cluster,
+            "hourly_cost": self.hourly_cost,
+            "message": self.message(),
+            "clusters": [c.to_dict() for c in self.clusters],
+        }
+
+
+class _Stage(IntEnum):
+    """Static node filters in the order they run; the furthest reached explains a reject."""
+
+    GPU_MODEL = 0
+    NODE_SELECTOR = 1
+    NODE_AFFINITY = 2
+    TAINTS = 3
+    CAPACITY = 4
+    PASSED = 5
+
+
+_STAGE_REASON = {
+    _Stage.GPU_MODEL: Reason.GPU_MODEL_UNAVAILABLE,
+    _Stage.NODE_SELECTOR: Reason.NODE_SELECTOR_MISMATCH,
+    _Stage.NODE_AFFINITY: Reason.NODE_AFFINITY_MISMATCH,
+    _Stage.TAINTS: Reason.UNTOLERATED_TAINT,
+    _Stage.CAPACITY: Reason.INSUFFICIENT_CAPACITY,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Feasible:
+    """A shape that could run the task, and which of its nodes (``None``: all of them)."""
+
+    shape: NodeShape
+    nodes: tuple[NodeInfo, ...] | None
+
+
+@dataclass(slots=True)
+class _Static:
+    feasible: list[_Feasible]
+    furthest: _Stage = _Stage.GPU_MODEL
+    # What the shapes stopped at the furthest stage had, for the message.
+    gpu_models: set[str] = field(default_factory=set)
+    taints: set[Taint] = field(default_factory=set)
+    largest: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    state: ClusterState
+    shape: NodeShape
+    cost: float | None
+    headroom: float
+
+
+def _money(cost: float | None) -> str:
+    return "" if cost is None else f"${cost:,.2f}/h"
+
+
+def _describe_requests(requests: Iterable[tuple[str, int]]) -> str:
+    parts = [quantity.describe_amount(n, a) for n, a in requests if n != quantity.PODS]
+    return ", ".join(parts) or "a pod slot"
+
+
+def _static_filters(
+    task: TaskSpec,
+    state: ClusterState,
+    constraints: PodConstraints,
+    requests: tuple[tuple[str, int], ...],
+) -> _Static:
+    result = _Static(feasible=[])
+    wanted_model = task.requirements.gpu_model
+    per_node = constraints.per_node
+    for shape in state.shapes:
+        stage = _Stage.GPU_MODEL
+        nodes: tuple[NodeInfo, ...] | None = None
+        if wanted_model and not gpu_model_matches(wanted_model, shape.gpu_model):
+            pass
+        elif per_node:
+            selected = [
+                n for n in shape.nodes if matches_node_selector(constraints.node_selector, n.labels)
+            ]
+            nodes = tuple(
+                n
+                for n in selected
+                if matches_node_affinity(constraints.required_terms, n.labels, n.name)
+            )
+            if nodes:
+                stage = _Stage.TAINTS
+            else:
+                stage = _Stage.NODE_AFFINITY if selected else _Stage.NODE_SELECTOR
+        elif not matches_node_selector(constraints.node_selector, shape.labels):
+            stage = _Stage.NODE_SELECTOR
+        elif not matches_node_affinity(constraints.required_terms, shape.labels):
+            stage = _Stage.NODE_AFFINITY
+        else:
+            stage = _Stage.TAINTS
+        if stage is _Stage.TAINTS:
+            blocking = untolerated_taints(shape.taints, constraints.tolerations)
+            if not blocking:
+                stage = _Stage.CAPACITY
+                if fits(requests, shape.allocatable):
+                    stage = _Stage.PASSED
+        if stage > result.furthest:
+            result.furthest = stage
+            result.gpu_models.clear()
+            result.taints.clear()
+            result.largest.clear()
+        if stage == result.furthest:
+            if stage is _Stage.GPU_MODEL and shape.gpu_model:
+                result.gpu_models.add(shape.gpu_model)
+            elif stage is _Stage.TAINTS:
+                result.taints.update(untolerated_taints(shape.taints, constraints.tolerations))
+            elif stage is _Stage.CAPACITY:
+                for name, _ in requests:
+                    have = shape.allocatable.get(name, 0)
+                    result.largest[name] = max(result.largest.get(name, 0), have)
+        if stage is _Stage.PASSED:
+            result.feasible.append(_Feasible(shape, nodes))
+    return result
+
+
+def _reject_message(
+    task: TaskSpec,
+    static: _Static,
+    constraints: PodConstraints,
+    requests: tuple[tuple[str, int], ...],
+) -> str:
+    stage = static.furthest
+    if stage is _Stage.GPU_MODEL:
+        models = ", ".join(sorted(static.gpu_models)) or "none"
+        return f"no {task.requirements.gpu_model} GPUs here (GPU models: {models})"
+    if stage is _Stage.NODE_SELECTOR:
+        wanted = ", ".join(f"{k}={v}" for k, v in sorted(constraints.node_selector.items()))
+        return f"no node matches node selector {wanted}"
+    if stage is _Stage.NODE_AFFINITY:
+        return "no node matches the required node affinity"
+    if stage is _Stage.TAINTS:
+        taints = ", ".join(sorted(str(t) for t in static.taints))
+        return f"nodes are tainted {taints}, which the task does not tolerate"
+    short = [(name, amount) for name, amount in requests if static.largest.get(name, 0) < amount]
+    if short:
+        return "; ".join(
+            f"needs {quantity.describe_amount(name, amount)} on one node, largest node has "
+            f"{static.largest.get(name, 0)}"
+            if name in (quantity.GPU, quantity.PODS)
+            else f"needs {quantity.describe_amount(name, amount)} on one node, largest node "
+            f"has {quantity.describe_amount(name, static.largest.get(name, 0))}"
+            for name, amount in short
+        )
+    return f"needs {_describe_requests(requests)} on one node; no node has all of it"
+
+
+def _cluster_filters(
+    task: TaskSpec, state: ClusterState, constraints: PodConstraints
+) -> tuple[Reason, str] | None:
+    wanted = task.requirements
+    if wanted.allowed_clusters is not None and state.name not in wanted.allowed_clusters:
+        allowed = ", ".join(wanted.allowed_clusters) or "none"
+        return Reason.NOT_ALLOWED, f"not in the task's allowed_clusters ({allowed})"
+    selector = dict(wanted.cluster_selector)
+    if wanted.region is not None:
+        selector[REGION_LABEL] = wanted.region
+    for key, value in sorted(selector.items()):
+        have = state.info.labels.get(key)
+        if have != value:
+            shown = "unset" if have is None else f"{have!r}"
+            return Reason.CLUSTER_LABELS_MISMATCH, f"{key} is {shown}, the task wants {value!r}"
+    if constraints.selector_conflicts:
+        key = constraints.selector_conflicts[0]
+        defaults = state.info.pod_defaults.node_selector
+        return Reason.NODE_SELECTOR_MISMATCH, (
+            f"the task selects {key}={task.node_selector[key]}, "
+            f"but this cluster pins {key}={defaults[key]}"
+        )
+    return None
+
+
+def _pricing_model(feasible: list[_Feasible]) -> list[str | None]:
+    return sorted({f.shape.gpu_model for f in feasible}, key=lambda m: m or "")
+
+
+def _hourly_cost(
+    state: ClusterState, requests: Mapping[str, int], feasible: list[_Feasible]
+) -> float | None:
+    # The scheduler picks the node, so price the task at the dearest shape it could land on.
+    costs = [state.info.cost.hourly(requests, model) for model in _pricing_model(feasible)]
+    if not costs or any(c is None for c in costs):
+        return None
+    return max(c for c in costs if c is not None)
+
+
+def _fits_now(feasible: _Feasible, requests: tuple[tuple[str, int], ...]) -> bool:
+    shape = feasible.shape
+    if not shape.schedulable or not fits(requests, shape.max_free):
+        return False
+    if feasible.nodes is None:
+        return any(fits(requests, free) for free in shape.frontier)
+    return any(fits(requests, node.free) for node in feasible.nodes)
+
+
+def _headroom(feasible: list[_Feasible], requests: tuple[tuple[str, int], ...]) -> float:
+    """Share of the asked-for resources left free after placing, on the scarcest one."""
+    shares = []
+    for name, amount in requests:
+        total = sum(f.shape.allocatable.get(name, 0) * f.shape.count for f in feasible)
+        free = sum(f.shape.total_free.get(name, 0) for f in feasible if f.shape.schedulable)
+        shares.append((free - amount) / total if total else 0.0)
+    return min(shares, default=0.0)
+
+
+def _wait_message(
+    feasible: list[_Feasible], requests: tuple[tuple[str, int], ...]
+) -> tuple[Reason, str]:
+    ready = [f for f in feasible if f.shape.schedulable]
+    if not ready:
+        count = sum(f.shape.count for f in feasible)
+        noun = "node that could run it is" if count == 1 else f"{count} nodes that could run it are"
+        return Reason.NODES_NOT_READY, f"the {noun} not ready or cordoned"
+    most: dict[str, int] = {}
+    for f in ready:
+        for name, _ in requests:
+            most[name] = max(most.get(name, 0), f.shape.max_free.get(name, 0))
+    short = [(n, a) for n, a in requests if most.get(n, 0) < a]
+    if short:
+        name, amount = short[0]
+        have = max(most.get(name, 0), 0)
+        return Reason.INSUFFICIENT_FREE, (
+            f"needs {quantity.describe_amount(name, amount)} free on one node, "
+            f"most free now is {quantity.describe_amount(name, have)}"
+        )
+    return Reason.INSUFFICIENT_FREE, (
+        f"needs {_describe_requests(requests)} free on one node; no node has all of it now"
+    )
+
+
+def _rank_key(candidate: _Candidate, policy: RoutingPolicy, max_cost: float) -> tuple[Any, ...]:
+    state = candidate.state
+    cost = math.inf if candidate.cost is None else candidate.cost
+    in_plane = state.info.role is ClusterRole.IN_PLANE and policy.prefer_in_plane
+    head = (0 if state.health is Health.UP else 1, 0 if in_plane else 1)
+    if policy.strategy is Strategy.COST:
+        tail: tuple[float, ...] = (cost, -candidate.headroom)
+    elif policy.strategy is Strategy.LEAST_LOADED:
+        tail = (-candidate.headroom, cost)
+    elif policy.strategy is Strategy.BIN_PACK:
+        tail = (candidate.headroom, cost)
+    else:
+        # Unknown cost counts as the dearest; all-free clusters tie at zero.
+        share = 1.0 if not math.isfinite(cost) else cost / max_cost if max_cost > 0 else 0.0
+        tail = (policy.weights.cost * share + policy.weights.headroom * (1 - candidate.headroom),)
+    return (*head, *tail, state.name)
+
+
+def _outranked_message(loser: _Candidate, winner: _Candidate, policy: RoutingPolicy) -> str:
+    if loser.state.health is not Health.UP and winner.state.health is Health.UP:
+        return f"fits, but the cluster is {loser.state.health.value}; {winner.state.name} is up"
+    winner_in_plane = winner.state.info.role is ClusterRole.IN_PLANE and policy.prefer_in_plane
+    loser_in_plane = loser.state.info.role is ClusterRole.IN_PLANE and policy.prefer_in_plane
+    if winner_in_plane and not loser_in_plane:
+        return f"fits, but in-plane cluster {winner.state.name} is preferred"
+    if policy.strategy is Strategy.COST and loser.cost != winner.cost:
+        return (
+            f"fits at {_money(loser.cost) or 'unknown cost'}, "
+            f"{winner.state.name} is cheaper at {_money(winner.cost)}"
+        )
+    if policy.strategy is Strategy.LEAST_LOADED:
+        return f"fits, {winner.state.name} has more free room"
+    if policy.strategy is Strategy.BIN_PACK:
+        return f"fits, {winner.state.name} is fuller (bin-packing)"
+    if policy.strategy is Strategy.WEIGHTED:
+        return f"fits, {winner.state.name} scores better on cost and headroom"
+    return f"fits, {winner.state.name} is as good and comes first by name"
+
+
+def _judge_cluster(
+    task: TaskSpec,
+    state: ClusterState,
+    requests: tuple[tuple[str, int], ...],
+) -> ClusterVerdict | _Candidate:
+    constraints = pod_constraints(task, state.info.pod_defaults)
+    refused = _cluster_filters(task, state, constraints)
+    if refused is not None:
+        return ClusterVerdict(state.name, Verdict.REJECT, *refused)
+    if not state.shapes:
+        return ClusterVerdict(state.name, Verdict.REJECT, Reason.NO_NODES, "has no nodes")
+    static = _static_filters(task, state, constraints, requests)
+    if not static.feasible:
+        reason = _STAGE_REASON[static.furthest]
+        message = _reject_message(task, static, constraints, requests)
+        return ClusterVerdict(state.name, Verdict.REJECT, reason, message)
+    cost = _hourly_cost(state, task.requests, static.feasible)
+    cap = task.requirements.max_cost_per_hour
+    if cap is not None and cost is None:
+        return ClusterVerdict(
+            state.name,
+            Verdict.REJECT,
+            Reason.COST_UNKNOWN,
+            "the cost table has no price for these GPUs, and the task has a cost cap",
+        )
+    if cap is not None and cost is not None and cost > cap:
+        return ClusterVerdict(
+            state.name,
+            Verdict.REJECT,
+            Reason.OVER_COST_CAP,
+            f"would cost {_money(cost)}, over the task's cap of {_money(cap)}",
+            cost,
+        )
+    if state.health is Health.DOWN:
+        return ClusterVerdict(
+            state.name,
+            Verdict.WAIT,
+            Reason.CLUSTER_DOWN,
+            "could run the task but is down; waiting for it to recover",
+            cost,
+        )
+    for feasible in static.feasible:
+        if _fits_now(feasible, requests):
+            return _Candidate(state, feasible.shape, cost, _headroom(static.feasible, requests))
+    reason, message = _wait_message(static.feasible, requests)
+    return ClusterVerdict(state.name, Verdict.WAIT, reason, message, cost)
+
+
+def route(task: TaskSpec, snapshot: Snapshot, policy: RoutingPolicy | None = None) -> Decision:
+    """Choose a cluster for ``task``; explain every cluster. Pure and deterministic."""
+    policy = policy or RoutingPolicy()
+    requests = tuple(sorted(task.requests.items()))
+    candidates: list[_Candidate] = []
+    others: list[ClusterVerdict] = []
+    for state in snapshot.clusters:
+        judged = _judge_cluster(task, state, requests)
+        if isinstance(judged, _Candidate):
+            candidates.append(judged)
+        else:
+            others.append(judged)
+    others.sort(key=lambda v: (v.verdict is not Verdict.WAIT, v.cluster))
+    if not candidates:
+        verdict = (
+            Verdict.WAIT if any(v.verdict is Verdict.WAIT for v in others) else (Verdict.REJECT)
+        )
+        return Decision(verdict=verdict, clusters=tuple(others))
+    costs = [c.cost for c in candidates if c.cost is not None]
+    max_cost = max(costs, default=0.0)
+    candidates.sort(key=lambda c: _rank_key(c, policy, max_cost))
+    winner = candidates[0]
+    placed = [
+        ClusterVerdict(
+            winner.state.name,
+            Verdict.PLACE,
+            Reason.PLACED,
+            f"fits on {winner.shape.describe()}"
+            + (f", {_money(winner.cost)}" if winner.cost is not None else ""),
+            winner.cost,
+            winner.shape,
+        )
+    ]
+    placed.extend(
+        ClusterVerdict(
+            c.state.name,
+            Verdict.PLACE,
+            Reason.OUTRANKED,
+            _outranked_message(c, winner, policy),
+            c.cost,
+            c.shape,
+        )
+        for c in candidates[1:]
+    )
+    return Decision(
+        verdict=Verdict.PLACE,
+        clusters=(*placed, *others),
+        cluster=winner.state.name,
+        shape=winner.shape,
+        hourly_cost=winner.cost,
+    )

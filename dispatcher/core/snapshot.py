@@ -1,0 +1,551 @@
+"""A frozen picture of every cluster, as routing sees it; pure, no I/O.
+
+The edge layer (informers) keeps nodes and pods per cluster and calls the builders here to
+produce a ``Snapshot`` for each routing cycle:
+
+- ``NodeInfo.from_k8s(node_dict, used=...)`` reads a Node in the API's JSON shape;
+- ``pod_requests(pod_dict)`` computes what a pod reserves, the way the scheduler does;
+- ``ClusterState.from_k8s(info, health=..., nodes=..., pods=...)`` does both and groups
+  nodes into shapes; ``ClusterState.build(info, health=..., nodes=[NodeInfo...])`` starts
+  from ``NodeInfo`` values the caller keeps up to date itself.
+
+Nodes with the same allocatable resources, labels (all but per-node identity labels such as
+``kubernetes.io/hostname``), taints and readiness form one ``NodeShape``. Routing checks
+selectors, affinity, taints and capacity once per shape, and free room against a shape's
+*frontier* (its distinct free-resource vectors that no other node's free vector dominates),
+so a decision costs in proportion to distinct shapes, not to nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dispatcher.core import quantity
+from dispatcher.core.names import DNSLabel, LabelKey, LabelValue
+from dispatcher.core.spec import PodDefaults
+from dispatcher.errors import Problem, SnapshotError
+
+__all__ = [
+    "GPU_MODEL_LABELS",
+    "IDENTITY_LABELS",
+    "ClusterInfo",
+    "ClusterRole",
+    "ClusterState",
+    "CostTable",
+    "Health",
+    "NodeInfo",
+    "NodeShape",
+    "Snapshot",
+    "Taint",
+    "gpu_model_matches",
+    "is_terminated",
+    "pod_requests",
+    "snapshot_from_document",
+    "usage_by_node",
+]
+
+ResourceVector = Mapping[str, int]
+
+#: Node labels naming the GPU model, first match wins: NVIDIA GPU feature discovery, GKE,
+#: Karpenter on AWS, and the older EKS accelerator label.
+GPU_MODEL_LABELS = (
+    "nvidia.com/gpu.product",
+    "cloud.google.com/gke-accelerator",
+    "karpenter.k8s.aws/instance-gpu-name",
+    "k8s.amazonaws.com/accelerator",
+)
+
+#: Labels unique to each node. They are left out of the shape key (or every node would be
+#: its own shape) and checked per node when a task's selector or affinity names them.
+IDENTITY_LABELS = frozenset({"kubernetes.io/hostname"})
+
+
+class Health(StrEnum):
+    """How reachable a cluster is, as the edge layer last saw it."""
+
+    UP = "up"
+    #: Reachable but misbehaving (slow, errors); still routed to, after healthy clusters.
+    DEGRADED = "degraded"
+    #: Unreachable; tasks that could run there wait rather than fail.
+    DOWN = "down"
+
+
+class ClusterRole(StrEnum):
+    IN_PLANE = "in-plane"
+    EXTERNAL = "external"
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(
+        part for part in text.lower().replace("_", "-").replace(" ", "-").split("-") if part
+    )
+
+
+def gpu_model_matches(wanted: str, model: str | None) -> bool:
+    """Whether the GPU ``model`` of a node is the ``wanted`` one.
+
+    Case-insensitive; ``wanted`` matches the whole model name or a run of its words
+    (split on '-', '_', ' '): "a100" and "A100-SXM4-80GB" both match
+    "NVIDIA-A100-SXM4-80GB", "h100" does not, nor does "a10".
+    """
+    if model is None:
+        return False
+    want, have = _words(wanted), _words(model)
+    if not want:
+        return False
+    return any(have[i : i + len(want)] == want for i in range(len(have) - len(want) + 1))
+
+
+class CostTable(BaseModel):
+    """Prices of a cluster, per hour: per vCPU, per GiB of memory, per GPU by model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu_hour: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    memory_gib_hour: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    #: GPU model (as ``gpu_model_matches`` understands it) -> price per GPU-hour.
+    gpu_hour: dict[str, float] = Field(default_factory=dict)
+    #: Price of a GPU whose model is not in ``gpu_hour``; ``None`` means unknown.
+    default_gpu_hour: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    def gpu_price(self, model: str | None) -> float | None:
+        """Price per GPU-hour of ``model``: exact name first, then a word match."""
+        if model is not None:
+            lowered = model.lower()
+            for name, price in sorted(self.gpu_hour.items()):
+                if name.lower() == lowered:
+                    return price
+            for name, price in sorted(self.gpu_hour.items()):
+                if gpu_model_matches(name, model):
+                    return price
+        return self.default_gpu_hour
+
+    def hourly(self, requests: ResourceVector, gpu_model: str | None) -> float | None:
+        """Hourly cost of ``requests``; ``None`` when GPUs are asked but unpriced."""
+        cost = self.cpu_hour * requests.get(quantity.CPU, 0) / 1000
+        cost += self.memory_gib_hour * requests.get(quantity.MEMORY, 0) / 2**30
+        gpus = requests.get(quantity.GPU, 0)
+        if gpus:
+            price = self.gpu_price(gpu_model)
+            if price is None:
+                return None
+            cost += price * gpus
+        return cost
+
+
+@dataclass(frozen=True, slots=True)
+class Taint:
+    key: str
+    value: str
+    effect: str
+
+    @classmethod
+    def from_k8s(cls, taint: Mapping[str, Any]) -> Taint:
+        return cls(
+            str(taint.get("key", "")), str(taint.get("value") or ""), str(taint.get("effect", ""))
+        )
+
+    def __str__(self) -> str:
+        value = f"={self.value}" if self.value else ""
+        return f"{self.key}{value}:{self.effect}"
+
+
+def _parse_resources(resources: Mapping[str, Any] | None, where: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name, value in (resources or {}).items():
+        try:
+            out[name] = quantity.to_amount(name, value)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{where}[{name}]: {exc}") from None
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One node: what it has, what its pods reserve, and what constrains placement."""
+
+    name: str
+    allocatable: ResourceVector
+    used: ResourceVector = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[Taint, ...] = ()
+    ready: bool = True
+    unschedulable: bool = False
+
+    @property
+    def free(self) -> dict[str, int]:
+        """Allocatable minus used; negative when pods overcommit the node."""
+        free = dict(self.allocatable)
+        for name, amount in self.used.items():
+            free[name] = free.get(name, 0) - amount
+        return free
+
+    @property
+    def gpu_model(self) -> str | None:
+        for label in GPU_MODEL_LABELS:
+            if self.labels.get(label):
+                return self.labels[label]
+        return None
+
+    @classmethod
+    def from_k8s(cls, node: Mapping[str, Any], used: ResourceVector | None = None) -> NodeInfo:
+        """A ``NodeInfo`` from a Node in the API's JSON shape (``status.allocatable``...).
+
+        Raises ``ValueError`` naming the field when a quantity is malformed.
+        """
+        metadata = node.get("metadata") or {}
+        spec = node.get("spec") or {}
+        status = node.get("status") or {}
+        resources = status.get("allocatable")
+        where = "status.allocatable"
+        if resources is None:
+            resources, where = status.get("capacity"), "status.capacity"
+        conditions = status.get("conditions") or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        return cls(
+            name=str(metadata.get("name", "")),
+            allocatable=_parse_resources(resources, where),
+            used=dict(used or {}),
+            labels=dict(metadata.get("labels") or {}),
+            taints=tuple(Taint.from_k8s(t) for t in spec.get("taints") or ()),
+            ready=ready,
+            unschedulable=bool(spec.get("unschedulable", False)),
+        )
+
+
+def _add(total: dict[str, int], more: Mapping[str, int]) -> None:
+    for name, amount in more.items():
+        total[name] = total.get(name, 0) + amount
+
+
+def _container_requests(container: Mapping[str, Any], where: str) -> dict[str, int]:
+    resources = container.get("resources") or {}
+    # The API server defaults requests to limits; pods from the API have that already,
+    # pods from documents may not.
+    merged = _parse_resources(resources.get("limits"), f"{where}.resources.limits")
+    merged.update(_parse_resources(resources.get("requests"), f"{where}.resources.requests"))
+    return merged
+
+
+def pod_requests(pod: Mapping[str, Any]) -> dict[str, int]:
+    """What a pod reserves on its node, computed like the scheduler (``PodRequests``).
+
+    The sum over containers, raised to the largest init container where that is larger,
+    with restartable (sidecar) init containers counted as running alongside everything
+    after them; then pod-level ``spec.resources.requests`` where set, plus ``overhead``.
+    The pod slot itself is not included (see ``usage_by_node``).
+    """
+    spec = pod.get("spec") or {}
+    total: dict[str, int] = {}
+    for index, container in enumerate(spec.get("containers") or ()):
+        _add(total, _container_requests(container, f"spec.containers[{index}]"))
+    sidecars: dict[str, int] = {}
+    init_peak: dict[str, int] = {}
+    for index, container in enumerate(spec.get("initContainers") or ()):
+        requests = _container_requests(container, f"spec.initContainers[{index}]")
+        if container.get("restartPolicy") == "Always":
+            _add(total, requests)
+            _add(sidecars, requests)
+            during = dict(sidecars)
+        else:
+            during = dict(requests)
+            _add(during, sidecars)
+        for name, amount in during.items():
+            init_peak[name] = max(init_peak.get(name, 0), amount)
+    for name, amount in init_peak.items():
+        total[name] = max(total.get(name, 0), amount)
+    pod_level = (spec.get("resources") or {}).get("requests")
+    total.update(_parse_resources(pod_level, "spec.resources.requests"))
+    _add(total, _parse_resources(spec.get("overhead"), "spec.overhead"))
+    return {name: amount for name, amount in total.items() if amount}
+
+
+def is_terminated(pod: Mapping[str, Any]) -> bool:
+    """Succeeded and Failed pods no longer hold resources on their node."""
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def usage_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per node name, the requests of the non-terminated pods bound to it, plus pod slots."""
+    usage: dict[str, dict[str, int]] = {}
+    for pod in pods:
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        if not node_name or is_terminated(pod):
+            continue
+        used = usage.setdefault(node_name, {})
+        _add(used, pod_requests(pod))
+        used[quantity.PODS] = used.get(quantity.PODS, 0) + 1
+    return usage
+
+
+@dataclass(frozen=True, slots=True)
+class NodeShape:
+    """Nodes alike in everything routing checks except their free room.
+
+    ``labels`` leaves out ``IDENTITY_LABELS``; each node in ``nodes`` keeps its own.
+    ``frontier`` holds the distinct free vectors no other node's free vector dominates:
+    a pod fits on some node of the shape now iff it fits one of them.
+    """
+
+    allocatable: ResourceVector
+    labels: Mapping[str, str]
+    taints: tuple[Taint, ...]
+    ready: bool
+    unschedulable: bool
+    gpu_model: str | None
+    nodes: tuple[NodeInfo, ...]
+    frontier: tuple[ResourceVector, ...]
+    #: Per resource, the most any single node of the shape has free.
+    max_free: ResourceVector
+    #: Per resource, free summed over the shape's nodes (negatives count as zero).
+    total_free: ResourceVector
+
+    @property
+    def count(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def schedulable(self) -> bool:
+        return self.ready and not self.unschedulable
+
+    def describe(self) -> str:
+        """``8x NVIDIA-A100-SXM4-80GB, 96 CPUs, 1Ti memory (4 nodes)``-style summary."""
+        parts = []
+        gpus = self.allocatable.get(quantity.GPU, 0)
+        if gpus:
+            parts.append(f"{gpus}x {self.gpu_model or 'GPU'}")
+        parts.extend(
+            quantity.describe_amount(name, self.allocatable[name])
+            for name in (quantity.CPU, quantity.MEMORY)
+            if name in self.allocatable
+        )
+        noun = "node" if self.count == 1 else "nodes"
+        return f"{', '.join(parts) or 'no resources'} ({self.count} {noun})"
+
+    @classmethod
+    def of(cls, nodes: Iterable[NodeInfo]) -> NodeShape:
+        """Group nodes known to share a shape (same allocatable, labels, taints, state)."""
+        members = tuple(sorted(nodes, key=lambda n: n.name))
+        first = members[0]
+        frees = [node.free for node in members]
+        names = sorted({name for free in frees for name in free})
+        # Aligned on one key order, so that tuple order below compares amounts.
+        distinct = {tuple(free.get(name, 0) for name in names) for free in frees}
+        max_free = {name: max(free.get(name, 0) for free in frees) for name in names}
+        total_free = {name: sum(max(free.get(name, 0), 0) for free in frees) for name in names}
+        # Visit in descending lexicographic order: whatever dominates a vector comes before
+        # it, so comparing against the frontier kept so far is enough.
+        kept: list[tuple[int, ...]] = []
+        for vector in sorted(distinct, reverse=True):
+            if not any(all(k >= v for k, v in zip(other, vector, strict=True)) for other in kept):
+                kept.append(vector)
+        frontier = tuple(dict(zip(names, vector, strict=True)) for vector in kept)
+        return cls(
+            allocatable=dict(first.allocatable),
+            labels={k: v for k, v in first.labels.items() if k not in IDENTITY_LABELS},
+            taints=first.taints,
+            ready=first.ready,
+            unschedulable=first.unschedulable,
+            gpu_model=first.gpu_model,
+            nodes=members,
+            frontier=frontier,
+            max_free=max_free,
+            total_free=total_free,
+        )
+
+
+def _shape_key(node: NodeInfo) -> tuple[Any, ...]:
+    return (
+        tuple(sorted(node.allocatable.items())),
+        tuple(sorted((k, v) for k, v in node.labels.items() if k not in IDENTITY_LABELS)),
+        tuple(sorted(node.taints, key=lambda t: (t.key, t.value, t.effect))),
+        node.ready,
+        node.unschedulable,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInfo:
+    """What configuration says about a cluster (as opposed to what is observed)."""
+
+    name: str
+    role: ClusterRole = ClusterRole.EXTERNAL
+    labels: Mapping[str, str] = field(default_factory=dict)
+    cost: CostTable = field(default_factory=CostTable)
+    pod_defaults: PodDefaults = field(default_factory=PodDefaults)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterState:
+    """One cluster at one moment: its configuration, health and node shapes."""
+
+    info: ClusterInfo
+    health: Health
+    shapes: tuple[NodeShape, ...]
+    #: Tasks waiting for this cluster, for least-loaded routing and for metrics.
+    queue_depth: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def node_count(self) -> int:
+        return sum(shape.count for shape in self.shapes)
+
+    @classmethod
+    def build(
+        cls,
+        info: ClusterInfo,
+        *,
+        health: Health = Health.UP,
+        nodes: Iterable[NodeInfo] = (),
+        queue_depth: int = 0,
+    ) -> ClusterState:
+        groups: dict[tuple[Any, ...], list[NodeInfo]] = {}
+        for node in nodes:
+            groups.setdefault(_shape_key(node), []).append(node)
+        shapes = sorted(
+            (NodeShape.of(group) for group in groups.values()), key=lambda s: s.nodes[0].name
+        )
+        return cls(info=info, health=health, shapes=tuple(shapes), queue_depth=queue_depth)
+
+    @classmethod
+    def from_k8s(
+        cls,
+        info: ClusterInfo,
+        *,
+        health: Health = Health.UP,
+        nodes: Iterable[Mapping[str, Any]] = (),
+        pods: Iterable[Mapping[str, Any]] = (),
+        queue_depth: int = 0,
+    ) -> ClusterState:
+        """Build from Nodes and Pods in the API's JSON shape (informer caches)."""
+        usage = usage_by_node(pods)
+        infos = []
+        for node in nodes:
+            name = str((node.get("metadata") or {}).get("name", ""))
+            infos.append(NodeInfo.from_k8s(node, used=usage.get(name)))
+        return cls.build(info, health=health, nodes=infos, queue_depth=queue_depth)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every cluster, sorted by name; what one routing decision looks at."""
+
+    clusters: tuple[ClusterState, ...]
+
+    @classmethod
+    def of(cls, clusters: Iterable[ClusterState]) -> Snapshot:
+        ordered = tuple(sorted(clusters, key=lambda c: c.name))
+        names = [c.name for c in ordered]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate cluster names in snapshot: {', '.join(duplicates)}")
+        return cls(ordered)
+
+    def cluster(self, name: str) -> ClusterState | None:
+        for state in self.clusters:
+            if state.name == name:
+                return state
+        return None
+
+
+class _ClusterDocument(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: DNSLabel
+    role: ClusterRole = ClusterRole.EXTERNAL
+    health: Health = Health.UP
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    cost: CostTable = Field(default_factory=CostTable)
+    pod_defaults: PodDefaults = Field(default_factory=PodDefaults)
+    queue_depth: int = Field(default=0, ge=0)
+    nodes: list[dict[str, Any]] = Field(default_factory=list)
+    pods: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class _SnapshotDocument(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    clusters: list[_ClusterDocument] = Field(min_length=1)
+
+
+def _expand_nodes(nodes: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    expanded: list[dict[str, Any]] = []
+    for index, node in enumerate(nodes):
+        count = node.get("count")
+        if count is None:
+            expanded.append(node)
+            continue
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 100_000:
+            raise SnapshotError.single(f"{where}[{index}].count", "must be 1 to 100000")
+        base = {k: v for k, v in node.items() if k != "count"}
+        metadata = base.get("metadata") or {}
+        for copy in range(count):
+            name = f"{metadata.get('name', 'node')}-{copy}"
+            labels = {**(metadata.get("labels") or {}), "kubernetes.io/hostname": name}
+            expanded.append({**base, "metadata": {**metadata, "name": name, "labels": labels}})
+    return expanded
+
+
+def snapshot_from_document(
+    document: Any,
+    *,
+    infos: Mapping[str, ClusterInfo] | None = None,
+    source: str | None = None,
+) -> Snapshot:
+    """A ``Snapshot`` from a document (the CLI's ``--snapshot`` YAML; tests).
+
+    The document lists ``clusters``, each with ``name``, ``role``, ``health``, ``labels``,
+    ``cost``, ``pod_defaults``, and ``nodes``/``pods`` in the API's JSON shape. A node may
+    carry ``count: N`` to stand for N identical nodes named ``<name>-0`` ... ``<name>-N-1``.
+    Clusters named in ``infos`` (from the settings file) take role, labels, cost and pod
+    defaults from there instead. Raises ``SnapshotError`` listing the problems.
+    """
+    try:
+        parsed = _SnapshotDocument.model_validate(document)
+    except ValidationError as exc:
+        raise SnapshotError(Problem.from_validation_error(exc), source=source) from None
+    states = []
+    for index, doc in enumerate(parsed.clusters):
+        where = f"clusters[{index}]"
+        info = (infos or {}).get(doc.name) or ClusterInfo(
+            name=doc.name,
+            role=doc.role,
+            labels=doc.labels,
+            cost=doc.cost,
+            pod_defaults=doc.pod_defaults,
+        )
+        nodes = _expand_nodes(doc.nodes, f"{where}.nodes")
+        try:
+            usage = usage_by_node(doc.pods)
+        except ValueError as exc:
+            raise SnapshotError.single(f"{where}.pods", str(exc), source=source) from None
+        node_infos = []
+        for node_index, node in enumerate(nodes):
+            name = str((node.get("metadata") or {}).get("name", ""))
+            if not name:
+                raise SnapshotError.single(
+                    f"{where}.nodes[{node_index}].metadata.name", "field required", source=source
+                )
+            try:
+                node_infos.append(NodeInfo.from_k8s(node, used=usage.get(name)))
+            except ValueError as exc:
+                raise SnapshotError.single(
+                    f"{where}.nodes[{node_index}]", str(exc), source=source
+                ) from None
+        states.append(
+            ClusterState.build(
+                info, health=doc.health, nodes=node_infos, queue_depth=doc.queue_depth
+            )
+        )
+    try:
+        return Snapshot.of(states)
+    except ValueError as exc:
+        raise SnapshotError.single("clusters", str(exc), source=source) from None

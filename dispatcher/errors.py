@@ -1,0 +1,245 @@
+"""The dispatcher's own exceptions, one small tree; no I/O.
+
+Library exceptions (pydantic, kubernetes, hvac, httpx) are translated into these once, at
+the edge that calls the library, with the original chained as ``__cause__``. Every error
+names what is at fault (a field path, a cluster, a job) and never carries a secret: no
+token, kubeconfig, Vault response body or certificate key may end up in a message.
+
+    DispatcherError
+    ├── InputError              bad input refused whole; ``problems`` lists every fault
+    │   ├── ConfigError         settings file or environment (fails the start)
+    │   ├── SpecError           a task spec (the API answers 422)
+    │   └── SnapshotError       a snapshot document (CLI ``route``)
+    ├── RoutingError            no cluster can ever run the task
+    ├── CredentialError         getting credentials for ``cluster`` failed
+    │   ├── VaultError          Vault refused or failed (``status``; never the body)
+    │   └── KubeconfigRejected  a kubeconfig breaks a safety rule (``reason``)
+    ├── ClusterError            talking to ``cluster`` failed
+    │   ├── ClusterUnavailable  unreachable, timing out or marked down
+    │   └── ApiError            the API server answered an error (``status``, ``reason``)
+    └── JobError                about one ``job_id``
+        ├── NotFound            no such job
+        └── Conflict            the job exists in another state / with another spec
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+__all__ = [
+    "ApiError",
+    "ClusterError",
+    "ClusterUnavailable",
+    "ConfigError",
+    "Conflict",
+    "CredentialError",
+    "DispatcherError",
+    "InputError",
+    "JobError",
+    "KubeconfigRejected",
+    "NotFound",
+    "Problem",
+    "RoutingError",
+    "SnapshotError",
+    "SpecError",
+    "VaultError",
+    "field_path",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with an input: where (a field path) and what."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+    @classmethod
+    def from_validation_error(
+        cls, exc: ValidationError, *, prefix: str = ""
+    ) -> tuple[Problem, ...]:
+        """Every error of a pydantic ``ValidationError``, each at its own field path.
+
+        Input values are deliberately left out of the messages: they may be secrets.
+        """
+        problems: list[Problem] = []
+        for error in exc.errors(include_url=False, include_input=False):
+            nested = (error.get("ctx") or {}).get("error")
+            base = _join(prefix, field_path(error["loc"]))
+            if isinstance(nested, InputError):
+                # A model validator that found several cross-field problems at once.
+                problems.extend(Problem(_join(base, p.field), p.message) for p in nested.problems)
+                continue
+            problems.append(cls(base, _readable(error["msg"], error["type"])))
+        return tuple(problems)
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def field_path(loc: Iterable[str | int]) -> str:
+    """Render a pydantic location as ``clusters[1].credentials.vault_kv.path``.
+
+    Map keys that are not identifiers (label keys, resource names) are bracketed:
+    ``container_resources.limits[nvidia.com/gpu]``.
+    """
+    out = ""
+    for part in loc:
+        if part == "[key]":
+            # pydantic's marker for "the key of the map entry before"; the message says so.
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _IDENTIFIER.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part}]"
+    return out
+
+
+def _join(prefix: str, path: str) -> str:
+    if not prefix:
+        return path
+    if not path:
+        return prefix
+    return prefix + path if path.startswith("[") else f"{prefix}.{path}"
+
+
+def _readable(message: str, error_type: str) -> str:
+    # pydantic prefixes messages of ValueErrors raised in validators; the prefix says
+    # nothing to a DAG author.
+    for noise in ("Value error, ", "Assertion failed, "):
+        if message.startswith(noise):
+            message = message[len(noise) :]
+    if error_type == "missing":
+        return "field required"
+    if error_type == "extra_forbidden":
+        return "unknown field (check the spelling)"
+    return message[:1].lower() + message[1:] if message[1:2].islower() else message
+
+
+class DispatcherError(Exception):
+    """Base of every error the dispatcher raises on purpose."""
+
+
+class InputError(DispatcherError, ValueError):
+    """Input refused whole; ``problems`` lists every fault found, each at its field."""
+
+    what = "input"
+
+    def __init__(self, problems: Sequence[Problem], *, source: str | None = None) -> None:
+        self.problems = tuple(problems)
+        self.source = source
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = f" in {self.source}" if self.source else ""
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        lines = [f"invalid {self.what}{where} ({count} {noun}):"]
+        lines.extend(f"  {problem}" for problem in self.problems)
+        return "\n".join(lines)
+
+    @classmethod
+    def single(cls, field: str, message: str, *, source: str | None = None) -> InputError:
+        return cls([Problem(field, message)], source=source)
+
+
+class ConfigError(InputError):
+    """The settings (YAML file and ``DISPATCHER_*`` environment) are invalid."""
+
+    what = "configuration"
+
+
+class SpecError(InputError):
+    """A task spec is invalid; the API turns this into a 422 listing ``problems``."""
+
+    what = "task spec"
+
+
+class SnapshotError(InputError):
+    """A snapshot document (nodes and pods per cluster, as read by the CLI) is invalid."""
+
+    what = "snapshot"
+
+
+class RoutingError(DispatcherError):
+    """No cluster can ever run the task; ``reasons`` maps each cluster to why not."""
+
+    def __init__(self, message: str, reasons: Iterable[tuple[str, str]] = ()) -> None:
+        self.reasons = tuple(reasons)
+        super().__init__(message)
+
+
+class CredentialError(DispatcherError):
+    """Credentials for ``cluster`` could not be obtained or were refused."""
+
+    def __init__(self, message: str, *, cluster: str | None = None) -> None:
+        self.cluster = cluster
+        super().__init__(f"{cluster}: {message}" if cluster else message)
+
+
+class VaultError(CredentialError):
+    """Vault refused or failed; ``status`` is the HTTP status when there was one."""
+
+    def __init__(
+        self, message: str, *, cluster: str | None = None, status: int | None = None
+    ) -> None:
+        self.status = status
+        super().__init__(message, cluster=cluster)
+
+
+class KubeconfigRejected(CredentialError):
+    """A kubeconfig breaks a safety rule (exec plugin, file path, insecure TLS...)."""
+
+    def __init__(self, reason: str, *, cluster: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(f"kubeconfig rejected: {reason}", cluster=cluster)
+
+
+class ClusterError(DispatcherError):
+    """Talking to ``cluster`` failed."""
+
+    def __init__(self, message: str, *, cluster: str) -> None:
+        self.cluster = cluster
+        super().__init__(f"{cluster}: {message}")
+
+
+class ClusterUnavailable(ClusterError):
+    """The cluster is unreachable, timing out, or currently marked down."""
+
+
+class ApiError(ClusterError):
+    """The cluster's API server answered with an error status."""
+
+    def __init__(
+        self, message: str, *, cluster: str, status: int, reason: str | None = None
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(message, cluster=cluster)
+
+
+class JobError(DispatcherError):
+    """Something about one job."""
+
+    def __init__(self, message: str, *, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(message)
+
+
+class NotFound(JobError):
+    """No job with this id (or idempotency key)."""
+
+
+class Conflict(JobError):
+    """The job exists already in a state or with a spec that contradicts the request."""
