@@ -320,8 +320,10 @@ def _reject_message(
 ) -> str:
     stage = static.furthest
     if stage is _Stage.GPU_MODEL:
-        models = ", ".join(sorted(static.gpu_models)) or "none"
-        return f"no {task.requirements.gpu_model} GPUs here (GPU models: {models})"
+        wanted = task.requirements.gpu_model
+        if not static.gpu_models:
+            return f"no GPU nodes here (the task wants {wanted})"
+        return f"no {wanted} GPUs here, only {', '.join(sorted(static.gpu_models))}"
     if stage is _Stage.NODE_SELECTOR:
         wanted = ", ".join(f"{k}={v}" for k, v in sorted(constraints.node_selector.items()))
         return f"no node matches node selector {wanted}"

@@ -1,0 +1,451 @@
+"""The dispatcher's one settings model, read from a YAML file and ``DISPATCHER_*`` variables.
+
+``load_settings(path)`` reads the YAML file at ``path`` (or at ``$DISPATCHER_CONFIG``), then
+lets the environment override it: ``DISPATCHER_VAULT__URL=...`` sets ``vault.url``
+(``__`` separates nesting levels; lists take JSON). Invalid settings raise ``ConfigError``
+listing every problem at its field path (``clusters[1].credentials.vault_kv.path: field
+required``), so a bad deployment fails at start and says everything that is wrong at once.
+
+Secrets (Vault tokens, AppRole secret ids) are ``SecretStr``: they print as ``**********``
+and never appear in errors. Cluster kubeconfigs are never in this file, only where to find
+them (a file, a Vault KV entry, Vault's Kubernetes secrets engine).
+
+I/O: ``load_settings`` reads one file and the process environment; nothing else here does.
+Sections are nested models; add new ones as fields of ``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dispatcher.core import ClusterInfo, ClusterRole, CostTable, PodDefaults, RoutingPolicy
+from dispatcher.core.names import DNSLabel, LabelKey, LabelValue
+from dispatcher.errors import ConfigError, Problem
+
+__all__ = [
+    "CONFIG_ENV",
+    "ClientSettings",
+    "ClusterSettings",
+    "Credentials",
+    "InClusterCredentials",
+    "InsecureAllowances",
+    "KubeconfigFileCredentials",
+    "Settings",
+    "VaultAppRoleAuth",
+    "VaultAuth",
+    "VaultKVCredentials",
+    "VaultKVRef",
+    "VaultKubernetesAuth",
+    "VaultKubernetesSecretsCredentials",
+    "VaultSettings",
+    "VaultTokenAuth",
+    "load_settings",
+]
+
+#: Environment variable naming the YAML settings file.
+CONFIG_ENV = "DISPATCHER_CONFIG"
+
+_SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_url(url: str, *, allow_http: bool, flag: str) -> str | None:
+    """A problem with ``url``, or ``None``; plain http only when ``flag`` allows it."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "must be an https:// URL"
+    if parts.scheme == "http" and not allow_http:
+        return f"plain http is refused; use https:// (or set {flag}: true for tests)"
+    if parts.username or parts.password:
+        return "must not carry credentials"
+    return None
+
+
+def _exactly_one(model: BaseModel, options: tuple[str, ...]) -> None:
+    chosen = [name for name in options if getattr(model, name) is not None]
+    if len(chosen) != 1:
+        found = f" (found: {', '.join(chosen)})" if chosen else ""
+        raise ValueError(f"set exactly one of {', '.join(options)}{found}")
+
+
+# ----------------------------------------------------------------------------- credentials
+
+
+class InClusterCredentials(_Section):
+    """The pod's own service account; only for the in-plane cluster."""
+
+
+class KubeconfigFileCredentials(_Section):
+    """A kubeconfig file mounted into the dispatcher (e.g. from a Secret)."""
+
+    path: Path
+    context: str | None = None
+
+
+class VaultKVRef(_Section):
+    """One field of a Vault KV v2 entry."""
+
+    mount: str = Field(default="secret", min_length=1)
+    path: str = Field(min_length=1)
+    field: str = Field(default="ca.crt", min_length=1)
+    version: int | None = Field(default=None, ge=1)
+
+
+class VaultKVCredentials(_Section):
+    """A kubeconfig stored in Vault KV v2 (``mount``/``path``, key ``field``)."""
+
+    mount: str = Field(default="secret", min_length=1)
+    path: str = Field(min_length=1)
+    field: str = Field(default="kubeconfig", min_length=1)
+    #: Pin a KV version; ``None`` reads the latest.
+    version: int | None = Field(default=None, ge=1)
+    #: Which context of the kubeconfig to use; ``None`` takes its current-context.
+    context: str | None = None
+
+
+class VaultKubernetesSecretsCredentials(_Section):
+    """Short-lived service account tokens from Vault's Kubernetes secrets engine."""
+
+    mount: str = Field(default="kubernetes", min_length=1)
+    role: str = Field(min_length=1)
+    kubernetes_namespace: DNSLabel
+    #: The cluster's API server, e.g. ``https://gpu-a100.example.com:6443``.
+    server: str
+    #: The API server's CA bundle, inline or from Vault KV; neither means the system CAs.
+    ca_pem: str | None = None
+    ca_from_kv: VaultKVRef | None = None
+    ttl_seconds: int = Field(default=3600, ge=600, le=7 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _one_ca(self) -> Self:
+        if self.ca_pem is not None and self.ca_from_kv is not None:
+            raise ValueError("set ca_pem or ca_from_kv, not both")
+        if self.ca_pem is not None and "-----BEGIN CERTIFICATE-----" not in self.ca_pem:
+            raise ValueError("ca_pem must hold PEM certificates (-----BEGIN CERTIFICATE-----)")
+        return self
+
+
+class Credentials(_Section):
+    """How to reach a cluster: set exactly one of the four sources."""
+
+    in_cluster: InClusterCredentials | None = None
+    kubeconfig_file: KubeconfigFileCredentials | None = None
+    vault_kv: VaultKVCredentials | None = None
+    vault_kubernetes_secrets: VaultKubernetesSecretsCredentials | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _in_cluster_shorthand(cls, data: Any) -> Any:
+        # `in_cluster: true` reads better in YAML than `in_cluster: {}`.
+        if isinstance(data, Mapping) and data.get("in_cluster") is True:
+            return {**data, "in_cluster": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> Self:
+        _exactly_one(
+            self, ("in_cluster", "kubeconfig_file", "vault_kv", "vault_kubernetes_secrets")
+        )
+        return self
+
+    @property
+    def uses_vault(self) -> bool:
+        return self.vault_kv is not None or self.vault_kubernetes_secrets is not None
+
+
+class InsecureAllowances(_Section):
+    """Escape hatches for test clusters; both refused by default."""
+
+    allow_http: bool = False
+    allow_insecure_skip_tls_verify: bool = False
+
+
+class ClientSettings(_Section):
+    """Kubernetes API client limits for one cluster."""
+
+    qps: float = Field(default=20.0, gt=0, le=10_000)
+    burst: int = Field(default=40, ge=1, le=100_000)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    read_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _burst_covers_qps(self) -> Self:
+        if self.burst < self.qps:
+            raise ValueError(f"burst ({self.burst}) must be at least qps ({self.qps})")
+        return self
+
+
+class ClusterSettings(_Section):
+    """One cluster of the inventory."""
+
+    name: DNSLabel
+    role: ClusterRole = ClusterRole.EXTERNAL
+    credentials: Credentials
+    allow_insecure: InsecureAllowances = Field(default_factory=InsecureAllowances)
+    #: Cluster labels tasks can select on, e.g. ``topology.kubernetes.io/region``.
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    cost: CostTable = Field(default_factory=CostTable)
+    client: ClientSettings = Field(default_factory=ClientSettings)
+    pod_defaults: PodDefaults = Field(default_factory=PodDefaults)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = []
+        if self.credentials.in_cluster is not None and self.role is not ClusterRole.IN_PLANE:
+            problems.append(
+                Problem(
+                    "credentials.in_cluster",
+                    "in-cluster credentials reach only the dispatcher's own cluster; "
+                    "use them with role: in-plane",
+                )
+            )
+        secrets_engine = self.credentials.vault_kubernetes_secrets
+        if secrets_engine is not None:
+            problem = _check_url(
+                secrets_engine.server,
+                allow_http=self.allow_insecure.allow_http,
+                flag="allow_insecure.allow_http",
+            )
+            if problem:
+                problems.append(Problem("credentials.vault_kubernetes_secrets.server", problem))
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    def info(self) -> ClusterInfo:
+        """What routing needs to know about this cluster."""
+        return ClusterInfo(
+            name=self.name,
+            role=self.role,
+            labels=dict(self.labels),
+            cost=self.cost,
+            pod_defaults=self.pod_defaults,
+        )
+
+
+# ----------------------------------------------------------------------------- vault
+
+
+class VaultKubernetesAuth(_Section):
+    """Log in with the pod's service account token (Vault's Kubernetes auth method)."""
+
+    role: str = Field(min_length=1)
+    mount: str = Field(default="kubernetes", min_length=1)
+    jwt_path: Path = _SERVICE_ACCOUNT_TOKEN
+
+
+class VaultAppRoleAuth(_Section):
+    role_id: str = Field(min_length=1)
+    secret_id: SecretStr
+    mount: str = Field(default="approle", min_length=1)
+
+
+class VaultTokenAuth(_Section):
+    """A fixed token; for development. Prefer ``DISPATCHER_VAULT__AUTH__TOKEN__TOKEN``."""
+
+    token: SecretStr
+
+
+class VaultAuth(_Section):
+    """How the dispatcher logs in to Vault: set exactly one."""
+
+    kubernetes: VaultKubernetesAuth | None = None
+    approle: VaultAppRoleAuth | None = None
+    token: VaultTokenAuth | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_method(self) -> Self:
+        _exactly_one(self, ("kubernetes", "approle", "token"))
+        return self
+
+
+class VaultSettings(_Section):
+    #: Declared before ``url`` so the URL check can see it.
+    allow_http: bool = False
+    url: str
+    auth: VaultAuth
+    #: Vault Enterprise / OpenBao namespace, if any.
+    namespace: str | None = None
+    #: CA bundle for Vault's TLS, inline or as a file; neither means the system CAs.
+    ca_pem: str | None = None
+    ca_file: Path | None = None
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    read_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    #: Renew or re-fetch a lease or token when this share of its TTL is left.
+    renew_ahead_fraction: float = Field(default=0.25, gt=0, lt=1)
+
+    @field_validator("url")
+    @classmethod
+    def _safe_url(cls, url: str, info: ValidationInfo) -> str:
+        problem = _check_url(
+            url, allow_http=info.data.get("allow_http", False), flag="vault.allow_http"
+        )
+        if problem:
+            raise ValueError(problem)
+        return url
+
+    @model_validator(mode="after")
+    def _one_ca(self) -> Self:
+        if self.ca_pem is not None and self.ca_file is not None:
+            raise ValueError("set ca_pem or ca_file, not both")
+        return self
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+class Settings(BaseSettings):
+    """Everything the dispatcher is configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DISPATCHER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    clusters: tuple[ClusterSettings, ...] = Field(min_length=1)
+    routing: RoutingPolicy = Field(default_factory=RoutingPolicy)
+    vault: VaultSettings | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init arguments; the environment overrides it.
+        return env_settings, init_settings
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _cross_checks(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        # Checked on the raw input, so these problems are listed together with field
+        # errors instead of only after those are fixed.
+        problems = _cross_field_problems(data)
+        try:
+            settings = handler(data)
+        except ValidationError as exc:
+            if not problems:
+                raise
+            raise ConfigError([*Problem.from_validation_error(exc), *problems]) from None
+        if problems:
+            raise ConfigError(problems)
+        return settings
+
+    def cluster(self, name: str) -> ClusterSettings | None:
+        for cluster in self.clusters:
+            if cluster.name == name:
+                return cluster
+        return None
+
+    def cluster_infos(self) -> dict[str, ClusterInfo]:
+        return {cluster.name: cluster.info() for cluster in self.clusters}
+
+
+def _get(item: Any, key: str) -> Any:
+    return item.get(key) if isinstance(item, Mapping) else getattr(item, key, None)
+
+
+def _cross_field_problems(data: Any) -> list[Problem]:
+    """Problems spanning clusters: duplicate names, two in-plane clusters, missing Vault."""
+    clusters = _get(data, "clusters")
+    if not isinstance(clusters, list | tuple):
+        return []
+    problems: list[Problem] = []
+    first_seen: dict[str, int] = {}
+    in_plane: int | None = None
+    for index, cluster in enumerate(clusters):
+        name = _get(cluster, "name")
+        if isinstance(name, str):
+            if name in first_seen:
+                problems.append(
+                    Problem(
+                        f"clusters[{index}].name",
+                        f"duplicate cluster name {name!r} (also clusters[{first_seen[name]}])",
+                    )
+                )
+            first_seen.setdefault(name, index)
+        if str(_get(cluster, "role")) == ClusterRole.IN_PLANE.value:
+            if in_plane is not None:
+                problems.append(
+                    Problem(
+                        f"clusters[{index}].role",
+                        f"only one cluster can be in-plane (clusters[{in_plane}] is)",
+                    )
+                )
+            else:
+                in_plane = index
+        credentials = _get(cluster, "credentials")
+        uses_vault = credentials is not None and any(
+            _get(credentials, key) is not None for key in ("vault_kv", "vault_kubernetes_secrets")
+        )
+        if uses_vault and _get(data, "vault") is None:
+            problems.append(
+                Problem(
+                    "vault",
+                    f"required: clusters[{index}] ({name}) reads its credentials from Vault",
+                )
+            )
+    return problems
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError.single(
+            "", f"cannot read the file: {exc.strerror}", source=source
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError.single("", f"not valid YAML{where}: {problem}", source=source) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError.single("", "the top level must be a mapping of sections", source=source)
+    return data
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read the settings file (``path``, else ``$DISPATCHER_CONFIG``) and the environment.
+
+    Raises ``ConfigError`` listing every problem found.
+    """
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+    data = _read_yaml(Path(path)) if path is not None else {}
+    source = str(path) if path is not None else "the environment"
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(Problem.from_validation_error(exc), source=source) from None
