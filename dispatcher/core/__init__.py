@@ -17,6 +17,7 @@ from dispatcher.core.podspec import (
     MANAGED_BY_VALUE,
     SUBMITTED_AT_ANNOTATION,
     TASK_SPEC_ANNOTATION,
+    Placement,
     build_pod,
     managed_pods_selector,
     pod_name,
@@ -29,6 +30,7 @@ from dispatcher.core.routing import (
     ScoreWeights,
     Strategy,
     Verdict,
+    placement_for,
     route,
 )
 from dispatcher.core.scheduling import PodConstraints, pod_constraints
@@ -77,6 +79,7 @@ __all__ = [
     "NodeShape",
     "OnFinishAction",
     "Outcome",
+    "Placement",
     "PodConstraints",
     "PodDefaults",
     "Reason",
@@ -94,6 +97,7 @@ __all__ = [
     "managed_pods_selector",
     "parse_result",
     "parse_task_spec",
+    "placement_for",
     "pod_constraints",
     "pod_name",
     "pod_requests",

@@ -1,7 +1,10 @@
 """The pod manifest for a task on a cluster; pure, no I/O, no clock.
 
-``build_pod(task, job_id=..., attempt=..., defaults=..., submitted_at=...)`` returns a plain
-JSON-able dict in the API's camelCase shape. The pod carries everything a restarted
+``build_pod(task, placement, job_id=..., attempt=..., submitted_at=...)`` returns a plain
+JSON-able dict in the API's camelCase shape. ``placement`` (from a routing ``Decision``)
+brings the cluster's pod defaults and, when the task asks for a GPU model, the node labels
+naming that model, which become required node affinity: the scheduler then keeps the pod on
+the nodes routing judged, not on any GPU node. The pod carries everything a restarted
 dispatcher needs to find and rebuild the job (reattach):
 
 - labels ``kube-dispatcher.dev/managed-by``, ``/job-id`` and ``/attempt`` (a label selector
@@ -16,6 +19,8 @@ the same attempt twice fails with 409 Conflict instead of making a second pod.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +39,7 @@ __all__ = [
     "SUBMITTED_AT_ANNOTATION",
     "TASK_SPEC_ANNOTATION",
     "TERMINATION_MESSAGE_PATH",
+    "Placement",
     "build_pod",
     "managed_pods_selector",
     "pod_name",
@@ -53,6 +59,16 @@ TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 
 _NAME_MAX = 63
 _HASH_CHARS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a task's pod goes: the cluster, its pod defaults, GPU model pinning."""
+
+    cluster: str
+    defaults: PodDefaults = field(default_factory=PodDefaults)
+    #: Node labels naming the requested GPU model: label key -> accepted values (ORed).
+    gpu_model_labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def managed_pods_selector() -> str:
@@ -106,15 +122,39 @@ def _container(task: TaskSpec) -> dict[str, Any]:
     return container
 
 
+def _affinity(task: TaskSpec, placement: Placement) -> dict[str, Any] | None:
+    affinity = task.affinity.to_k8s() if task.affinity is not None else {}
+    if not placement.gpu_model_labels:
+        return affinity or None
+    pins = [
+        {"key": key, "operator": "In", "values": list(values)}
+        for key, values in sorted(placement.gpu_model_labels.items())
+    ]
+    terms = task.affinity.required_terms if task.affinity is not None else None
+    # Terms are ORed and expressions ANDed: (t1 or t2) and (m1 or m2) becomes
+    # (t1 and m1) or (t1 and m2) or (t2 and m1) or (t2 and m2).
+    base = [term.to_k8s() for term in terms] if terms else [{}]
+    combined = [
+        {**term, "matchExpressions": [*term.get("matchExpressions", []), pin]}
+        for term in base
+        for pin in pins
+    ]
+    node_affinity = dict(affinity.get("nodeAffinity", {}))
+    node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {
+        "nodeSelectorTerms": combined
+    }
+    return {**affinity, "nodeAffinity": node_affinity}
+
+
 def build_pod(
     task: TaskSpec,
+    placement: Placement,
     *,
     job_id: str,
     attempt: int,
-    defaults: PodDefaults,
     submitted_at: datetime,
 ) -> dict[str, Any]:
-    """The pod for one attempt of a job on the cluster whose ``defaults`` are given.
+    """The pod for one attempt of a job, placed as ``placement`` says.
 
     ``job_id`` must be a valid label value (the dispatcher generates it); ``attempt``
     counts from 0. Raises ``ValueError`` otherwise.
@@ -124,6 +164,7 @@ def build_pod(
         raise ValueError("job_id must not be empty")
     if attempt < 0:
         raise ValueError("attempt must not be negative")
+    defaults = placement.defaults
     constraints = pod_constraints(task, defaults)
     labels = {
         **defaults.labels,
@@ -146,8 +187,9 @@ def build_pod(
         spec["nodeSelector"] = dict(constraints.node_selector)
     if constraints.tolerations:
         spec["tolerations"] = [t.to_k8s() for t in constraints.tolerations]
-    if task.affinity is not None:
-        spec["affinity"] = task.affinity.to_k8s()
+    affinity = _affinity(task, placement)
+    if affinity:
+        spec["affinity"] = affinity
     if task.volumes:
         spec["volumes"] = [dict(volume) for volume in task.volumes]
     service_account = task.service_account_name or defaults.service_account_name

@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher.core import quantity
+from dispatcher.core.podspec import Placement
 from dispatcher.core.scheduling import (
     PodConstraints,
     fits,
@@ -61,6 +62,7 @@ __all__ = [
     "ScoreWeights",
     "Strategy",
     "Verdict",
+    "placement_for",
     "route",
 ]
 
@@ -169,6 +171,8 @@ class Decision:
     #: A node shape of the chosen cluster the task fits now (PLACE only).
     shape: NodeShape | None = field(default=None, repr=False, compare=False)
     hourly_cost: float | None = None
+    #: What ``podspec.build_pod`` needs to build the pod for the chosen cluster.
+    placement: Placement | None = None
 
     def explain(self, cluster: str) -> ClusterVerdict | None:
         for verdict in self.clusters:
@@ -266,7 +270,9 @@ def _static_filters(
     for shape in state.shapes:
         stage = _Stage.GPU_MODEL
         nodes: tuple[NodeInfo, ...] | None = None
-        if wanted_model and not gpu_model_matches(wanted_model, shape.gpu_model):
+        if wanted_model and not any(
+            gpu_model_matches(wanted_model, value) for _, value in shape.gpu_labels
+        ):
             pass
         elif per_node:
             selected = [
@@ -565,4 +571,25 @@ def route(task: TaskSpec, snapshot: Snapshot, policy: RoutingPolicy | None = Non
         cluster=winner.state.name,
         shape=winner.shape,
         hourly_cost=winner.cost,
+        placement=placement_for(task, winner.state),
+    )
+
+
+def placement_for(task: TaskSpec, state: ClusterState) -> Placement:
+    """The placement of ``task`` on ``state``'s cluster: pod defaults, GPU model pins.
+
+    The pins list every (label, value) of the cluster's nodes naming a GPU model that
+    matches the task's ``gpu_model``, so the pod can land exactly where routing looked.
+    """
+    wanted = task.requirements.gpu_model
+    pins: dict[str, set[str]] = {}
+    if wanted:
+        for shape in state.shapes:
+            for key, value in shape.gpu_labels:
+                if gpu_model_matches(wanted, value):
+                    pins.setdefault(key, set()).add(value)
+    return Placement(
+        cluster=state.name,
+        defaults=state.info.pod_defaults,
+        gpu_model_labels={key: tuple(sorted(values)) for key, values in sorted(pins.items())},
     )

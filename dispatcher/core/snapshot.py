@@ -42,6 +42,7 @@ __all__ = [
     "NodeShape",
     "Snapshot",
     "Taint",
+    "gpu_model_labels",
     "gpu_model_matches",
     "is_terminated",
     "pod_requests",
@@ -99,6 +100,11 @@ def gpu_model_matches(wanted: str, model: str | None) -> bool:
     if not want:
         return False
     return any(have[i : i + len(want)] == want for i in range(len(have) - len(want) + 1))
+
+
+def gpu_model_labels(labels: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The node's GPU model labels present, as (key, value), in ``GPU_MODEL_LABELS`` order."""
+    return tuple((key, labels[key]) for key in GPU_MODEL_LABELS if labels.get(key))
 
 
 class CostTable(BaseModel):
@@ -187,10 +193,8 @@ class NodeInfo:
 
     @property
     def gpu_model(self) -> str | None:
-        for label in GPU_MODEL_LABELS:
-            if self.labels.get(label):
-                return self.labels[label]
-        return None
+        labels = gpu_model_labels(self.labels)
+        return labels[0][1] if labels else None
 
     @classmethod
     def from_k8s(cls, node: Mapping[str, Any], used: ResourceVector | None = None) -> NodeInfo:
@@ -298,6 +302,8 @@ class NodeShape:
     ready: bool
     unschedulable: bool
     gpu_model: str | None
+    #: Every GPU model label of the shape's nodes, (key, value); ``gpu_model`` is the first.
+    gpu_labels: tuple[tuple[str, str], ...]
     nodes: tuple[NodeInfo, ...]
     frontier: tuple[ResourceVector, ...]
     #: Per resource, the most any single node of the shape has free.
@@ -352,6 +358,7 @@ class NodeShape:
             ready=first.ready,
             unschedulable=first.unschedulable,
             gpu_model=first.gpu_model,
+            gpu_labels=gpu_model_labels(first.labels),
             nodes=members,
             frontier=frontier,
             max_free=max_free,

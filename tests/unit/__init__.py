@@ -1,0 +1,1 @@
+"""Unit tests: the pure core, settings and CLI; no cluster, no network."""
