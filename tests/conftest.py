@@ -1,0 +1,3 @@
+"""Shared pytest configuration: the test stack's fixtures are available everywhere."""
+
+pytest_plugins = ["tests.stack.fixtures"]

@@ -1,0 +1,100 @@
+"""pytest fixtures for the test stack (loaded as a plugin by tests/conftest.py).
+
+The stack is started once per session (or reused when ``python -m tests.stack up`` left
+it running) and never skipped: if it cannot start, every test that needs it fails with
+the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .launcher import Stack, StackEnv, StackError
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    stack = Stack()
+    was_up = stack.is_up()
+    try:
+        stack.up()
+    except (StackError, SystemExit) as exc:
+        pytest.fail(f"the test stack could not start: {exc}", pytrace=False)
+    yield stack
+    if not was_up and os.environ.get("KD_STACK_KEEP") != "1":
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def stack_env(stack: Stack) -> StackEnv:
+    return stack.env()
+
+
+@pytest.fixture
+def namespace(stack: Stack) -> Iterator[str]:
+    """A fresh namespace, present in every cluster, that the dispatcher identity may use."""
+    from kubernetes import client
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    for spec in stack.clusters:
+        with stack.kube(spec) as api:
+            client.CoreV1Api(api).create_namespace({"metadata": {"name": name, "labels": {"kube-dispatcher.dev/test": "true"}}})
+        stack.grant_task_namespace(spec, name)
+    yield name
+    # No namespace controller runs in the stack, so a deleted namespace would stay
+    # Terminating forever; removing its pods frees the simulated capacity instead.
+    for spec in stack.clusters:
+        try:
+            with stack.kube(spec) as api:
+                client.CoreV1Api(api).delete_collection_namespaced_pod(name, grace_period_seconds=0)
+        except Exception:  # noqa: BLE001 - a cluster a test left stopped is restarted below
+            pass
+
+
+class Faults:
+    """Stops parts of the stack for a test and always brings them back afterwards."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self._stopped_apiservers: set[str] = set()
+        self._vault_stopped = False
+
+    def stop_apiserver(self, cluster: str) -> None:
+        self.stack.stop_apiserver(cluster)
+        self._stopped_apiservers.add(cluster)
+
+    def start_apiserver(self, cluster: str) -> None:
+        self.stack.start_apiserver(cluster)
+        self._stopped_apiservers.discard(cluster)
+
+    def stop_vault(self) -> None:
+        self.stack.stop_vault()
+        self._vault_stopped = True
+
+    def start_vault(self) -> None:
+        self.stack.start_vault()
+        self._vault_stopped = False
+
+    def restore(self) -> None:
+        for cluster in sorted(self._stopped_apiservers):
+            self.start_apiserver(cluster)
+        if self._vault_stopped:
+            self.start_vault()
+
+
+@pytest.fixture
+def faults(stack: Stack) -> Iterator[Faults]:
+    faults = Faults(stack)
+    yield faults
+    faults.restore()
+
+
+def pytest_collection_modifyitems(config: Any, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.stack)
