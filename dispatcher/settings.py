@@ -325,9 +325,18 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    clusters: tuple[ClusterSettings, ...] = Field(min_length=1)
+    clusters: tuple[ClusterSettings, ...]
     routing: RoutingPolicy = Field(default_factory=RoutingPolicy)
     vault: VaultSettings | None = None
+
+    @field_validator("clusters")
+    @classmethod
+    def _some_cluster(cls, value: tuple[ClusterSettings, ...]) -> tuple[ClusterSettings, ...]:
+        # A validator rather than min_length: pydantic would also report the length when a
+        # cluster is invalid, adding a confusing error.
+        if not value:
+            raise ValueError("list at least one cluster")
+        return value
 
     @classmethod
     def settings_customise_sources(

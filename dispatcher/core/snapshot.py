@@ -480,7 +480,7 @@ class _ClusterDocument(BaseModel):
 class _SnapshotDocument(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    clusters: list[_ClusterDocument] = Field(min_length=1)
+    clusters: list[_ClusterDocument]
 
 
 def _expand_nodes(nodes: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:

@@ -297,7 +297,16 @@ class NodeSelectorTerm(_K8sModel):
 
 
 class NodeSelector(_K8sModel):
-    node_selector_terms: tuple[NodeSelectorTerm, ...] = Field(min_length=1)
+    node_selector_terms: tuple[NodeSelectorTerm, ...]
+
+    @field_validator("node_selector_terms")
+    @classmethod
+    def _not_empty(cls, value: tuple[NodeSelectorTerm, ...]) -> tuple[NodeSelectorTerm, ...]:
+        # A validator rather than min_length: pydantic would also report the length when an
+        # item is invalid, doubling the error.
+        if not value:
+            raise ValueError("needs at least one term")
+        return value
 
 
 class NodeAffinity(_K8sModel):

@@ -143,8 +143,11 @@ def accepts(
     if not _affinity(spec, node):
         return False
     free = {k: quantity(k, v) for k, v in status.get("allocatable", {}).items()}
-    live = [] if ever else [p for p in bound_pods if p["status"]["phase"] not in
-                            ("Succeeded", "Failed")]
+    live = (
+        []
+        if ever
+        else [p for p in bound_pods if p["status"]["phase"] not in ("Succeeded", "Failed")]
+    )
     for other in live:
         for k, v in requests_of(other).items():
             free[k] = free.get(k, 0) - v
@@ -155,7 +158,10 @@ def accepts(
 
 
 def accepting_nodes(
-    nodes: list[dict[str, Any]], pods: list[dict[str, Any]], pod: dict[str, Any], *,
+    nodes: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
+    pod: dict[str, Any],
+    *,
     ever: bool = False,
 ) -> list[str]:
     by_node: dict[str, list[dict[str, Any]]] = {}

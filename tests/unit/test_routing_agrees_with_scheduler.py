@@ -95,8 +95,9 @@ def raw_pods(draw: st.DrawFn, nodes: list[dict[str, Any]]) -> list[dict[str, Any
 
 @st.composite
 def clusters(draw: st.DrawFn) -> list[tuple[ClusterState, list[Any], list[Any]]]:
-    names = draw(st.lists(st.sampled_from(["c0", "c1", "c2", "c3"]), min_size=1, max_size=4,
-                          unique=True))
+    names = draw(
+        st.lists(st.sampled_from(["c0", "c1", "c2", "c3"]), min_size=1, max_size=4, unique=True)
+    )
     in_plane = draw(st.sampled_from([None, *names]))
     out = []
     for name in names:
@@ -130,8 +131,12 @@ def affinities(draw: st.DrawFn) -> dict[str, Any] | None:
             lambda key, op, values: {"key": key, "operator": op, "values": values},
             st.sampled_from(["pool", "rank", "zone", "kubernetes.io/hostname"]),
             st.sampled_from(["In", "NotIn"]),
-            st.lists(st.sampled_from(["a", "b", "1", "9", "c0-n0", "c1-n1"]), min_size=1,
-                     max_size=2, unique=True),
+            st.lists(
+                st.sampled_from(["a", "b", "1", "9", "c0-n0", "c1-n1"]),
+                min_size=1,
+                max_size=2,
+                unique=True,
+            ),
         ),
         st.builds(
             lambda key, op: {"key": key, "operator": op},
@@ -144,10 +149,18 @@ def affinities(draw: st.DrawFn) -> dict[str, Any] | None:
             st.sampled_from(["2", "6"]),
         ),
     )
-    terms = draw(st.lists(st.lists(expression, min_size=1, max_size=2).map(
-        lambda e: {"matchExpressions": e}), min_size=1, max_size=2))
-    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-        "nodeSelectorTerms": terms}}}
+    terms = draw(
+        st.lists(
+            st.lists(expression, min_size=1, max_size=2).map(lambda e: {"matchExpressions": e}),
+            min_size=1,
+            max_size=2,
+        )
+    )
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}
+        }
+    }
 
 
 @st.composite
@@ -202,8 +215,7 @@ def _cluster_filters_pass(task: TaskSpec, state: ClusterState) -> bool:
     return all(pinned.get(key, value) == value for key, value in task.node_selector.items())
 
 
-PROPERTY = settings(max_examples=300, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPERTY

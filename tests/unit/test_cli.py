@@ -1,0 +1,109 @@
+"""``dispatcher route`` and ``dispatcher validate-config`` work without any cluster, and
+answer bad input with a clear message, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dispatcher.cli import app
+
+ROOT = Path(__file__).parents[2]
+EXAMPLES = ROOT / "config" / "examples"
+CONFIG = ROOT / "config" / "dispatcher.example.yaml"
+SNAPSHOT = EXAMPLES / "snapshot.yaml"
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setenv("COLUMNS", "200")
+    for name in list(os.environ):
+        if name.startswith("DISPATCHER_"):
+            monkeypatch.delenv(name)
+
+
+def _route(*args: str | Path) -> tuple[int, str]:
+    result = runner.invoke(app, ["route", *map(str, args)])
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output
+
+
+def test_route_explains_every_cluster_in_a_table() -> None:
+    code, output = _route(
+        "--explain", EXAMPLES / "task-gpu.yaml", "--snapshot", SNAPSHOT, "--config", CONFIG
+    )
+    assert code == 0
+    assert "PLACE: placed on gpu-a100" in output
+    for cluster in ("plane", "gpu-a100", "gpu-h100"):
+        assert cluster in output
+    assert "gpu-model-unavailable" in output
+
+
+def test_route_prefers_the_in_plane_cluster_for_a_small_cpu_task() -> None:
+    code, output = _route(EXAMPLES / "task-cpu.yaml", "--snapshot", SNAPSHOT)
+    assert code == 0
+    assert output.startswith("place: placed on plane")
+
+
+def test_route_rejects_a_task_too_big_for_every_node() -> None:
+    code, output = _route("-o", "json", EXAMPLES / "task-too-big.yaml", "--snapshot", SNAPSHOT)
+    decision = json.loads(output)
+    assert code == 0
+    assert decision["verdict"] == "reject"
+    assert {c["reason"] for c in decision["clusters"]} == {"insufficient-capacity"}
+    assert "needs 16 GPUs on one node, largest node has 8" in decision["message"]
+
+
+def test_route_reports_an_invalid_task_field_by_field(tmp_path: Path) -> None:
+    bad = tmp_path / "task.yaml"
+    bad.write_text("image: busybox\ncontainer_resources: {limits: {memory: lots}}\ncolour: red\n")
+    code, output = _route(bad, "--snapshot", SNAPSHOT)
+    assert code == 2
+    assert "error: invalid task spec" in output
+    assert "container_resources.limits.memory: not a Kubernetes quantity" in output
+    assert "colour: unknown field" in output
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("clusters: [", "not valid YAML"),
+        ("clusters: [{name: x, health: sideways}]", "clusters[0].health"),
+    ],
+)
+def test_route_reports_a_bad_snapshot(tmp_path: Path, content: str, expected: str) -> None:
+    bad = tmp_path / "snapshot.yaml"
+    bad.write_text(content)
+    code, output = _route(EXAMPLES / "task-cpu.yaml", "--snapshot", bad)
+    assert code == 2
+    assert expected in output
+
+
+def test_route_reports_a_missing_file() -> None:
+    code, output = _route("missing.yaml", "--snapshot", SNAPSHOT)
+    assert code == 2
+    assert "cannot read the file" in output
+
+
+def test_validate_config_says_ok_for_a_valid_file() -> None:
+    result = runner.invoke(app, ["validate-config", str(CONFIG)])
+    assert result.exit_code == 0
+    assert result.output.strip() == "OK"
+
+
+def test_validate_config_lists_every_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clusters:\n  - name: Bad\n    credentials: {}\nrouting: {strategy: x}\n")
+    result = runner.invoke(app, ["validate-config", str(bad)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "clusters[0].name" in result.output
+    assert "clusters[0].credentials: set exactly one of" in result.output
+    assert "routing.strategy" in result.output
