@@ -20,13 +20,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")
-    for name in list(os.environ):
-        if name.startswith("DISPATCHER_"):
-            monkeypatch.delenv(name)
 
 
 def _route(*args: str | Path) -> tuple[int, str]:

@@ -72,7 +72,7 @@ class TestIdentity:
         annotations = _build(task(), submitted_at=paris)["metadata"]["annotations"]
         assert annotations[SUBMITTED_AT_ANNOTATION] == "2025-03-01T12:30:00Z"
         with pytest.raises(ValueError, match="timezone-aware"):
-            _build(task(), submitted_at=datetime(2025, 3, 1))  # noqa: DTZ001
+            _build(task(), submitted_at=datetime(2025, 3, 1))
 
     def test_job_id_must_be_a_valid_label_value(self) -> None:
         with pytest.raises(ValueError, match="label value"):

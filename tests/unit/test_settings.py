@@ -16,15 +16,6 @@ from dispatcher.settings import load_settings
 EXAMPLE = Path(__file__).parents[2] / "config" / "dispatcher.example.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("DISPATCHER_"):
-            monkeypatch.delenv(name)
-
-
 def _write(tmp_path: Path, data: Any) -> Path:
     path = tmp_path / "dispatcher.yaml"
     path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)

@@ -3,6 +3,7 @@ API server would, and every problem points at its field."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -230,8 +231,6 @@ class TestSizeBounds:
 
 @given(st.text(min_size=1, max_size=80))
 def test_label_values_are_accepted_exactly_when_kubernetes_would(value: str) -> None:
-    import re
-
     valid = len(value) <= 63 and re.fullmatch(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?", value)
     try:
         parse_task_spec({"image": "busybox", "labels": {"k": value}})
