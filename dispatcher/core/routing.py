@@ -258,63 +258,70 @@ def _describe_requests(requests: Iterable[tuple[str, int]]) -> str:
     return ", ".join(parts) or "a pod slot"
 
 
+def _shape_stage(
+    shape: NodeShape,
+    wanted_model: str | None,
+    constraints: PodConstraints,
+    per_node: bool,
+    requests: tuple[tuple[str, int], ...],
+) -> tuple[_Stage, tuple[NodeInfo, ...] | None]:
+    """How far a shape gets through the static filters, and which of its nodes pass
+    (``None``: all of them; only per-node constraints pick nodes)."""
+    if wanted_model and not any(
+        gpu_model_matches(wanted_model, value) for _, value in shape.gpu_labels
+    ):
+        return _Stage.GPU_MODEL, None
+    nodes: tuple[NodeInfo, ...] | None = None
+    selector, terms = constraints.node_selector, constraints.required_terms
+    if per_node:
+        selected = [n for n in shape.nodes if matches_node_selector(selector, n.labels)]
+        nodes = tuple(n for n in selected if matches_node_affinity(terms, n.labels, n.name))
+        if not nodes:
+            return (_Stage.NODE_AFFINITY if selected else _Stage.NODE_SELECTOR), None
+    else:
+        if selector and not matches_node_selector(selector, shape.labels):
+            return _Stage.NODE_SELECTOR, None
+        if terms is not None and not matches_node_affinity(terms, shape.labels):
+            return _Stage.NODE_AFFINITY, None
+    if shape.taints and untolerated_taints(shape.taints, constraints.tolerations):
+        return _Stage.TAINTS, None
+    if not fits(requests, shape.allocatable):
+        return _Stage.CAPACITY, None
+    return _Stage.PASSED, nodes
+
+
 def _static_filters(
     task: TaskSpec,
     state: ClusterState,
     constraints: PodConstraints,
     requests: tuple[tuple[str, int], ...],
 ) -> _Static:
-    result = _Static(feasible=[])
     wanted_model = task.requirements.gpu_model
     per_node = constraints.per_node
-    for shape in state.shapes:
-        stage = _Stage.GPU_MODEL
-        nodes: tuple[NodeInfo, ...] | None = None
-        if wanted_model and not any(
-            gpu_model_matches(wanted_model, value) for _, value in shape.gpu_labels
-        ):
-            pass
-        elif per_node:
-            selected = [
-                n for n in shape.nodes if matches_node_selector(constraints.node_selector, n.labels)
-            ]
-            nodes = tuple(
-                n
-                for n in selected
-                if matches_node_affinity(constraints.required_terms, n.labels, n.name)
-            )
-            if nodes:
-                stage = _Stage.TAINTS
-            else:
-                stage = _Stage.NODE_AFFINITY if selected else _Stage.NODE_SELECTOR
-        elif not matches_node_selector(constraints.node_selector, shape.labels):
-            stage = _Stage.NODE_SELECTOR
-        elif not matches_node_affinity(constraints.required_terms, shape.labels):
-            stage = _Stage.NODE_AFFINITY
-        else:
-            stage = _Stage.TAINTS
-        if stage is _Stage.TAINTS:
-            blocking = untolerated_taints(shape.taints, constraints.tolerations)
-            if not blocking:
-                stage = _Stage.CAPACITY
-                if fits(requests, shape.allocatable):
-                    stage = _Stage.PASSED
-        if stage > result.furthest:
-            result.furthest = stage
-            result.gpu_models.clear()
-            result.taints.clear()
-            result.largest.clear()
-        if stage == result.furthest:
-            if stage is _Stage.GPU_MODEL and shape.gpu_model:
-                result.gpu_models.add(shape.gpu_model)
-            elif stage is _Stage.TAINTS:
-                result.taints.update(untolerated_taints(shape.taints, constraints.tolerations))
-            elif stage is _Stage.CAPACITY:
-                for name, _ in requests:
-                    have = shape.allocatable.get(name, 0)
-                    result.largest[name] = max(result.largest.get(name, 0), have)
-        if stage is _Stage.PASSED:
-            result.feasible.append(_Feasible(shape, nodes))
+    stages = [
+        (shape, *_shape_stage(shape, wanted_model, constraints, per_node, requests))
+        for shape in state.shapes
+    ]
+    result = _Static(
+        feasible=[
+            _Feasible(shape, nodes) for shape, stage, nodes in stages if stage is _Stage.PASSED
+        ]
+    )
+    if result.feasible:
+        return result
+    # Nothing passes: describe what stopped the shapes that got furthest.
+    result.furthest = max(stage for _, stage, _ in stages)
+    for shape, stage, _ in stages:
+        if stage != result.furthest:
+            continue
+        if stage is _Stage.GPU_MODEL and shape.gpu_model:
+            result.gpu_models.add(shape.gpu_model)
+        elif stage is _Stage.TAINTS:
+            result.taints.update(untolerated_taints(shape.taints, constraints.tolerations))
+        elif stage is _Stage.CAPACITY:
+            for name, _ in requests:
+                have = shape.allocatable.get(name, 0)
+                result.largest[name] = max(result.largest.get(name, 0), have)
     return result
 
 
@@ -401,12 +408,22 @@ def _fits_now(feasible: _Feasible, requests: tuple[tuple[str, int], ...]) -> boo
 
 def _headroom(feasible: list[_Feasible], requests: tuple[tuple[str, int], ...]) -> float:
     """Share of the asked-for resources left free after placing, on the scarcest one."""
-    shares = []
-    for name, amount in requests:
-        total = sum(f.shape.allocatable.get(name, 0) * f.shape.count for f in feasible)
-        free = sum(f.shape.total_free.get(name, 0) for f in feasible if f.shape.schedulable)
-        shares.append((free - amount) / total if total else 0.0)
-    return min(shares, default=0.0)
+    capacity = dict.fromkeys((name for name, _ in requests), 0)
+    free = dict(capacity)
+    for candidate in feasible:
+        shape = candidate.shape
+        for name in capacity:
+            capacity[name] += shape.capacity.get(name, 0)
+            if shape.schedulable:
+                free[name] += shape.total_free.get(name, 0)
+    return (
+        min(
+            ((free[name] - amount) / capacity[name] if capacity[name] else 0.0)
+            for name, amount in requests
+        )
+        if requests
+        else 0.0
+    )
 
 
 def _wait_message(

@@ -18,6 +18,7 @@ so a decision costs in proportion to distinct shapes, not to nodes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -81,7 +82,9 @@ class ClusterRole(StrEnum):
     EXTERNAL = "external"
 
 
+@functools.lru_cache(maxsize=1024)
 def _words(text: str) -> tuple[str, ...]:
+    # Cached: routing asks about the same few model names for every shape.
     return tuple(
         part for part in text.lower().replace("_", "-").replace(" ", "-").split("-") if part
     )
@@ -310,6 +313,8 @@ class NodeShape:
     max_free: ResourceVector
     #: Per resource, free summed over the shape's nodes (negatives count as zero).
     total_free: ResourceVector
+    #: Per resource, allocatable summed over the shape's nodes.
+    capacity: ResourceVector
 
     @property
     def count(self) -> int:
@@ -363,6 +368,7 @@ class NodeShape:
             frontier=frontier,
             max_free=max_free,
             total_free=total_free,
+            capacity={name: amount * len(members) for name, amount in first.allocatable.items()},
         )
 
 
