@@ -18,9 +18,15 @@ import argparse
 import gc
 import random
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script (python benchmarks/bench_routing.py): make the repository importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dispatcher.core import (
     ClusterInfo,

@@ -84,6 +84,16 @@ class _Model(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy; with ``update``, validated like new input.
+
+        pydantic's own copy skips validation and would keep values derived from the old
+        fields (``TaskSpec.requests``), so a changed copy is built afresh instead.
+        """
+        if not update:
+            return super().model_copy(deep=deep)
+        return self.model_validate({**self.model_dump(), **update})
+
 
 class _K8sModel(_Model):
     """A Kubernetes object: camelCase as the API writes it, snake_case accepted too."""

@@ -61,6 +61,19 @@ class TestKubernetesPodOperatorFields:
         spec = parse_task_spec({"image": "busybox", "image_pull_secrets": [{"name": "regcred"}]})
         assert spec.image_pull_secrets == ("regcred",)
 
+    def test_a_changed_copy_is_validated_and_recomputed(self) -> None:
+        spec = parse_task_spec(
+            {"image": "busybox", "container_resources": {"requests": {"cpu": "1"}}}
+        )
+        assert spec.requests == {"cpu": 1000, "pods": 1}
+        assert spec.model_copy(update={"requirements": {"gpus": 2}}).requests == {
+            "cpu": 1000,
+            "nvidia.com/gpu": 2,
+            "pods": 1,
+        }
+        with pytest.raises(ValueError, match="image"):
+            spec.model_copy(update={"image": "has space"})
+
     def test_spec_survives_its_annotation_round_trip(self) -> None:
         spec = parse_task_spec(
             {
