@@ -103,7 +103,8 @@ class Reason(StrEnum):
 class Strategy(StrEnum):
     #: Cheapest first; more headroom breaks ties.
     COST = "cost"
-    #: Most headroom (free share of the resources asked for) first; cost breaks ties.
+    #: Fewest tasks queued for the cluster, then most headroom (free share of the resources
+    #: asked for), then cost.
     LEAST_LOADED = "least-loaded"
     #: Least headroom first, to keep other clusters' nodes empty; cost breaks ties.
     BIN_PACK = "bin-pack"
@@ -383,7 +384,7 @@ def _cluster_filters(
     return None
 
 
-def _pricing_model(feasible: list[_Feasible]) -> list[str | None]:
+def _gpu_models(feasible: list[_Feasible]) -> list[str | None]:
     return sorted({f.shape.gpu_model for f in feasible}, key=lambda m: m or "")
 
 
@@ -391,7 +392,7 @@ def _hourly_cost(
     state: ClusterState, requests: Mapping[str, int], feasible: list[_Feasible]
 ) -> float | None:
     # The scheduler picks the node, so price the task at the dearest shape it could land on.
-    costs = [state.info.cost.hourly(requests, model) for model in _pricing_model(feasible)]
+    costs = [state.info.cost.hourly(requests, model) for model in _gpu_models(feasible)]
     if not costs or any(c is None for c in costs):
         return None
     return max(c for c in costs if c is not None)
@@ -459,7 +460,7 @@ def _rank_key(candidate: _Candidate, policy: RoutingPolicy, max_cost: float) -> 
     if policy.strategy is Strategy.COST:
         tail: tuple[float, ...] = (cost, -candidate.headroom)
     elif policy.strategy is Strategy.LEAST_LOADED:
-        tail = (-candidate.headroom, cost)
+        tail = (state.queue_depth, -candidate.headroom, cost)
     elif policy.strategy is Strategy.BIN_PACK:
         tail = (candidate.headroom, cost)
     else:
@@ -476,17 +477,23 @@ def _outranked_message(loser: _Candidate, winner: _Candidate, policy: RoutingPol
     loser_in_plane = loser.state.info.role is ClusterRole.IN_PLANE and policy.prefer_in_plane
     if winner_in_plane and not loser_in_plane:
         return f"fits, but in-plane cluster {winner.state.name} is preferred"
+    if policy.strategy is Strategy.WEIGHTED:
+        return f"fits, {winner.state.name} scores better on cost and headroom"
     if policy.strategy is Strategy.COST and loser.cost != winner.cost:
         return (
             f"fits at {_money(loser.cost) or 'unknown cost'}, "
             f"{winner.state.name} is cheaper at {_money(winner.cost)}"
         )
-    if policy.strategy is Strategy.LEAST_LOADED:
+    if policy.strategy is Strategy.LEAST_LOADED and loser.state.queue_depth != (
+        winner.state.queue_depth
+    ):
+        return f"fits, fewer tasks wait for {winner.state.name}"
+    if loser.headroom != winner.headroom:
+        if policy.strategy is Strategy.BIN_PACK:
+            return f"fits, {winner.state.name} is fuller (bin-packing)"
         return f"fits, {winner.state.name} has more free room"
-    if policy.strategy is Strategy.BIN_PACK:
-        return f"fits, {winner.state.name} is fuller (bin-packing)"
-    if policy.strategy is Strategy.WEIGHTED:
-        return f"fits, {winner.state.name} scores better on cost and headroom"
+    if loser.cost != winner.cost:
+        return f"fits, {winner.state.name} is cheaper at {_money(winner.cost)}"
     return f"fits, {winner.state.name} is as good and comes first by name"
 
 

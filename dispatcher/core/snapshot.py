@@ -400,7 +400,7 @@ class ClusterState:
     info: ClusterInfo
     health: Health
     shapes: tuple[NodeShape, ...]
-    #: Tasks waiting for this cluster, for least-loaded routing and for metrics.
+    #: Tasks waiting for this cluster; the least-loaded strategy avoids long queues.
     queue_depth: int = 0
 
     @property

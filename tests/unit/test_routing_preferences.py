@@ -6,6 +6,7 @@ from dispatcher.core import (
     ClusterRole,
     ClusterState,
     Health,
+    NodeInfo,
     Reason,
     RoutingPolicy,
     ScoreWeights,
@@ -163,3 +164,17 @@ def test_equal_clusters_are_chosen_by_name() -> None:
     second = cluster(info("beta"), [node("b-0")])
 
     assert route(task(), snapshot(second, first)).cluster == "alpha"
+
+
+def test_least_loaded_avoids_clusters_with_tasks_queued_for_them() -> None:
+    queued = ClusterState.build(
+        info("queued"), nodes=[NodeInfo("q-0", {"cpu": 64_000, "pods": 110})], queue_depth=5
+    )
+    quiet = ClusterState.build(info("quiet"), nodes=[NodeInfo("z-0", {"cpu": 16_000, "pods": 110})])
+    policy = RoutingPolicy(strategy=Strategy.LEAST_LOADED)
+    decision = route(task(), snapshot(queued, quiet), policy)
+
+    assert decision.cluster == "quiet"
+    verdict = decision.explain("queued")
+    assert verdict is not None
+    assert verdict.message == "fits, fewer tasks wait for quiet"
