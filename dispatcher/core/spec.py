@@ -82,7 +82,7 @@ JsonObject = dict[str, Any]
 class _Model(BaseModel):
     """Frozen, closed models: unknown fields are refused, not silently dropped."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy; with ``update``, validated like new input.
@@ -104,12 +104,8 @@ class _K8sModel(_Model):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
 
 
-def _qualified_resource(name: str) -> str:
-    # Resource names are qualified names like label keys; the standard ones have no prefix.
-    return check_label_key(name)
-
-
-ResourceName = Annotated[str, AfterValidator(_qualified_resource)]
+#: Resource names are qualified names like label keys; the standard ones have no prefix.
+ResourceName = Annotated[str, AfterValidator(check_label_key)]
 
 
 def _quantity_text(value: Any) -> Any:
