@@ -23,8 +23,17 @@ from tests.stack import Stack, StackEnv
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
-def pod(name: str, *, gpus: int = 0, tolerate_gpu: bool = False, annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "3Gi"}}
+def pod(
+    name: str,
+    *,
+    gpus: int = 0,
+    tolerate_gpu: bool = False,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    resources: dict[str, Any] = {
+        "requests": {"cpu": "1", "memory": "1Gi"},
+        "limits": {"memory": "3Gi"},
+    }
     if gpus:
         resources["limits"]["nvidia.com/gpu"] = str(gpus)
     return {
@@ -55,12 +64,22 @@ def a100(stack: Stack) -> Any:
         yield client.CoreV1Api(api)
 
 
-def test_gpu_pod_with_toleration_is_bound_to_an_a100_node_and_succeeds(a100: Any, namespace: str) -> None:
+def test_gpu_pod_with_toleration_is_bound_to_an_a100_node_and_succeeds(
+    a100: Any, namespace: str
+) -> None:
     a100.create_namespaced_pod(
-        namespace, pod("train", gpus=2, tolerate_gpu=True, annotations={"sim.dispatcher.dev/succeed-after": "1s"})
+        namespace,
+        pod(
+            "train",
+            gpus=2,
+            tolerate_gpu=True,
+            annotations={"sim.dispatcher.dev/succeed-after": "1s"},
+        ),
     )
     done = wait_for(
-        lambda: (p := a100.read_namespaced_pod("train", namespace)).status.phase == "Succeeded" and p,
+        lambda: (
+            (p := a100.read_namespaced_pod("train", namespace)).status.phase == "Succeeded" and p
+        ),
         what="pod Succeeded",
     )
     node = a100.read_node(done.spec.node_name)
@@ -68,11 +87,15 @@ def test_gpu_pod_with_toleration_is_bound_to_an_a100_node_and_succeeds(a100: Any
     assert done.status.container_statuses[0].state.terminated.exit_code == 0
 
 
-def test_gpu_pod_without_toleration_stays_pending_with_failed_scheduling(a100: Any, namespace: str) -> None:
+def test_gpu_pod_without_toleration_stays_pending_with_failed_scheduling(
+    a100: Any, namespace: str
+) -> None:
     a100.create_namespaced_pod(namespace, pod("untolerated", gpus=1))
 
     def failed_scheduling() -> Any:
-        events = a100.list_namespaced_event(namespace, field_selector="involvedObject.name=untolerated").items
+        events = a100.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=untolerated"
+        ).items
         return [e for e in events if e.reason == "FailedScheduling"]
 
     events = wait_for(failed_scheduling, what="FailedScheduling event")
@@ -88,9 +111,12 @@ def test_pod_annotated_oom_fails_with_oomkilled(a100: Any, namespace: str) -> No
         "sim.dispatcher.dev/exit-code": "137",
         "sim.dispatcher.dev/reason": "OOMKilled",
     }
-    a100.create_namespaced_pod(namespace, pod("oom", gpus=1, tolerate_gpu=True, annotations=annotations))
+    a100.create_namespaced_pod(
+        namespace, pod("oom", gpus=1, tolerate_gpu=True, annotations=annotations)
+    )
     failed = wait_for(
-        lambda: (p := a100.read_namespaced_pod("oom", namespace)).status.phase == "Failed" and p, what="pod Failed"
+        lambda: (p := a100.read_namespaced_pod("oom", namespace)).status.phase == "Failed" and p,
+        what="pod Failed",
     )
     terminated = failed.status.container_statuses[0].state.terminated
     assert (terminated.reason, terminated.exit_code) == ("OOMKilled", 137)
@@ -98,7 +124,7 @@ def test_pod_annotated_oom_fails_with_oomkilled(a100: Any, namespace: str) -> No
 
 def test_pod_annotated_never_start_waits_in_image_pull_backoff(a100: Any, namespace: str) -> None:
     annotations = {"sim.dispatcher.dev/never-start": "ImagePullBackOff"}
-    a100.create_namespaced_pod(namespace, pod("nopull", annotations=annotations))
+    a100.create_namespaced_pod(namespace, pod("nopull", tolerate_gpu=True, annotations=annotations))
 
     def waiting_reason() -> str | None:
         statuses = a100.read_namespaced_pod("nopull", namespace).status.container_statuses or []
@@ -110,9 +136,14 @@ def test_pod_annotated_never_start_waits_in_image_pull_backoff(a100: Any, namesp
     assert a100.read_namespaced_pod("nopull", namespace).status.phase == "Pending"
 
 
-def test_container_logs_are_readable_and_followable(stack: Stack, a100: Any, namespace: str) -> None:
+def test_container_logs_are_readable_and_followable(
+    stack: Stack, a100: Any, namespace: str
+) -> None:
     a100.create_namespaced_pod(namespace, pod("logger", gpus=1, tolerate_gpu=True))
-    wait_for(lambda: a100.read_namespaced_pod("logger", namespace).status.phase == "Running", what="Running")
+    wait_for(
+        lambda: a100.read_namespaced_pod("logger", namespace).status.phase == "Running",
+        what="Running",
+    )
     text = a100.read_namespaced_pod_log("logger", namespace)
     assert "step 3/3" in text
 
@@ -120,7 +151,9 @@ def test_container_logs_are_readable_and_followable(stack: Stack, a100: Any, nam
     seen: list[str] = []
 
     def follow() -> None:
-        stream = a100.read_namespaced_pod_log("logger", namespace, follow=True, _preload_content=False)
+        stream = a100.read_namespaced_pod_log(
+            "logger", namespace, follow=True, _preload_content=False
+        )
         for raw in stream.stream():
             seen.append(raw.decode())
             if marker in "".join(seen):
@@ -138,7 +171,9 @@ def test_container_logs_are_readable_and_followable(stack: Stack, a100: Any, nam
 def test_hvac_reads_a_kubeconfig_from_kv_v2(stack_env: StackEnv) -> None:
     vault = hvac.Client(url=stack_env.vault.addr, token=stack_env.vault.root_token)
     secret = vault.secrets.kv.v2.read_secret_version(
-        path=stack_env.vault.kv_paths["gpu-a100"], mount_point=stack_env.vault.kv_mount, raise_on_deleted_version=True
+        path=stack_env.vault.kv_paths["gpu-a100"],
+        mount_point=stack_env.vault.kv_mount,
+        raise_on_deleted_version=True,
     )
     kubeconfig = yaml.safe_load(secret["data"]["data"]["kubeconfig"])
     api = config.new_client_from_config_dict(kubeconfig)
@@ -149,16 +184,27 @@ def test_hvac_reads_a_kubeconfig_from_kv_v2(stack_env: StackEnv) -> None:
     assert denied.value.status == 403
 
 
-def test_hvac_logs_in_with_kubernetes_auth_using_a_tokenrequest_token(stack: Stack, stack_env: StackEnv) -> None:
-    jwt = stack.service_account_token("plane", stack_env.dispatcher_namespace, stack_env.dispatcher_service_account)
+def test_hvac_logs_in_with_kubernetes_auth_using_a_tokenrequest_token(
+    stack: Stack, stack_env: StackEnv
+) -> None:
+    jwt = stack.service_account_token(
+        "plane", stack_env.dispatcher_namespace, stack_env.dispatcher_service_account
+    )
     vault = hvac.Client(url=stack_env.vault.addr)
     login = vault.auth.kubernetes.login(
-        role=stack_env.vault.kubernetes_auth_role, jwt=jwt, mount_point=stack_env.vault.kubernetes_auth_mount
+        role=stack_env.vault.kubernetes_auth_role,
+        jwt=jwt,
+        mount_point=stack_env.vault.kubernetes_auth_mount,
     )
     assert stack_env.vault.policy in login["auth"]["policies"]
-    assert vault.secrets.kv.v2.read_secret_version(
-        path=stack_env.vault.kv_paths["gpu-h100"], mount_point=stack_env.vault.kv_mount, raise_on_deleted_version=True
-    )["data"]["data"]["server"] == stack_env.clusters["gpu-h100"].server
+    assert (
+        vault.secrets.kv.v2.read_secret_version(
+            path=stack_env.vault.kv_paths["gpu-h100"],
+            mount_point=stack_env.vault.kv_mount,
+            raise_on_deleted_version=True,
+        )["data"]["data"]["server"]
+        == stack_env.clusters["gpu-h100"].server
+    )
 
 
 def test_kubernetes_auth_refuses_another_service_account(stack: Stack, stack_env: StackEnv) -> None:
@@ -166,7 +212,9 @@ def test_kubernetes_auth_refuses_another_service_account(stack: Stack, stack_env
     vault = hvac.Client(url=stack_env.vault.addr)
     with pytest.raises(hvac.exceptions.VaultError):
         vault.auth.kubernetes.login(
-            role=stack_env.vault.kubernetes_auth_role, jwt=jwt, mount_point=stack_env.vault.kubernetes_auth_mount
+            role=stack_env.vault.kubernetes_auth_role,
+            jwt=jwt,
+            mount_point=stack_env.vault.kubernetes_auth_mount,
         )
 
 
@@ -180,7 +228,9 @@ def test_approle_login_works(stack_env: StackEnv) -> None:
     assert stack_env.vault.policy in login["auth"]["policies"]
 
 
-def test_kubernetes_secrets_engine_token_is_accepted_by_gpu_h100(stack: Stack, stack_env: StackEnv) -> None:
+def test_kubernetes_secrets_engine_token_is_accepted_by_gpu_h100(
+    stack: Stack, stack_env: StackEnv
+) -> None:
     vault = hvac.Client(url=stack_env.vault.addr)
     vault.auth.approle.login(
         role_id=stack_env.vault.approle_role_id,
@@ -197,10 +247,14 @@ def test_kubernetes_secrets_engine_token_is_accepted_by_gpu_h100(stack: Stack, s
         pods = client.CoreV1Api(api).list_namespaced_pod("dispatch")
         assert pods.items is not None
         nodes = client.CoreV1Api(api).list_node().items
-        assert all(n.metadata.labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3" for n in nodes)
+        assert all(
+            n.metadata.labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3" for n in nodes
+        )
 
 
-def test_stopping_the_a100_apiserver_fails_requests_and_restarting_recovers(stack: Stack, faults: Any) -> None:
+def test_stopping_the_a100_apiserver_fails_requests_and_restarting_recovers(
+    stack: Stack, faults: Any
+) -> None:
     with stack.kube("gpu-a100") as api:
         core = client.CoreV1Api(api)
         assert core.list_node(_request_timeout=5).items

@@ -64,7 +64,9 @@ def _go_version() -> str:
     try:
         out = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError) as exc:
-        raise SystemExit(f"stack build: the `go` command is needed to build the stack: {exc}") from exc
+        raise SystemExit(
+            f"stack build: the `go` command is needed to build the stack: {exc}"
+        ) from exc
     return out.stdout.strip()
 
 
@@ -114,18 +116,37 @@ def build(only: list[str] | None = None, out: TextIO = sys.stderr) -> dict[str, 
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for name in missing:
-            print(f"stack build: {name} ({component.module}, {go_version}) ...", file=out, flush=True)
+            print(
+                f"stack build: {name} ({component.module}, {go_version}) ...", file=out, flush=True
+            )
             started = time.monotonic()
             cmd = [
-                "go", "build", "-trimpath", f"-ldflags={component.ldflags}",
-                "-o", str(tmp / name), component.binaries[name],
+                "go",
+                "build",
+                "-trimpath",
+                f"-ldflags={component.ldflags}",
+                "-o",
+                str(tmp / name),
+                component.binaries[name],
             ]
-            proc = subprocess.run(cmd, cwd=GO_DIR / component.module, env=env, capture_output=True, text=True)
+            proc = subprocess.run(
+                cmd,
+                cwd=GO_DIR / component.module,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if proc.returncode != 0:
                 raise SystemExit(
-                    f"stack build: building {name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+                    f"stack build: building {name} failed (exit {proc.returncode}):\n"
+                    + proc.stderr[-4000:]
                 )
-            print(f"stack build: {name} built in {time.monotonic() - started:.0f}s", file=out, flush=True)
+            print(
+                f"stack build: {name} built in {time.monotonic() - started:.0f}s",
+                file=out,
+                flush=True,
+            )
         folder.mkdir(parents=True, exist_ok=True)
         for name in missing:
             os.replace(tmp / name, folder / name)

@@ -7,6 +7,7 @@ the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -43,17 +44,17 @@ def namespace(stack: Stack) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:10]}"
     for spec in stack.clusters:
         with stack.kube(spec) as api:
-            client.CoreV1Api(api).create_namespace({"metadata": {"name": name, "labels": {"kube-dispatcher.dev/test": "true"}}})
+            client.CoreV1Api(api).create_namespace(
+                {"metadata": {"name": name, "labels": {"kube-dispatcher.dev/test": "true"}}}
+            )
         stack.grant_task_namespace(spec, name)
     yield name
     # No namespace controller runs in the stack, so a deleted namespace would stay
     # Terminating forever; removing its pods frees the simulated capacity instead.
     for spec in stack.clusters:
-        try:
-            with stack.kube(spec) as api:
-                client.CoreV1Api(api).delete_collection_namespaced_pod(name, grace_period_seconds=0)
-        except Exception:  # noqa: BLE001 - a cluster a test left stopped is restarted below
-            pass
+        # A cluster a test stopped is restarted by `faults`; its pods may be gone already.
+        with contextlib.suppress(Exception), stack.kube(spec) as api:
+            client.CoreV1Api(api).delete_collection_namespaced_pod(name, grace_period_seconds=0)
 
 
 class Faults:

@@ -6,7 +6,7 @@ What runs (all on 127.0.0.1, every port offset from ``KD_STACK_PORT_BASE``):
 * per cluster (``plane``, ``gpu-a100``, ``gpu-h100``): a real kube-apiserver, a real
   kube-scheduler and a KWOK controller that simulates the nodes and drives pods through
   the stages in ``stages/`` (and serves container logs through the apiserver);
-* a Vault server (HashiCorp Vault 1.14.0, MPL; see README.md for why not OpenBao) in dev
+* a Vault server (HashiCorp Vault 1.13.0, MPL; see README.md for why not OpenBao) in dev
   mode, configured with KV v2 kubeconfigs, Kubernetes auth, AppRole and the Kubernetes
   secrets engine.
 
@@ -87,24 +87,46 @@ def default_clusters(
 ) -> tuple[ClusterSpec, ...]:
     return (
         ClusterSpec(
-            "plane", 0, "us-east-1",
-            (NodePool("plane-cpu", plane_nodes, cpu="16", memory="64Gi", instance_type="m6i.4xlarge"),),
-        ),
-        ClusterSpec(
-            "gpu-a100", 1, "us-east-1",
+            "plane",
+            0,
+            "us-east-1",
             (
                 NodePool(
-                    "a100", a100_nodes, cpu="96", memory="1152Gi", gpus=8,
-                    gpu_product="NVIDIA-A100-SXM4-80GB", instance_type="p4de.24xlarge", tainted=True,
+                    "plane-cpu", plane_nodes, cpu="16", memory="64Gi", instance_type="m6i.4xlarge"
                 ),
             ),
         ),
         ClusterSpec(
-            "gpu-h100", 2, "eu-west-1",
+            "gpu-a100",
+            1,
+            "us-east-1",
             (
                 NodePool(
-                    "h100", h100_nodes, cpu="192", memory="2048Gi", gpus=8,
-                    gpu_product="NVIDIA-H100-80GB-HBM3", instance_type="p5.48xlarge", tainted=True,
+                    "a100",
+                    a100_nodes,
+                    cpu="96",
+                    memory="1152Gi",
+                    gpus=8,
+                    gpu_product="NVIDIA-A100-SXM4-80GB",
+                    instance_type="p4de.24xlarge",
+                    tainted=True,
+                ),
+            ),
+        ),
+        ClusterSpec(
+            "gpu-h100",
+            2,
+            "eu-west-1",
+            (
+                NodePool(
+                    "h100",
+                    h100_nodes,
+                    cpu="192",
+                    memory="2048Gi",
+                    gpus=8,
+                    gpu_product="NVIDIA-H100-80GB-HBM3",
+                    instance_type="p5.48xlarge",
+                    tainted=True,
                 ),
             ),
         ),
@@ -192,7 +214,13 @@ class StackEnv:
 
 
 def kubeconfig_dict(
-    name: str, server: str, ca_pem: str, token: str, namespace: str = "default", user: str | None = None
+    name: str,
+    server: str,
+    ca_pem: str,
+    token: str,
+    *,
+    namespace: str = "default",
+    user: str | None = None,
 ) -> dict[str, Any]:
     """A self-contained kubeconfig: inline CA and bearer token, no file paths."""
     user = user or f"{name}-user"
@@ -209,7 +237,9 @@ def kubeconfig_dict(
             }
         ],
         "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": name, "context": {"cluster": name, "user": user, "namespace": namespace}}],
+        "contexts": [
+            {"name": name, "context": {"cluster": name, "user": user, "namespace": namespace}}
+        ],
         "current-context": name,
     }
 
@@ -355,7 +385,7 @@ class Stack:
             try:
                 if check():
                     return
-            except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            except Exception as exc:
                 last = exc
             time.sleep(0.2)
         raise StackError(
@@ -425,7 +455,9 @@ class Stack:
         pki = ensure_pki(self.state_dir / "pki")
         admin_token = secrets.token_urlsafe(24)
         (self.state_dir / "admin.token").write_text(admin_token)
-        (self.state_dir / "tokens.csv").write_text(f'{admin_token},admin,admin-uid,"system:masters"\n')
+        (self.state_dir / "tokens.csv").write_text(
+            f'{admin_token},admin,admin-uid,"system:masters"\n'
+        )
         self._write_kwok_configs()
 
         self._start_etcd()
@@ -440,11 +472,13 @@ class Stack:
             self._start_kwok(spec)
         self._start_vault()
         with ThreadPoolExecutor(max_workers=len(self.clusters)) as pool:
-            restricted = dict(zip(
-                [s.name for s in self.clusters],
-                pool.map(self._bootstrap_cluster, self.clusters),
-                strict=True,
-            ))
+            restricted = dict(
+                zip(
+                    [s.name for s in self.clusters],
+                    pool.map(self._bootstrap_cluster, self.clusters),
+                    strict=True,
+                )
+            )
         env = self._write_env(pki, admin_token, restricted)
         self._wait("vault", self._vault_ready, 60)
         self.configure_vault()
@@ -488,7 +522,11 @@ class Stack:
                 "--log-level=warn",
             ],
         )
-        self._wait("etcd", lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200, 30)
+        self._wait(
+            "etcd",
+            lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200,
+            30,
+        )
 
     def _start_apiserver(self, spec: ClusterSpec) -> None:
         pki = Pki(self.state_dir / "pki")
@@ -510,7 +548,9 @@ class Stack:
                 "--service-cluster-ip-range=10.0.0.0/24",
                 f"--token-auth-file={self.state_dir / 'tokens.csv'}",
                 "--authorization-mode=RBAC",
-                "--disable-admission-plugins=ServiceAccount",
+                # No kube-controller-manager runs: nothing would create default
+                # ServiceAccounts or lift the not-ready taint this plugin puts on new nodes.
+                "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
                 "--endpoint-reconciler-type=none",
                 f"--kubelet-client-certificate={pki.kubelet_client_cert}",
                 f"--kubelet-client-key={pki.kubelet_client_key}",
@@ -526,7 +566,9 @@ class Stack:
 
     def _write_admin_kubeconfigs(self, pki: Pki) -> None:
         for spec in self.clusters:
-            conf = kubeconfig_dict(spec.name, self.server(spec), pki.ca_pem(), self._admin_token(), user="admin")
+            conf = kubeconfig_dict(
+                spec.name, self.server(spec), pki.ca_pem(), self._admin_token(), user="admin"
+            )
             path = self.state_dir / "kubeconfigs" / f"{spec.name}-admin.yaml"
             path.parent.mkdir(exist_ok=True, mode=0o700)
             path.write_text(yaml.safe_dump(conf))
@@ -555,11 +597,25 @@ class Stack:
 
     def _write_kwok_configs(self) -> None:
         pki = Pki(self.state_dir / "pki")
-        stages = (STAGES_DIR / "nodes.yaml").read_text() + "\n---\n" + (STAGES_DIR / "pods.yaml").read_text()
+        stages = (
+            (STAGES_DIR / "nodes.yaml").read_text()
+            + "\n---\n"
+            + (STAGES_DIR / "pods.yaml").read_text()
+        )
         for spec in self.clusters:
             log_file = self.container_log_file(spec.name)
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            log_file.write_text(_cri_lines([f"simulated container on {spec.name}: starting", "step 1/3", "step 2/3", "step 3/3", "done"]))
+            log_file.write_text(
+                _cri_lines(
+                    [
+                        f"simulated container on {spec.name}: starting",
+                        "step 1/3",
+                        "step 2/3",
+                        "step 3/3",
+                        "done",
+                    ]
+                )
+            )
             cluster_logs = {
                 "apiVersion": "kwok.x-k8s.io/v1alpha1",
                 "kind": "ClusterLogs",
@@ -579,9 +635,24 @@ class Stack:
                     "tlsPrivateKeyFile": str(pki.serving_key),
                     "cidr": "10.64.0.1/10",
                     "nodeLeaseDurationSeconds": 0,
+                    # Left out, these are 0 and KWOK refuses to start.
+                    "podPlayStageParallelism": 8,
+                    "nodePlayStageParallelism": 4,
+                    "nodeLeaseParallelism": 2,
+                    "podsOnNodeSyncParallelism": 4,
+                    "enablePodsOnNodeSyncListPager": True,
+                    "enablePodsOnNodeSyncStreamWatch": True,
+                    # Serves pods/log (ClusterLogs) to the apiserver.
+                    "enableDebuggingHandlers": True,
                 },
             }
-            text = yaml.safe_dump(options) + "---\n" + stages + "\n---\n" + yaml.safe_dump(cluster_logs)
+            text = (
+                yaml.safe_dump(options)
+                + "---\n"
+                + stages
+                + "\n---\n"
+                + yaml.safe_dump(cluster_logs)
+            )
             (self.state_dir / f"kwok-{spec.name}.yaml").write_text(text)
 
     def _start_kwok(self, spec: ClusterSpec) -> None:
@@ -633,13 +704,19 @@ class Stack:
         rbac.create_cluster_role(
             {
                 "metadata": {"name": "kube-dispatcher-nodes"},
-                "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}],
+                "rules": [
+                    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}
+                ],
             }
         )
         rbac.create_cluster_role_binding(
             {
                 "metadata": {"name": "kube-dispatcher-nodes"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kube-dispatcher-nodes"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "kube-dispatcher-nodes",
+                },
                 "subjects": [subject],
             }
         )
@@ -659,7 +736,15 @@ class Stack:
                         {
                             "apiGroups": ["coordination.k8s.io"],
                             "resources": ["leases"],
-                            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                            "verbs": [
+                                "get",
+                                "list",
+                                "watch",
+                                "create",
+                                "update",
+                                "patch",
+                                "delete",
+                            ],
                         }
                     ],
                 },
@@ -668,29 +753,47 @@ class Stack:
                 DISPATCHER_NAMESPACE,
                 {
                     "metadata": {"name": "kube-dispatcher-leases"},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kube-dispatcher-leases"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Role",
+                        "name": "kube-dispatcher-leases",
+                    },
                     "subjects": [subject],
                 },
             )
             # Vault's Kubernetes auth reviews the dispatcher's tokens with this identity.
-            core.create_namespaced_service_account("kube-system", {"metadata": {"name": "vault-auth"}})
+            core.create_namespaced_service_account(
+                "kube-system", {"metadata": {"name": "vault-auth"}}
+            )
             rbac.create_cluster_role_binding(
                 {
                     "metadata": {"name": "vault-auth-delegator"},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
-                    "subjects": [{"kind": "ServiceAccount", "name": "vault-auth", "namespace": "kube-system"}],
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": "system:auth-delegator",
+                    },
+                    "subjects": [
+                        {"kind": "ServiceAccount", "name": "vault-auth", "namespace": "kube-system"}
+                    ],
                 }
             )
         if spec.name == "gpu-h100":
             # Vault's Kubernetes secrets engine mints tokens for `dispatcher` with this identity.
-            core.create_namespaced_service_account("kube-system", {"metadata": {"name": "vault-secrets"}})
+            core.create_namespaced_service_account(
+                "kube-system", {"metadata": {"name": "vault-secrets"}}
+            )
             rbac.create_namespaced_role(
                 TASK_NAMESPACE,
                 {
                     "metadata": {"name": "vault-token-minter"},
                     "rules": [
                         {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
-                        {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
+                        {
+                            "apiGroups": [""],
+                            "resources": ["serviceaccounts/token"],
+                            "verbs": ["create"],
+                        },
                     ],
                 },
             )
@@ -698,14 +801,30 @@ class Stack:
                 TASK_NAMESPACE,
                 {
                     "metadata": {"name": "vault-token-minter"},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "vault-token-minter"},
-                    "subjects": [{"kind": "ServiceAccount", "name": "vault-secrets", "namespace": "kube-system"}],
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Role",
+                        "name": "vault-token-minter",
+                    },
+                    "subjects": [
+                        {
+                            "kind": "ServiceAccount",
+                            "name": "vault-secrets",
+                            "namespace": "kube-system",
+                        }
+                    ],
                 },
             )
         self.create_nodes(spec)
         token = self._bound_token(spec, sa_ns, sa_name, generation=1)
         path = self.state_dir / "kubeconfigs" / f"{spec.name}-restricted.yaml"
-        conf = kubeconfig_dict(spec.name, self.server(spec), Pki(self.state_dir / "pki").ca_pem(), token, TASK_NAMESPACE)
+        conf = kubeconfig_dict(
+            spec.name,
+            self.server(spec),
+            Pki(self.state_dir / "pki").ca_pem(),
+            token,
+            namespace=TASK_NAMESPACE,
+        )
         path.write_text(yaml.safe_dump(conf))
         path.chmod(0o600)
         api.close()
@@ -723,7 +842,11 @@ class Stack:
                 namespace,
                 {
                     "metadata": {"name": "kube-dispatcher-tasks"},
-                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kube-dispatcher-tasks"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": "kube-dispatcher-tasks",
+                    },
                     "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_ns}],
                 },
             )
@@ -735,7 +858,8 @@ class Stack:
         with self.kube(spec) as api:
             core = client.CoreV1Api(api)
             secret = core.create_namespaced_secret(
-                namespace, {"metadata": {"name": f"{sa_name}-credential-{generation}"}, "type": "Opaque"}
+                namespace,
+                {"metadata": {"name": f"{sa_name}-credential-{generation}"}, "type": "Opaque"},
             )
             request = core.create_namespaced_service_account_token(
                 sa_name,
@@ -744,14 +868,24 @@ class Stack:
                     "spec": {
                         "audiences": [],
                         "expirationSeconds": 7 * 24 * 3600,
-                        "boundObjectRef": {"apiVersion": "v1", "kind": "Secret", "name": secret.metadata.name, "uid": secret.metadata.uid},
+                        "boundObjectRef": {
+                            "apiVersion": "v1",
+                            "kind": "Secret",
+                            "name": secret.metadata.name,
+                            "uid": secret.metadata.uid,
+                        },
                     }
                 },
             )
             return str(request.status.token)
 
     def service_account_token(
-        self, cluster: ClusterSpec | str, namespace: str, name: str, seconds: int = 3600, audiences: list[str] | None = None
+        self,
+        cluster: ClusterSpec | str,
+        namespace: str,
+        name: str,
+        seconds: int = 3600,
+        audiences: list[str] | None = None,
     ) -> str:
         """A fresh token for a ServiceAccount through the TokenRequest API."""
         from kubernetes import client
@@ -760,7 +894,9 @@ class Stack:
             body: dict[str, Any] = {"spec": {"expirationSeconds": seconds}}
             if audiences:
                 body["spec"]["audiences"] = audiences
-            request = client.CoreV1Api(api).create_namespaced_service_account_token(name, namespace, body)
+            request = client.CoreV1Api(api).create_namespaced_service_account_token(
+                name, namespace, body
+            )
             return str(request.status.token)
 
     def rotate_restricted_credential(self, cluster: ClusterSpec | str) -> str:
@@ -775,17 +911,29 @@ class Stack:
         generations = self.state_dir / f"{spec.name}-credential-generation"
         current = int(generations.read_text()) if generations.is_file() else 1
         token = self._bound_token(spec, TASK_NAMESPACE, RESTRICTED_SA, generation=current + 1)
-        conf = kubeconfig_dict(spec.name, self.server(spec), Pki(self.state_dir / "pki").ca_pem(), token, TASK_NAMESPACE)
+        conf = kubeconfig_dict(
+            spec.name,
+            self.server(spec),
+            Pki(self.state_dir / "pki").ca_pem(),
+            token,
+            namespace=TASK_NAMESPACE,
+        )
         vault = hvac.Client(url=self.vault_addr, token=VAULT_ROOT_TOKEN)
         vault.secrets.kv.v2.create_or_update_secret(
-            path=f"clusters/{spec.name}", mount_point=VAULT_KV_MOUNT, secret=self._kv_record(spec, conf)
+            path=f"clusters/{spec.name}",
+            mount_point=VAULT_KV_MOUNT,
+            secret=self._kv_record(spec, conf),
         )
         with self.kube(spec) as api:
-            client.CoreV1Api(api).delete_namespaced_secret(f"{RESTRICTED_SA}-credential-{current}", TASK_NAMESPACE)
+            client.CoreV1Api(api).delete_namespaced_secret(
+                f"{RESTRICTED_SA}-credential-{current}", TASK_NAMESPACE
+            )
         generations.write_text(str(current + 1))
         return token
 
-    def create_nodes(self, cluster: ClusterSpec | str, pools: tuple[NodePool, ...] | None = None) -> list[str]:
+    def create_nodes(
+        self, cluster: ClusterSpec | str, pools: tuple[NodePool, ...] | None = None
+    ) -> list[str]:
         """Create simulated nodes (KWOK makes them Ready); returns their names."""
         from kubernetes import client
 
@@ -836,14 +984,20 @@ class Stack:
         for name, path in env.vault.kv_paths.items():
             conf = yaml.safe_load(Path(env.clusters[name].restricted_kubeconfig).read_text())
             vault.secrets.kv.v2.create_or_update_secret(
-                path=path, mount_point=VAULT_KV_MOUNT, secret=self._kv_record(self._spec(name), conf)
+                path=path,
+                mount_point=VAULT_KV_MOUNT,
+                secret=self._kv_record(self._spec(name), conf),
             )
-        vault.sys.create_or_update_policy(VAULT_POLICY, VAULT_POLICY_HCL.format(
-            kv=VAULT_KV_MOUNT, k8s=env.vault.kubernetes_secrets_mount))
+        vault.sys.create_or_update_policy(
+            VAULT_POLICY,
+            VAULT_POLICY_HCL.format(kv=VAULT_KV_MOUNT, k8s=env.vault.kubernetes_secrets_mount),
+        )
         auths = vault.sys.list_auth_methods()
         if f"{VAULT_KUBE_AUTH_MOUNT}/" not in auths:
             vault.sys.enable_auth_method("kubernetes", path=VAULT_KUBE_AUTH_MOUNT)
-        reviewer = self.service_account_token("plane", "kube-system", "vault-auth", seconds=30 * 24 * 3600)
+        reviewer = self.service_account_token(
+            "plane", "kube-system", "vault-auth", seconds=30 * 24 * 3600
+        )
         vault.write(
             f"auth/{VAULT_KUBE_AUTH_MOUNT}/config",
             kubernetes_host=self.server("plane"),
@@ -868,17 +1022,22 @@ class Stack:
             token_max_ttl="24h",
             secret_id_ttl="0",
         )
-        vault.write(f"auth/{VAULT_APPROLE_MOUNT}/role/{VAULT_ROLE}/role-id", role_id=APPROLE_ROLE_ID)
+        vault.write(
+            f"auth/{VAULT_APPROLE_MOUNT}/role/{VAULT_ROLE}/role-id", role_id=APPROLE_ROLE_ID
+        )
         existing = vault.list(f"auth/{VAULT_APPROLE_MOUNT}/role/{VAULT_ROLE}/secret-id")
         if not existing:
             vault.write(
-                f"auth/{VAULT_APPROLE_MOUNT}/role/{VAULT_ROLE}/custom-secret-id", secret_id=APPROLE_SECRET_ID
+                f"auth/{VAULT_APPROLE_MOUNT}/role/{VAULT_ROLE}/custom-secret-id",
+                secret_id=APPROLE_SECRET_ID,
             )
         mounts = vault.sys.list_mounted_secrets_engines()
         mount = env.vault.kubernetes_secrets_mount
         if f"{mount}/" not in mounts:
             vault.sys.enable_secrets_engine("kubernetes", path=mount)
-        minter = self.service_account_token("gpu-h100", "kube-system", "vault-secrets", seconds=30 * 24 * 3600)
+        minter = self.service_account_token(
+            "gpu-h100", "kube-system", "vault-secrets", seconds=30 * 24 * 3600
+        )
         vault.write(
             f"{mount}/config",
             kubernetes_host=self.server("gpu-h100"),
@@ -957,7 +1116,11 @@ class Stack:
 
 
 TASK_RULES = [
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete", "patch"]},
+    {
+        "apiGroups": [""],
+        "resources": ["pods"],
+        "verbs": ["get", "list", "watch", "create", "delete", "patch"],
+    },
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
 ]
@@ -997,7 +1160,10 @@ def node_manifest(spec: ClusterSpec, pool: NodePool, i: int) -> dict[str, Any]:
         "metadata": {
             "name": name,
             "labels": labels,
-            "annotations": {KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1], "node.alpha.kubernetes.io/ttl": "0"},
+            "annotations": {
+                KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1],
+                "node.alpha.kubernetes.io/ttl": "0",
+            },
         },
         "spec": {"taints": [GPU_TAINT] if pool.tainted else []},
         "status": {"capacity": resources, "allocatable": resources},

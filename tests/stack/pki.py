@@ -101,9 +101,15 @@ def _issue(
     if ca:
         builder = builder.add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -146,7 +152,11 @@ def ensure_pki(folder: Path) -> Pki:
 
     kubelet_key = ec.generate_private_key(ec.SECP256R1())
     kubelet = _issue(
-        _name("kube-apiserver-kubelet-client", "system:masters"), kubelet_key, ca_name, ca_key, client=True
+        _name("kube-apiserver-kubelet-client", "system:masters"),
+        kubelet_key,
+        ca_name,
+        ca_key,
+        client=True,
     )
     _write_key(pki.kubelet_client_key, kubelet_key)
     pki.kubelet_client_cert.write_bytes(kubelet.public_bytes(serialization.Encoding.PEM))
