@@ -705,7 +705,9 @@ class Stack:
             {
                 "metadata": {"name": "kube-dispatcher-nodes"},
                 "rules": [
-                    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}
+                    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+                    # Read-only, cluster-wide: free capacity counts every pod on a node.
+                    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
                 ],
             }
         )
