@@ -1,0 +1,49 @@
+# kube-dispatcher: the two commands a fresh machine needs are `make demo` and `make test`.
+# Everything else is a step they depend on. Requires python3 (>= 3.11) and go (>= 1.25).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint unit stack-build stack-up stack-down bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+## Build (or find cached) the test stack's Go binaries: kube-apiserver, kube-scheduler, etcd, kwok, vault, helm.
+stack-build: $(STAMP)
+	$(BIN)/python -m tests.stack build
+
+stack-up: stack-build
+	$(BIN)/python -m tests.stack up
+
+stack-down: $(STAMP)
+	$(BIN)/python -m tests.stack down
+
+## Static checks: ruff, mypy --strict on dispatcher/, import-linter layer contracts.
+lint: $(STAMP)
+	$(BIN)/ruff check dispatcher tests benchmarks
+	$(BIN)/ruff format --check dispatcher tests benchmarks
+	$(BIN)/mypy --strict dispatcher
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q
+
+## Everything CI runs: static checks, then the whole suite against the real stack.
+test: lint stack-build
+	$(BIN)/pytest -q
+
+## The demo: brings up the stack, starts the dispatcher, routes a mix of tasks.
+demo: stack-build
+	$(BIN)/python -m dispatcher.demo
+
+bench: stack-build
+	$(BIN)/python -m benchmarks.bench_routing
+
+clean: stack-down
+	rm -rf $(VENV) .stack
