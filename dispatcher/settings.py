@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 import yaml
@@ -48,6 +48,7 @@ __all__ = [
     "InClusterCredentials",
     "InsecureAllowances",
     "KubeconfigFileCredentials",
+    "ServiceSettings",
     "Settings",
     "VaultAppRoleAuth",
     "VaultAuth",
@@ -312,6 +313,37 @@ class VaultSettings(_Section):
         return self
 
 
+class ServiceSettings(_Section):
+    """How the dispatcher service itself runs: API, job state, failover, cleanup."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a server in a pod listens on all interfaces
+    port: int = Field(default=8080, ge=1, le=65535)
+    #: Where job records live (ConfigMaps): the in-plane cluster by default.
+    state_cluster: DNSLabel | None = None
+    state_namespace: DNSLabel = "kube-dispatcher"
+    #: Bearer tokens accepted by the API (empty: no authentication, for local use).
+    api_tokens: tuple[SecretStr, ...] = ()
+    #: A pod still unschedulable this long moves to another cluster (a task's own
+    #: ``schedule_timeout_seconds`` wins).
+    schedule_timeout_seconds: float = Field(default=300.0, gt=0, le=86400)
+    #: A cluster down this long is declared lost: its jobs move elsewhere.
+    cluster_down_grace_seconds: float = Field(default=120.0, gt=0, le=86400)
+    #: At most this many attempts per job (the first included): stops ping-pong.
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    #: A finished job stays readable this long unless the client acknowledges it.
+    finished_ttl_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    #: Grace period given to a cancelled job's pod.
+    cancel_grace_seconds: int = Field(default=30, ge=0, le=3600)
+    #: Upper bound of the wait between dispatch cycles when nothing wakes the loop.
+    cycle_interval_seconds: float = Field(default=5.0, gt=0, le=300)
+    #: Leader election (a coordination.k8s.io Lease in the state cluster and namespace).
+    leader_election: bool = False
+    lease_name: DNSLabel = "kube-dispatcher"
+    lease_duration_seconds: float = Field(default=15.0, gt=1, le=300)
+    log_json: bool = True
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 # ----------------------------------------------------------------------------- settings
 
 
@@ -328,6 +360,7 @@ class Settings(BaseSettings):
     clusters: tuple[ClusterSettings, ...]
     routing: RoutingPolicy = Field(default_factory=RoutingPolicy)
     vault: VaultSettings | None = None
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
 
     @field_validator("clusters")
     @classmethod

@@ -750,6 +750,12 @@ class Stack:
                         }
                     ],
                 },
+                # Job records (queued and finished jobs survive a restart).
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                },
             )
             rbac.create_namespaced_role_binding(
                 DISPATCHER_NAMESPACE,
