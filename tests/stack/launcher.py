@@ -747,14 +747,22 @@ class Stack:
                                 "patch",
                                 "delete",
                             ],
-                        }
+                        },
+                        # Job records (queued and finished jobs survive a restart).
+                        {
+                            "apiGroups": [""],
+                            "resources": ["configmaps"],
+                            "verbs": [
+                                "get",
+                                "list",
+                                "watch",
+                                "create",
+                                "update",
+                                "patch",
+                                "delete",
+                            ],
+                        },
                     ],
-                },
-                # Job records (queued and finished jobs survive a restart).
-                {
-                    "apiGroups": [""],
-                    "resources": ["configmaps"],
-                    "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
                 },
             )
             rbac.create_namespaced_role_binding(
