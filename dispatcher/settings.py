@@ -189,6 +189,9 @@ class ClientSettings(_Section):
     burst: int = Field(default=40, ge=1, le=100_000)
     connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
     read_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    #: Watch every running pod of the cluster (not only ours) to see its real free capacity;
+    #: off means only the dispatcher's own pods count as usage (a cluster used by nothing else).
+    watch_all_pods: bool = True
 
     @model_validator(mode="after")
     def _burst_covers_qps(self) -> Self:
