@@ -394,6 +394,15 @@ class ClusterInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Capacity:
+    """A cluster's totals as (allocatable, free) pairs."""
+
+    cpu_millicores: tuple[int, int]
+    memory_bytes: tuple[int, int]
+    gpus: Mapping[str, tuple[int, int]]
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterState:
     """One cluster at one moment: its configuration, health and node shapes."""
 
@@ -410,6 +419,29 @@ class ClusterState:
     @property
     def node_count(self) -> int:
         return sum(shape.count for shape in self.shapes)
+
+    def capacity(self) -> Capacity:
+        """Allocatable and free CPU (millicores), memory (bytes) and GPUs by model, over
+        schedulable nodes: what dashboards and ``GET /v1/clusters`` show."""
+        cpu = [0, 0]
+        memory = [0, 0]
+        gpus: dict[str, list[int]] = {}
+        for shape in self.shapes:
+            if not shape.schedulable:
+                continue
+            cpu[0] += shape.capacity.get(quantity.CPU, 0)
+            cpu[1] += shape.total_free.get(quantity.CPU, 0)
+            memory[0] += shape.capacity.get(quantity.MEMORY, 0)
+            memory[1] += shape.total_free.get(quantity.MEMORY, 0)
+            if shape.capacity.get(quantity.GPU, 0):
+                totals = gpus.setdefault(shape.gpu_model or "unknown", [0, 0])
+                totals[0] += shape.capacity[quantity.GPU]
+                totals[1] += shape.total_free.get(quantity.GPU, 0)
+        return Capacity(
+            cpu_millicores=(cpu[0], cpu[1]),
+            memory_bytes=(memory[0], memory[1]),
+            gpus={model: (a, f) for model, (a, f) in sorted(gpus.items())},
+        )
 
     @classmethod
     def build(
