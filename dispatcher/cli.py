@@ -21,6 +21,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from dispatcher.client import ApiClientError, DispatcherClient
 from dispatcher.core import (
     Decision,
     RoutingPolicy,
@@ -149,6 +150,178 @@ def validate_config_command(
     except DispatcherError as exc:
         _fail(exc, status=1)
     Console().print("OK", markup=False)
+
+
+_SERVER = typer.Option(
+    "--server", envvar="DISPATCHER_URL", help="The dispatcher's URL (env DISPATCHER_URL)."
+)
+_TOKEN = typer.Option("--token", envvar="DISPATCHER_TOKEN", help="API bearer token.")
+_STATE_STYLE = {
+    "succeeded": "green",
+    "running": "cyan",
+    "pending": "yellow",
+    "queued": "yellow",
+    "failed": "red",
+    "rejected": "red",
+    "cancelled": "magenta",
+}
+
+
+def _client(server: str, token: str | None) -> DispatcherClient:
+    return DispatcherClient(server, token=token, retries=2)
+
+
+def _api_fail(exc: ApiClientError) -> NoReturn:
+    _fail(str(exc), status=1)
+
+
+def _jobs_table(jobs: list[dict[str, Any]]) -> Table:
+    table = Table(show_lines=False)
+    for column in ("job", "name", "state", "cluster", "attempts", "reason / message"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        style = _STATE_STYLE.get(job["state"], "white")
+        table.add_row(
+            job["id"],
+            job.get("name") or "",
+            f"[{style}]{job['state']}[/{style}]",
+            job.get("cluster") or "",
+            str(job.get("attempts", 0)),
+            job.get("message") or job.get("reason") or "",
+        )
+    return table
+
+
+@app.command("serve")
+def serve_command(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Settings file (else $DISPATCHER_CONFIG).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+) -> None:
+    """Run the dispatcher service (HTTP API, informers, dispatch loop)."""
+    try:
+        settings = load_settings(config)
+    except DispatcherError as exc:
+        _fail(exc, status=1)
+    # Imported here: the service pulls in uvicorn and the Kubernetes client, which the
+    # other commands do not need.
+    from dispatcher.api.service import serve  # noqa: PLC0415
+
+    serve(settings, host=host, port=port)
+
+
+@app.command("submit")
+def submit_command(
+    task: Annotated[Path, typer.Argument(help="Task spec (YAML or JSON), KPO field names.")],
+    server: Annotated[str, _SERVER] = "http://127.0.0.1:8080",
+    token: Annotated[str | None, _TOKEN] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to finish.")] = False,
+) -> None:
+    """Submit a task; prints the job (the same idempotency key returns the same job)."""
+    try:
+        spec = parse_task_spec(_read_document(task, SpecError), source=str(task))
+    except DispatcherError as exc:
+        _fail(exc)
+    console = Console(highlight=False)
+    with _client(server, token) as client:
+        try:
+            job, created = client.submit(spec.model_dump(mode="json", exclude_defaults=True))
+            console.print(("submitted " if created else "already submitted ") + job["id"])
+            while wait and job["state"] not in ("succeeded", "failed", "cancelled", "rejected"):
+                job = client.wait(job["id"], timeout=60)
+        except ApiClientError as exc:
+            _api_fail(exc)
+    console.print(_jobs_table([job]))
+    if job["state"] in ("failed", "rejected"):
+        raise typer.Exit(1)
+
+
+@app.command("status")
+def status_command(  # noqa: PLR0917 - typer maps parameters to options
+    job_id: Annotated[str | None, typer.Argument(help="A job id; all jobs when left out.")] = None,
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    cluster: Annotated[str | None, typer.Option(help="Only jobs on this cluster.")] = None,
+    server: Annotated[str, _SERVER] = "http://127.0.0.1:8080",
+    token: Annotated[str | None, _TOKEN] = None,
+    output: Annotated[Output, typer.Option("--output", "-o")] = Output.TABLE,
+) -> None:
+    """Show one job or a filtered list of jobs."""
+    with _client(server, token) as client:
+        try:
+            jobs = [client.get(job_id)] if job_id else client.jobs(state=state, cluster=cluster)
+        except ApiClientError as exc:
+            _api_fail(exc)
+    console = Console(highlight=False)
+    if output is Output.JSON:
+        console.print_json(json.dumps(jobs))
+    else:
+        console.print(_jobs_table(jobs))
+
+
+@app.command("logs")
+def logs_command(
+    job_id: Annotated[str, typer.Argument(help="The job id.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new lines.")] = False,
+    server: Annotated[str, _SERVER] = "http://127.0.0.1:8080",
+    token: Annotated[str | None, _TOKEN] = None,
+) -> None:
+    """Print a job's container log."""
+    with _client(server, token) as client:
+        try:
+            for line in client.logs(job_id, follow=follow):
+                typer.echo(line)
+        except ApiClientError as exc:
+            _api_fail(exc)
+
+
+@app.command("cancel")
+def cancel_command(
+    job_id: Annotated[str, typer.Argument(help="The job id.")],
+    server: Annotated[str, _SERVER] = "http://127.0.0.1:8080",
+    token: Annotated[str | None, _TOKEN] = None,
+) -> None:
+    """Cancel a job: its pod is deleted wherever it runs."""
+    with _client(server, token) as client:
+        try:
+            job = client.cancel(job_id)
+        except ApiClientError as exc:
+            _api_fail(exc)
+    Console(highlight=False).print(_jobs_table([job]))
+
+
+@app.command("clusters")
+def clusters_command(
+    server: Annotated[str, _SERVER] = "http://127.0.0.1:8080",
+    token: Annotated[str | None, _TOKEN] = None,
+) -> None:
+    """Cluster health, capacity and free GPUs by model."""
+    with _client(server, token) as client:
+        try:
+            clusters = client.clusters()
+        except ApiClientError as exc:
+            _api_fail(exc)
+    Console(highlight=False).print(clusters_table(clusters))
+
+
+def clusters_table(clusters: list[dict[str, Any]]) -> Table:
+    table = Table()
+    for column in ("cluster", "role", "health", "nodes", "CPU free/total", "GPUs free/total"):
+        table.add_column(column)
+    health_style = {"up": "green", "degraded": "yellow", "down": "red"}
+    for c in clusters:
+        style = health_style.get(c["health"], "white")
+        gpus = ", ".join(f"{g['free']}/{g['allocatable']} {g['model']}" for g in c["gpus"]) or "-"
+        table.add_row(
+            c["name"],
+            c["role"],
+            f"[{style}]{c['health']}[/{style}]",
+            str(c["nodes"]),
+            f"{c['cpu_free']:g}/{c['cpu_allocatable']:g}",
+            gpus,
+        )
+    return table
 
 
 def main() -> None:

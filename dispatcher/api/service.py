@@ -1,0 +1,135 @@
+"""The running service: settings -> Vault -> credentials -> cluster cache -> dispatcher -> API.
+
+``Service`` wires the layers together, starts them in order (informers synced before the
+dispatcher re-attaches, so re-attachment sees every pod) and stops them in reverse.
+``serve`` runs it under uvicorn.
+
+I/O: everything, through the layers it wires.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import structlog
+import uvicorn
+
+from dispatcher import __version__, metrics
+from dispatcher.api.app import create_app
+from dispatcher.clusters import ClusterCache
+from dispatcher.core import ClusterRole, Snapshot
+from dispatcher.credentials import CredentialProvider, VaultSession
+from dispatcher.dispatching import ConfigMapStore, Dispatcher, JobStore
+from dispatcher.errors import ConfigError, Problem
+from dispatcher.logging import configure_logging
+from dispatcher.settings import Settings
+
+log = structlog.get_logger("dispatcher.service")
+
+
+class Service:
+    """Everything one dispatcher process runs."""
+
+    def __init__(self, settings: Settings, *, store: JobStore | None = None) -> None:
+        self.settings = settings
+        self.vault = VaultSession(settings.vault) if settings.vault else None
+        self.provider = CredentialProvider(settings, self.vault)
+        self.cache = ClusterCache(settings, self.provider)
+        state_cluster = settings.service.state_cluster or _in_plane(settings)
+        self.store = store or ConfigMapStore(
+            lambda fn: self.provider.call(state_cluster, fn),
+            settings.service.state_namespace,
+            state_cluster,
+        )
+        self.dispatcher = Dispatcher(
+            self.cache,
+            self.store,
+            clusters=tuple(c.name for c in settings.clusters),
+            policy=settings.routing,
+            service=settings.service,
+        )
+        self._started = threading.Event()
+        self._failure: str | None = None
+
+    def start(self, sync_timeout: float = 30.0) -> None:
+        metrics.BUILD_INFO.info({"version": __version__})
+        started = time.monotonic()
+        self.cache.start()
+        synced = self.cache.wait_synced(sync_timeout)
+        if not synced:
+            log.warning("service.caches_not_synced", timeout=sync_timeout)
+        self.dispatcher.start()
+        metrics.LEADER.set(1)
+        self._started.set()
+        log.info("service.started", seconds=round(time.monotonic() - started, 2))
+
+    def stop(self) -> None:
+        self.dispatcher.stop()
+        self.cache.stop()
+        self.provider.close()
+        metrics.LEADER.set(0)
+
+    def fail(self, why: str) -> None:
+        """Start-up failed: readiness says why (the process stays up for its probes)."""
+        self._failure = why
+
+    # Runtime protocol (the API's view).
+    def ready(self) -> tuple[bool, str]:
+        if self._failure:
+            return False, self._failure
+        if not self._started.is_set():
+            return False, "starting"
+        return True, "ready"
+
+    def snapshot(self) -> Snapshot:
+        return self.cache.snapshot()
+
+    def api_tokens(self) -> tuple[str, ...]:
+        return tuple(t.get_secret_value() for t in self.settings.service.api_tokens)
+
+
+def _in_plane(settings: Settings) -> str:
+    for cluster in settings.clusters:
+        if cluster.role is ClusterRole.IN_PLANE:
+            return cluster.name
+    raise ConfigError(
+        [Problem("service.state_cluster", "required when no cluster has role in-plane")]
+    )
+
+
+def build_app(service: Service) -> Any:
+    return create_app(service)
+
+
+def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+    """Run the service until interrupted: API first (so probes answer), then the rest."""
+    configure_logging(json=settings.service.log_json, level=settings.service.log_level)
+    service = Service(settings)
+    app = create_app(service)
+    starter = threading.Thread(target=_start_in_background, args=(service,), daemon=True)
+
+    @app.on_event("startup")
+    def _startup() -> None:
+        starter.start()
+
+    @app.on_event("shutdown")
+    def _shutdown() -> None:
+        service.stop()
+
+    uvicorn.run(
+        app,
+        host=host or settings.service.host,
+        port=port or settings.service.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+def _start_in_background(service: Service) -> None:
+    try:
+        service.start()
+    except Exception as exc:  # readiness reports it; the process stays up for probes
+        service.fail(f"start failed: {exc}")
+        log.exception("service.start_failed")

@@ -1,0 +1,168 @@
+"""A small synchronous client of the dispatcher's HTTP API (httpx), for the CLI and Airflow.
+
+Transient failures (connection errors, 502/503/504, and 503 + ``Retry-After`` from a
+replica that is not the leader) are retried with backoff; anything else raises
+``ApiClientError`` carrying the server's status, message and field problems.
+
+I/O: HTTP to one dispatcher.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+__all__ = ["ApiClientError", "DispatcherClient"]
+
+_RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+class ApiClientError(Exception):
+    """The dispatcher refused a request (or could not be reached)."""
+
+    def __init__(
+        self, status: int | None, detail: str, problems: list[dict[str, str]] | None = None
+    ):
+        self.status = status
+        self.detail = detail
+        self.problems = problems or []
+        lines = [detail] + [
+            f"  {p.get('field') or '(spec)'}: {p.get('message')}" for p in self.problems
+        ]
+        super().__init__("\n".join(lines))
+
+
+class DispatcherClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        verify: bool | str = True,
+        timeout: float = 30.0,
+        retries: int = 5,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            verify=verify,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            transport=transport,
+        )
+        self._retries = retries
+        self._sleep = sleep
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> DispatcherClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ----- plumbing ---------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        delay = 0.5
+        for attempt in range(self._retries + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt == self._retries:
+                    raise ApiClientError(None, f"cannot reach the dispatcher: {exc}") from exc
+                self._sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if response.status_code in _RETRY_STATUSES and attempt < self._retries:
+                self._sleep(_retry_after(response) or delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if response.status_code >= 400:
+                raise _error(response)
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ----- API ------------------------------------------------------------------------
+    def submit(self, task: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Submit a task spec; returns (job, created). ``created`` is False for a
+        re-submission of the same idempotency key."""
+        response = self._request("POST", "/v1/jobs", json=task)
+        return response.json(), response.status_code == 201
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/v1/jobs/{job_id}").json())
+
+    def find(self, idempotency_key: str) -> dict[str, Any] | None:
+        jobs = self._request("GET", "/v1/jobs", params={"idempotency_key": idempotency_key}).json()
+        return jobs[0] if jobs else None
+
+    def jobs(self, *, state: str | None = None, cluster: str | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in {"state": state, "cluster": cluster}.items() if v}
+        return list(self._request("GET", "/v1/jobs", params=params).json())
+
+    def wait(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Long poll: the job once finished, or as it is after ``timeout`` seconds."""
+        response = self._request(
+            "GET",
+            f"/v1/jobs/{job_id}/wait",
+            params={"timeout": timeout},
+            timeout=httpx.Timeout(timeout + 30.0, connect=10.0),
+        )
+        return dict(response.json())
+
+    def logs(
+        self, job_id: str, *, follow: bool = False, tail_lines: int | None = None
+    ) -> Iterator[str]:
+        params: dict[str, Any] = {"follow": follow}
+        if tail_lines:
+            params["tail_lines"] = tail_lines
+        with self._http.stream(
+            "GET",
+            f"/v1/jobs/{job_id}/logs",
+            params=params,
+            timeout=httpx.Timeout(None if follow else 60.0, connect=10.0),
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise _error(response)
+            yield from response.iter_lines()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return dict(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
+
+    def acknowledge(self, job_id: str) -> None:
+        self._request("POST", f"/v1/jobs/{job_id}/acknowledge")
+
+    def explain(self, task: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._request("POST", "/v1/route", json=task).json())
+
+    def clusters(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/clusters").json())
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return min(float(value), 60.0) if value else None
+    except ValueError:
+        return None
+
+
+def _error(response: httpx.Response) -> ApiClientError:
+    try:
+        body = response.json()
+    except ValueError:
+        return ApiClientError(response.status_code, response.text[:500] or response.reason_phrase)
+    if isinstance(body, dict):
+        return ApiClientError(
+            response.status_code,
+            str(body.get("detail") or body.get("error") or response.reason_phrase),
+            list(body.get("problems") or []),
+        )
+    return ApiClientError(response.status_code, response.reason_phrase)
