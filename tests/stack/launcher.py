@@ -1139,6 +1139,12 @@ TASK_RULES = [
     },
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+    # Job records: tests keep each dispatcher's records in their own namespace.
+    {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "verbs": ["get", "list", "create", "update", "delete"],
+    },
 ]
 
 VAULT_POLICY_HCL = """
