@@ -1,0 +1,272 @@
+"""The dispatcher end to end, through its HTTP API, on the real stack.
+
+Each test runs ``dispatcher serve`` as a process with its own task namespace (present in
+all three clusters) and its own job-record namespace.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from dispatcher.client import ApiClientError, DispatcherClient
+from tests.e2e.conftest import ServiceProcess
+from tests.stack import Stack
+
+FINISHED = ("succeeded", "failed", "cancelled", "rejected")
+
+
+def task(name: str, *, gpus: int = 0, model: str | None = None, **extra: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": name,
+        "image": "python:3.12",
+        "cmds": ["python", "-c", "print('hello')"],
+        "container_resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+        "idempotency_key": f"{name}-{uuid.uuid4().hex}",
+    }
+    if gpus:
+        spec["container_resources"]["limits"] = {"nvidia.com/gpu": str(gpus)}
+    if model:
+        spec["requirements"] = {"gpu_model": model}
+    spec.update(extra)
+    return spec
+
+
+def succeed(after: str = "1s", message: str | None = None) -> dict[str, str]:
+    annotations = {"sim.dispatcher.dev/succeed-after": after}
+    if message:
+        annotations["sim.dispatcher.dev/termination-message"] = message
+    return annotations
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def finish(api: DispatcherClient, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    job = api.get(job_id)
+    while job["state"] not in FINISHED and time.monotonic() < deadline:
+        job = api.wait(job_id, timeout=min(10.0, max(0.1, deadline - time.monotonic())))
+    assert job["state"] in FINISHED, f"job did not finish: {job}"
+    return job
+
+
+def pods(stack: Stack, cluster: str, namespace: str) -> list[Any]:
+    with stack.kube(cluster) as api:
+        return list(client.CoreV1Api(api).list_namespaced_pod(namespace).items)
+
+
+def test_tasks_land_on_the_cluster_their_hardware_needs(api: DispatcherClient) -> None:
+    cpu, _ = api.submit(task("prep", annotations=succeed()))
+    a100, _ = api.submit(task("train-a100", gpus=2, model="A100", annotations=succeed()))
+    h100, _ = api.submit(task("train-h100", gpus=4, model="H100", annotations=succeed()))
+    results = {
+        name: finish(api, job["id"])
+        for name, job in {"cpu": cpu, "a100": a100, "h100": h100}.items()
+    }
+    assert {k: (v["state"], v["cluster"]) for k, v in results.items()} == {
+        "cpu": ("succeeded", "plane"),
+        "a100": ("succeeded", "gpu-a100"),
+        "h100": ("succeeded", "gpu-h100"),
+    }
+    assert results["a100"]["running_at"] >= results["a100"]["submitted_at"]
+
+
+def test_impossible_task_is_rejected_with_its_explanation_and_creates_no_pod(
+    stack: Stack, api: DispatcherClient, namespace: str
+) -> None:
+    job, created = api.submit(task("huge", gpus=16))
+    assert created
+    assert job["state"] == "rejected"
+    assert "largest node has 8" in job["message"]
+    for cluster in ("plane", "gpu-a100", "gpu-h100"):
+        assert pods(stack, cluster, namespace) == []
+
+
+def test_invalid_spec_is_refused_whole_with_the_fields_at_fault(api: DispatcherClient) -> None:
+    bad = task("bad")
+    bad["container_resources"] = {"requests": {"cpu": "lots"}}
+    bad["labels"] = {"Not A Label": "x"}
+    with pytest.raises(ApiClientError) as refused:
+        api.submit(bad)
+    assert refused.value.status == 422
+    fields = {p["field"] for p in refused.value.problems}
+    assert any("container_resources" in f for f in fields)
+    assert any("labels" in f for f in fields)
+    assert api.jobs() == []
+
+
+def test_resubmitting_the_same_key_returns_the_same_job_and_one_pod(
+    stack: Stack, api: DispatcherClient, namespace: str
+) -> None:
+    spec = task("once", gpus=1, annotations={})
+    first, created_first = api.submit(spec)
+    again, created_again = api.submit(spec)
+    assert created_first and not created_again
+    assert again["id"] == first["id"]
+    wait_until(lambda: api.get(first["id"])["state"] == "running", what="running")
+    third, _ = api.submit(spec)
+    assert third["id"] == first["id"]
+    assert len(pods(stack, "gpu-a100", namespace)) == 1
+
+
+def test_a_task_waits_for_capacity_then_runs_when_it_frees(
+    stack: Stack, api: DispatcherClient, namespace: str
+) -> None:
+    only_a100 = {"allowed_clusters": ["gpu-a100"]}
+    fillers = [api.submit(task(f"fill{i}", gpus=8, requirements=only_a100))[0] for i in range(4)]
+    for job in fillers:
+        wait_until(lambda job=job: api.get(job["id"])["state"] == "running", what="fillers running")
+    waiting, _ = api.submit(task("waiter", gpus=8, requirements=only_a100, annotations=succeed()))
+    time.sleep(2)
+    queued = api.get(waiting["id"])
+    assert queued["state"] == "queued"
+    assert "waiting" in queued["reason"]
+    api.cancel(fillers[0]["id"])
+    done = finish(api, waiting["id"])
+    assert (done["state"], done["cluster"]) == ("succeeded", "gpu-a100")
+
+
+def test_oom_killed_task_fails_with_its_classification(api: DispatcherClient) -> None:
+    annotations = {
+        "sim.dispatcher.dev/fail-after": "1s",
+        "sim.dispatcher.dev/exit-code": "137",
+        "sim.dispatcher.dev/reason": "OOMKilled",
+    }
+    spec = task("oom", gpus=1, annotations=annotations)
+    spec["container_resources"]["limits"]["memory"] = "3Gi"
+    job = finish(api, api.submit(spec)[0]["id"])
+    assert (job["state"], job["failure"], job["exit_code"]) == ("failed", "oom-killed", 137)
+    assert "3Gi" in job["message"]
+
+
+def test_termination_message_json_becomes_the_result(api: DispatcherClient) -> None:
+    spec = task("result", annotations=succeed(message='{"accuracy": 0.93, "rows": 1200}'))
+    job = finish(api, api.submit(spec)[0]["id"])
+    assert job["result"] == {"accuracy": 0.93, "rows": 1200}
+
+
+def test_cancel_deletes_the_pod_wherever_it_runs(
+    stack: Stack, api: DispatcherClient, namespace: str
+) -> None:
+    job, _ = api.submit(task("long", gpus=2, model="H100"))
+    wait_until(lambda: api.get(job["id"])["state"] == "running", what="running")
+    assert len(pods(stack, "gpu-h100", namespace)) == 1
+    cancelled = api.cancel(job["id"])
+    assert cancelled["state"] == "cancelled"
+    wait_until(lambda: pods(stack, "gpu-h100", namespace) == [], what="pod deleted")
+
+
+@pytest.mark.parametrize(
+    ("action", "fail", "kept"),
+    [
+        ("delete_pod", False, False),
+        ("delete_pod", True, False),
+        ("keep_pod", True, True),
+        ("delete_succeeded_pod", False, False),
+        ("delete_succeeded_pod", True, True),
+    ],
+)
+def test_finished_pods_are_cleaned_up_as_on_finish_action_says(
+    stack: Stack, api: DispatcherClient, namespace: str, action: str, fail: bool, kept: bool
+) -> None:
+    annotations = {"sim.dispatcher.dev/fail-after": "1s"} if fail else succeed()
+    job = finish(
+        api, api.submit(task("cleanup", annotations=annotations, on_finish_action=action))[0]["id"]
+    )
+    assert job["state"] == ("failed" if fail else "succeeded")
+    if kept:
+        time.sleep(2)
+        assert len(pods(stack, "plane", namespace)) == 1
+    else:
+        wait_until(lambda: pods(stack, "plane", namespace) == [], what="pod deleted")
+
+
+def test_logs_are_readable_and_followable(
+    stack: Stack, api: DispatcherClient, namespace: str
+) -> None:
+    job, _ = api.submit(task("talker", gpus=1))
+    wait_until(lambda: api.get(job["id"])["state"] == "running", what="running")
+    assert "step 3/3" in list(api.logs(job["id"]))
+    marker = f"line {uuid.uuid4().hex}"
+    seen: list[str] = []
+
+    def follow() -> None:
+        for line in api.logs(job["id"], follow=True):
+            seen.append(line)
+            if marker in line:
+                return
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    time.sleep(1.5)
+    stack.append_container_log("gpu-a100", [marker])
+    reader.join(timeout=20)
+    assert any(marker in line for line in seen)
+    api.cancel(job["id"])
+
+
+def test_kill_9_and_restart_readopts_every_job_without_duplicates(
+    stack: Stack, service_factory: Any, namespace: str
+) -> None:
+    service: ServiceProcess = service_factory()
+    specs = [task(f"r{i}", gpus=1 if i % 2 else 0) for i in range(50)]
+    with service.client() as api:
+        running = [api.submit(spec)[0] for spec in specs]
+        finishing = [api.submit(task(f"f{i}", annotations=succeed("8s")))[0] for i in range(5)]
+        wait_until(
+            lambda: all(api.get(j["id"])["state"] == "running" for j in running),
+            timeout=90,
+            what="50 jobs running",
+        )
+    service.kill9()
+    service.start()
+    with service.client() as api:
+        jobs = {j["id"]: j for j in api.jobs()}
+        assert {j["id"] for j in running + finishing} <= jobs.keys()
+        assert all(jobs[j["id"]]["state"] == "running" for j in running)
+        for job in finishing:
+            assert finish(api, job["id"])["state"] == "succeeded"
+        # The same idempotency key after the restart is still the same job.
+        again, created = api.submit(specs[0])
+        assert (again["id"], created) == (running[0]["id"], False)
+    total = sum(len(pods(stack, c, namespace)) for c in ("plane", "gpu-a100", "gpu-h100"))
+    assert total == len(running)
+
+
+def test_job_moves_to_another_cluster_when_its_cluster_goes_down(
+    stack: Stack, service_factory: Any, faults: Any, namespace: str
+) -> None:
+    service = service_factory(cluster_down_grace_seconds=5)
+    with service.client() as api:
+        job, _ = api.submit(task("mover", gpus=1, annotations=succeed("4s")))
+        wait_until(lambda: api.get(job["id"])["cluster"] == "gpu-a100", what="placed on gpu-a100")
+        faults.stop_apiserver("gpu-a100")
+        moved = wait_until(
+            lambda: (j := api.get(job["id"]))["cluster"] == "gpu-h100" and j,
+            timeout=60,
+            what="moved to gpu-h100",
+        )
+        assert moved["attempts"] == 2
+        assert "gpu-a100" in moved["history"][0]["ended"]
+        done = finish(api, job["id"])
+        assert (done["state"], done["cluster"]) == ("succeeded", "gpu-h100")
+        faults.start_apiserver("gpu-a100")
+        # The pod left behind on gpu-a100 is removed once the cluster is back.
+        wait_until(
+            lambda: pods(stack, "gpu-a100", namespace) == [], timeout=60, what="stale pod removed"
+        )
