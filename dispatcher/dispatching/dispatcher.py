@@ -192,10 +192,15 @@ class Dispatcher:
         return route(spec, self._cache.snapshot(), self._policy)
 
     def _route(self, job: Job, snapshot: Snapshot) -> Decision:
-        if job.excluded:
-            snapshot = Snapshot.of(c for c in snapshot.clusters if c.name not in job.excluded)
         started = time.perf_counter()
         decision = route(job.spec, snapshot, self._policy)
+        if job.excluded and decision.cluster in job.excluded:
+            # A job that moved away prefers any other cluster; if none can take it now,
+            # it may go back (``max_attempts`` stops ping-pong), else it waits.
+            others = Snapshot.of(c for c in snapshot.clusters if c.name not in job.excluded)
+            elsewhere = route(job.spec, others, self._policy)
+            if elsewhere.verdict is Verdict.PLACE:
+                decision = elsewhere
         metrics.ROUTING_SECONDS.observe(time.perf_counter() - started)
         metrics.ROUTING_DECISIONS.labels(
             verdict=decision.verdict.value, cluster=decision.cluster or ""
