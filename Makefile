@@ -26,8 +26,8 @@ stack-down: $(STAMP)
 
 ## Static checks: ruff, mypy --strict on dispatcher/, import-linter layer contracts.
 lint: $(STAMP)
-	$(BIN)/ruff check dispatcher tests benchmarks
-	$(BIN)/ruff format --check dispatcher tests benchmarks
+	$(BIN)/ruff check dispatcher tests benchmarks demo
+	$(BIN)/ruff format --check dispatcher tests benchmarks demo
 	$(BIN)/mypy --strict dispatcher
 	$(BIN)/lint-imports
 
@@ -40,7 +40,7 @@ test: lint stack-build
 
 ## The demo: brings up the stack, starts the dispatcher, routes a mix of tasks.
 demo: stack-build
-	$(BIN)/python -m dispatcher.demo
+	$(BIN)/python -m demo
 
 bench: stack-build
 	$(BIN)/python -m benchmarks.bench_routing
