@@ -1,0 +1,140 @@
+"""Kubernetes API clients built from vetted credentials only.
+
+``build_api_client`` turns a ``VettedKubeconfig`` into a ``ClusterApiClient`` with its own
+``Configuration``: the process-wide default configuration is never read or changed, and
+``kubernetes.config`` (which would follow exec plugins and file paths) is never used.
+
+* TLS is always verified (unless the cluster explicitly allows skipping it); the CA is
+  passed in memory (``ca_cert_data``), so only a client certificate and key touch the disk,
+  in a private ``KeyMaterial`` directory removed when the client is closed.
+* Every request gets the cluster's connect/read timeouts unless the caller passes
+  ``_request_timeout`` itself (watches pass their own, longer read timeout).
+* urllib3 retries only failed connects, never a read (a POST must not be sent twice) and
+  follows no redirects (the bearer token must not be sent elsewhere).
+
+I/O: writes key material files; network I/O happens when the returned client is used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kubernetes.client import ApiClient, Configuration
+from urllib3.util.retry import Retry
+
+from dispatcher.credentials.kubeconfig import VettedKubeconfig
+from dispatcher.credentials.material import KeyMaterial
+from dispatcher.settings import ClientSettings
+
+__all__ = ["ClusterApiClient", "build_api_client"]
+
+_CONNECT_RETRIES = 2
+
+
+class ClusterApiClient(ApiClient):
+    """An ``ApiClient`` for one cluster: default timeouts, and it owns its key material."""
+
+    def __init__(
+        self,
+        configuration: Configuration,
+        *,
+        cluster: str,
+        timeout: tuple[float, float],
+        material: KeyMaterial | None = None,
+    ) -> None:
+        super().__init__(configuration)
+        self.cluster = cluster
+        self.default_timeout = timeout
+        self._material = material
+        self.closed = False
+
+    @property
+    def key_dir(self) -> Path | None:
+        """The private directory holding this client's certificate and key, if any."""
+        return self._material.path if self._material is not None else None
+
+    def call_api(
+        self,
+        method: str,
+        url: str,
+        header_params: Any = None,
+        body: Any = None,
+        post_params: Any = None,
+        _request_timeout: Any = None,
+    ) -> Any:
+        # The one method every request of the generated client goes through.
+        return super().call_api(
+            method,
+            url,
+            header_params=header_params,
+            body=body,
+            post_params=post_params,
+            _request_timeout=_request_timeout or self.default_timeout,
+        )
+
+    def close(self) -> None:
+        """Close the connection pools and delete the key material (idempotent)."""
+        self.closed = True
+        try:
+            super().close()  # type: ignore[no-untyped-call]
+        finally:
+            if self._material is not None:
+                self._material.remove()
+
+    def __repr__(self) -> str:
+        return f"<ClusterApiClient {self.cluster} {self.configuration.host}>"
+
+
+def build_api_client(
+    vetted: VettedKubeconfig,
+    settings: ClientSettings | None = None,
+    *,
+    key_dir: Path | None = None,
+) -> ClusterApiClient:
+    """A new client for ``vetted``'s cluster; the caller closes it.
+
+    ``key_dir`` is where the private directory for a client certificate is created (the
+    system temporary directory by default).
+    """
+    settings = settings or ClientSettings()
+    configuration = Configuration(
+        host=vetted.server,
+        ca_cert_data=vetted.ca_pem,
+        verify_ssl=not vetted.insecure_skip_tls_verify,
+        tls_server_name=vetted.tls_server_name,
+        retries=Retry(
+            total=_CONNECT_RETRIES,
+            connect=_CONNECT_RETRIES,
+            read=0,
+            redirect=0,
+            status=0,
+            other=0,
+            raise_on_redirect=False,
+            raise_on_status=False,
+        ),
+        debug=False,
+    )
+    if vetted.token is not None:
+        configuration.api_key = {"authorization": vetted.token}
+        configuration.api_key_prefix = {"authorization": "Bearer"}
+    material: KeyMaterial | None = None
+    if vetted.client_cert_pem is not None and vetted.client_key_pem is not None:
+        material = KeyMaterial(prefix=f"kube-dispatcher-{vetted.cluster}-", base_dir=key_dir)
+        try:
+            configuration.cert_file = str(material.write("client.crt", vetted.client_cert_pem))
+            configuration.key_file = str(material.write("client.key", vetted.client_key_pem))
+        except BaseException:
+            material.remove()
+            raise
+    try:
+        return ClusterApiClient(
+            configuration,
+            cluster=vetted.cluster,
+            timeout=(settings.connect_timeout_seconds, settings.read_timeout_seconds),
+            material=material,
+        )
+    except BaseException:
+        if material is not None:
+            material.remove()
+        raise
