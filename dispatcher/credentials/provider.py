@@ -341,11 +341,6 @@ def _jwt_expiry(token: str | None) -> float | None:
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
-def _earliest(*times: float | None) -> float | None:
-    known = [t for t in times if t is not None]
-    return min(known) if known else None
-
-
 # ----------------------------------------------------------------------------- sources
 
 
@@ -442,7 +437,8 @@ class _SecretsEngineSource:
         )
         return _Fetched(
             vetted,
-            expires_at=_earliest(leased.expires_at, _jwt_expiry(leased.token)),
+            # Vault asked the API server for a token of exactly the lease's length.
+            expires_at=leased.expires_at,
             details={"service_account": leased.service_account, "namespace": leased.namespace},
         )
 
