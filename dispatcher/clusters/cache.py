@@ -1,0 +1,612 @@
+"""The ``ClusterCache``: every cluster's nodes and pods, kept current by informers.
+
+Per cluster, three informers (nodes; our pods, every phase, for job tracking; everybody
+else's pods that still hold resources, for capacity; the last can be switched off with
+``client.watch_all_pods: false``) feed an incremental account: per node its ``NodeInfo``
+and the requests of the pods bound to it. Each change bumps the cluster's version;
+``snapshot()`` rebuilds a cluster's ``ClusterState`` only when its version moved and reuses
+it otherwise, so a routing decision does not copy every node of every cluster.
+
+Pods we just created but the informers have not yet seen bound are *assumed*
+(``assume``), so two quick placements cannot both take the same free GPUs:
+
+- a manifest with ``spec.nodeName`` counts on that node;
+- otherwise the cache plays the scheduler: among the nodes the pod may go to (readiness,
+  taints and tolerations, node selector, required node affinity, room left after earlier
+  assumptions) it takes the one kube-scheduler's default scoring prefers (most free CPU
+  and memory, "LeastAllocated"), and counts the pod there. Routing then sees the free
+  room actually left on each node shape: the best approximation of where the pod will land,
+  expressed with the core's own types (``NodeInfo.used``), with no change to routing;
+- a pod that fits no node now counts in the cluster's ``queue_depth`` instead, which the
+  least-loaded strategy weighs.
+
+An assumption ends when the informer sees the pod bound (its real requests count from
+then), finished or deleted, on ``forget``, or after ``assume_ttl_seconds``.
+
+Listeners get ``(cluster, kind, event_type, obj)``:
+
+- ``("pod", ADDED|MODIFIED|DELETED, pod)`` for each change of one of our pods;
+- ``("node", ADDED|MODIFIED|DELETED, node)`` when a node appears, goes, or changes in
+  anything routing looks at (not on status heartbeats);
+- ``("capacity", ADDED|MODIFIED|DELETED, None)`` when someone else's pod takes or frees
+  resources (DELETED: it freed them), or an assumption expired (DELETED);
+- ``("health", "up"|"degraded"|"down", None)`` when the cluster's health changes.
+
+They run on informer and timer threads, outside the cache's locks: keep them short.
+
+I/O: through each cluster's ``Connection`` on the informers' threads; one timer thread
+re-evaluates health, expires assumptions and publishes capacity metrics (no I/O).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from dispatcher import metrics
+from dispatcher.clusters.connection import ClientProvider, Connection
+from dispatcher.clusters.health import ClusterHealth, HealthPolicy
+from dispatcher.clusters.watching import DELETED, Informer, WatchOptions, object_key
+from dispatcher.core import (
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    ClusterInfo,
+    ClusterState,
+    Health,
+    NodeInfo,
+    Snapshot,
+    managed_pods_selector,
+    pod_requests,
+    quantity,
+)
+from dispatcher.core.scheduling import (
+    fits,
+    matches_node_affinity,
+    matches_node_selector,
+    untolerated_taints,
+)
+from dispatcher.core.snapshot import is_terminated
+from dispatcher.core.spec import Affinity, Toleration
+from dispatcher.settings import ClusterSettings, Settings
+
+__all__ = ["CacheOptions", "ClusterCache", "Listener"]
+
+log = structlog.get_logger(__name__)
+
+#: ``listener(cluster, kind, event_type, obj)``; see the module docstring for the contract.
+Listener = Callable[[str, str, str, dict[str, Any] | None], None]
+
+NODES = "nodes"
+MANAGED_PODS = "pods-managed"
+OTHER_PODS = "pods-other"
+
+#: Pods that still hold resources on their node.
+RUNNING_PODS_FIELD_SELECTOR = "status.phase!=Succeeded,status.phase!=Failed"
+#: Everything not ours: pods without the label and pods some other tool labelled.
+OTHER_PODS_LABEL_SELECTOR = f"{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}"
+
+_SCORED_RESOURCES = (quantity.CPU, quantity.MEMORY)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheOptions:
+    """How the cache watches, judges health and keeps assumptions."""
+
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    watch: WatchOptions = field(default_factory=WatchOptions)
+    #: An assumed pod not seen bound within this time stops counting.
+    assume_ttl_seconds: float = 60.0
+    #: Period of the timer thread (health timeouts, assumption expiry, capacity metrics).
+    tick_seconds: float = 0.5
+
+
+@dataclass(slots=True)
+class _Assumed:
+    name: str
+    namespace: str
+    requests: dict[str, int]
+    node: str | None
+    expires: float
+
+
+def _add(total: dict[str, int], more: Mapping[str, int], sign: int = 1) -> None:
+    for name, amount in more.items():
+        value = total.get(name, 0) + sign * amount
+        if value:
+            total[name] = value
+        else:
+            total.pop(name, None)
+
+
+def _is_bound(pod: Mapping[str, Any]) -> bool:
+    return bool((pod.get("spec") or {}).get("nodeName"))
+
+
+def _requests_with_slot(pod: Mapping[str, Any]) -> dict[str, int]:
+    """What the pod takes on its node, the pod slot included (as ``usage_by_node``)."""
+    try:
+        requests = pod_requests(pod)
+    except ValueError:
+        log.warning("cache.pod_requests_unreadable", pod=object_key(pod))
+        requests = {}
+    requests[quantity.PODS] = requests.get(quantity.PODS, 0) + 1
+    return requests
+
+
+class _Cluster:
+    """Everything the cache knows about one cluster; guarded by ``lock``."""
+
+    def __init__(
+        self, settings: ClusterSettings, connection: Connection, health: ClusterHealth
+    ) -> None:
+        self.name = settings.name
+        self.info: ClusterInfo = settings.info()
+        self.settings = settings
+        self.connection = connection
+        self.health = health
+        self.informers: dict[str, Informer] = {}
+        self.lock = threading.Lock()
+        #: Node name -> node as listed (``used`` empty).
+        self.nodes: dict[str, NodeInfo] = {}
+        #: Node name -> requests of the pods bound to it, as the informers saw them.
+        self.usage: dict[str, dict[str, int]] = {}
+        #: (informer, pod key) -> (node, requests) of every pod counted in ``usage``.
+        self.pod_usage: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}
+        #: Pod name -> assumption; and node name -> requests of assumptions placed there.
+        self.assumed: dict[str, _Assumed] = {}
+        self.assumed_usage: dict[str, dict[str, int]] = {}
+        #: Node name -> ``NodeInfo`` with usage; recomputed for ``stale`` nodes only.
+        self.node_infos: dict[str, NodeInfo] = {}
+        self.stale: set[str] = set()
+        self.version = 0
+        self.built: tuple[int, ClusterState] | None = None
+        self.published = -1
+
+    # ----- all below run under ``lock`` -------------------------------------------------
+    def changed(self, *nodes: str | None) -> None:
+        self.version += 1
+        self.stale.update(n for n in nodes if n)
+
+    def unplaced(self) -> int:
+        return sum(1 for a in self.assumed.values() if a.node is None)
+
+    def node_info(self, name: str) -> NodeInfo | None:
+        if name in self.stale or name not in self.node_infos:
+            self._refresh(name)
+        return self.node_infos.get(name)
+
+    def _refresh(self, name: str) -> None:
+        self.stale.discard(name)
+        base = self.nodes.get(name)
+        if base is None:
+            self.node_infos.pop(name, None)
+            return
+        used = dict(self.usage.get(name) or {})
+        _add(used, self.assumed_usage.get(name) or {})
+        self.node_infos[name] = dataclasses.replace(base, used=used)
+
+    def state(self) -> ClusterState:
+        if self.built is not None and self.built[0] == self.version:
+            return self.built[1]
+        for name in list(self.stale):
+            self._refresh(name)
+        state = ClusterState.build(
+            self.info,
+            health=self.health.current(),
+            nodes=self.node_infos.values(),
+            queue_depth=self.unplaced(),
+        )
+        self.built = (self.version, state)
+        return state
+
+    def count_pod(self, source: str, key: str, pod: Mapping[str, Any] | None) -> bool:
+        """Account a pod's current state; returns whether usage changed."""
+        counted: tuple[str, dict[str, int]] | None = None
+        if pod is not None and _is_bound(pod) and not is_terminated(pod):
+            counted = (str(pod["spec"]["nodeName"]), _requests_with_slot(pod))
+        before = self.pod_usage.get((source, key))
+        if before == counted:
+            return False
+        if before is not None:
+            _add(self.usage.setdefault(before[0], {}), before[1], -1)
+            self.stale.add(before[0])
+        if counted is not None:
+            _add(self.usage.setdefault(counted[0], {}), counted[1])
+            self.stale.add(counted[0])
+            self.pod_usage[(source, key)] = counted
+        else:
+            self.pod_usage.pop((source, key), None)
+        return True
+
+    def drop_assumption(self, name: str) -> bool:
+        assumed = self.assumed.pop(name, None)
+        if assumed is None:
+            return False
+        if assumed.node is not None:
+            _add(self.assumed_usage.setdefault(assumed.node, {}), assumed.requests, -1)
+            self.stale.add(assumed.node)
+        return True
+
+    def choose_node(self, pod: Mapping[str, Any], requests: Mapping[str, int]) -> str | None:
+        """The node kube-scheduler would most likely pick now, or ``None`` if none fits."""
+        spec = pod.get("spec") or {}
+        try:
+            tolerations = [Toleration.model_validate(t) for t in spec.get("tolerations") or ()]
+            affinity = spec.get("affinity")
+            terms = Affinity.model_validate(affinity).required_terms if affinity else None
+        except ValueError:
+            log.warning("cache.assume_constraints_unreadable", cluster=self.name)
+            return None
+        selector = spec.get("nodeSelector") or {}
+        wanted = tuple(requests.items())
+        best: tuple[float, str] | None = None
+        for name, base in self.nodes.items():
+            if not base.ready or base.unschedulable:
+                continue
+            if untolerated_taints(base.taints, tolerations):
+                continue
+            if not matches_node_selector(selector, base.labels):
+                continue
+            if not matches_node_affinity(terms, base.labels, name):
+                continue
+            info = self.node_info(name)
+            if info is None:
+                continue
+            free = info.free
+            if not fits(wanted, free):
+                continue
+            shares = [
+                (free.get(r, 0) - requests.get(r, 0)) / base.allocatable[r]
+                for r in _SCORED_RESOURCES
+                if base.allocatable.get(r)
+            ]
+            score = sum(shares) / len(shares) if shares else 0.0
+            # Highest score wins; among equals the first name, like a stable sort.
+            if best is None or (-score, name) < (-best[0], best[1]):
+                best = (score, name)
+        return best[1] if best else None
+
+
+class ClusterCache:
+    """Nodes, pods and health of every cluster; produces ``Snapshot``\\ s for routing.
+
+    ``clock`` (monotonic seconds) drives health timeouts, rate limiters and assumption
+    expiry; ``draw`` the backoff jitter (``# fakes for tests``).
+    """
+
+    def __init__(
+        self,
+        clusters: Settings | Iterable[ClusterSettings],
+        provider: ClientProvider,
+        *,
+        options: CacheOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self.options = options or CacheOptions()
+        self._clock = clock
+        self._listeners: list[Listener] = []
+        self._listeners_lock = threading.Lock()
+        self._clusters: dict[str, _Cluster] = {}
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        self._snapshot: tuple[tuple[int, ...], Snapshot] | None = None
+        if isinstance(clusters, Settings):
+            clusters = clusters.clusters
+        for settings in clusters:
+            if settings.name in self._clusters:
+                raise ValueError(f"cluster {settings.name!r} is listed twice")
+            self._clusters[settings.name] = self._make_cluster(settings, provider, draw)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, provider: ClientProvider, **kwargs: Any
+    ) -> ClusterCache:
+        return cls(settings.clusters, provider, **kwargs)
+
+    def _make_cluster(
+        self, settings: ClusterSettings, provider: ClientProvider, draw: Callable[[], float]
+    ) -> _Cluster:
+        name = settings.name
+        watches = {NODES: True, MANAGED_PODS: True}
+        if settings.client.watch_all_pods:
+            watches[OTHER_PODS] = False
+        holder: list[_Cluster] = []
+        health = ClusterHealth(
+            name,
+            self.options.health,
+            watches,
+            clock=self._clock,
+            on_change=lambda old, new: self._on_health(holder[0], new),
+        )
+        connection = Connection(name, provider, settings.client, health=health, clock=self._clock)
+        cluster = _Cluster(settings, connection, health)
+        holder.append(cluster)
+
+        def informer(
+            watch: str, resource: str, label: str | None = None, fields: str | None = None
+        ) -> Informer:
+            return Informer(
+                connection,
+                "nodes" if resource == "nodes" else "pods",
+                name=watch,
+                handler=self._handler(cluster, watch),
+                label_selector=label,
+                field_selector=fields,
+                options=self.options.watch,
+                health=health,
+                draw=draw,
+            )
+
+        cluster.informers[NODES] = informer(NODES, "nodes")
+        cluster.informers[MANAGED_PODS] = informer(MANAGED_PODS, "pods", managed_pods_selector())
+        if settings.client.watch_all_pods:
+            cluster.informers[OTHER_PODS] = informer(
+                OTHER_PODS, "pods", OTHER_PODS_LABEL_SELECTOR, RUNNING_PODS_FIELD_SELECTOR
+            )
+        return cluster
+
+    # ----- lifecycle -------------------------------------------------------------------
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        return tuple(self._clusters)
+
+    def start(self) -> None:
+        """Start every informer and the timer; returns at once (see ``wait_synced``)."""
+        if self._timer is not None:
+            return
+        for cluster in self._clusters.values():
+            for informer in cluster.informers.values():
+                informer.start()
+        self._timer = threading.Thread(target=self._tick_loop, name="kd-cache-timer", daemon=True)
+        self._timer.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the informers and the timer; waits up to ``timeout`` seconds for them."""
+        self._stop.set()
+        informers = [i for c in self._clusters.values() for i in c.informers.values()]
+        for informer in informers:
+            informer.stop()
+        deadline = self._clock() + timeout
+        for informer in informers:
+            informer.join(max(0.0, deadline - self._clock()))
+        if self._timer is not None:
+            self._timer.join(max(0.0, deadline - self._clock()))
+
+    def wait_synced(self, timeout: float, clusters: Iterable[str] | None = None) -> bool:
+        """Wait until every informer (of ``clusters``, default all) listed once."""
+        deadline = self._clock() + timeout
+        names = list(clusters) if clusters is not None else list(self._clusters)
+        for name in names:
+            for informer in self._cluster(name).informers.values():
+                if not informer.wait_synced(max(0.0, deadline - self._clock())):
+                    return False
+        return True
+
+    def synced(self, cluster: str) -> bool:
+        return all(i.synced for i in self._cluster(cluster).informers.values())
+
+    # ----- reading ---------------------------------------------------------------------
+    def snapshot(self, queue_depths: Mapping[str, int] | None = None) -> Snapshot:
+        """Every cluster as routing sees it now; rebuilt only for clusters that changed.
+
+        ``queue_depths`` adds the dispatcher's waiting tasks per cluster to the pods
+        assumed without a node.
+        """
+        states = []
+        versions = []
+        for cluster in self._clusters.values():
+            with cluster.lock:
+                states.append(cluster.state())
+                versions.append(cluster.version)
+        if queue_depths:
+            states = [
+                dataclasses.replace(s, queue_depth=s.queue_depth + queue_depths[s.name])
+                if queue_depths.get(s.name)
+                else s
+                for s in states
+            ]
+            return Snapshot.of(states)
+        key = tuple(versions)
+        cached = self._snapshot
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        snapshot = Snapshot.of(states)
+        self._snapshot = (key, snapshot)
+        return snapshot
+
+    def state(self, cluster: str) -> ClusterState:
+        view = self._cluster(cluster)
+        with view.lock:
+            return view.state()
+
+    def health(self, cluster: str) -> Health:
+        return self._cluster(cluster).health.current()
+
+    def connection(self, cluster: str) -> Connection:
+        return self._cluster(cluster).connection
+
+    def managed_pods(self, cluster: str) -> list[dict[str, Any]]:
+        """Our pods in ``cluster`` as last seen, every phase (shared dicts: read only)."""
+        return self._cluster(cluster).informers[MANAGED_PODS].items()
+
+    def informers(self, cluster: str) -> tuple[Informer, ...]:
+        return tuple(self._cluster(cluster).informers.values())
+
+    def assumed(self, cluster: str) -> dict[str, str | None]:
+        """Assumed pod name -> the node it is counted on (``None``: in the queue depth)."""
+        view = self._cluster(cluster)
+        with view.lock:
+            return {name: a.node for name, a in view.assumed.items()}
+
+    def _cluster(self, name: str) -> _Cluster:
+        try:
+            return self._clusters[name]
+        except KeyError:
+            raise KeyError(f"unknown cluster {name!r}") from None
+
+    # ----- assumptions -----------------------------------------------------------------
+    def assume(self, cluster: str, pod: Mapping[str, Any]) -> None:
+        """Count ``pod`` (a manifest about to be created) on ``cluster`` until it is seen."""
+        view = self._cluster(cluster)
+        metadata = pod.get("metadata") or {}
+        name = str(metadata.get("name", ""))
+        namespace = str(metadata.get("namespace", ""))
+        requests = _requests_with_slot(pod)
+        with view.lock:
+            seen = view.informers[MANAGED_PODS].get(f"{namespace}/{name}")
+            if seen is not None and (_is_bound(seen) or is_terminated(seen)):
+                return  # already counted as what it really is
+            view.drop_assumption(name)
+            node = (pod.get("spec") or {}).get("nodeName") or view.choose_node(pod, requests)
+            view.assumed[name] = _Assumed(
+                name, namespace, requests, node, self._clock() + self.options.assume_ttl_seconds
+            )
+            if node is not None:
+                _add(view.assumed_usage.setdefault(node, {}), requests)
+            view.changed(node)
+        log.debug("cache.assumed", cluster=cluster, pod=name, node=node)
+
+    def forget(self, cluster: str, pod_name: str) -> None:
+        """Stop counting an assumed pod (its creation failed, or it was given up)."""
+        view = self._cluster(cluster)
+        with view.lock:
+            if view.drop_assumption(pod_name):
+                view.changed()
+
+    # ----- listeners -------------------------------------------------------------------
+    def add_listener(self, callback: Listener) -> None:
+        with self._listeners_lock:
+            self._listeners.append(callback)
+
+    def remove_listener(self, callback: Listener) -> None:
+        with self._listeners_lock:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+    def _emit(self, cluster: str, kind: str, event_type: str, obj: dict[str, Any] | None) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(cluster, kind, event_type, obj)
+            except Exception:  # a listener's bug must not stop the informer
+                log.exception("cache.listener_failed", cluster=cluster, kind=kind)
+
+    # ----- informer events ---------------------------------------------------------------
+    def _handler(
+        self, cluster: _Cluster, watch: str
+    ) -> Callable[[str, dict[str, Any], dict[str, Any] | None], None]:
+        if watch == NODES:
+            return lambda kind, obj, old: self._on_node(cluster, kind, obj)
+        managed = watch == MANAGED_PODS
+        return lambda kind, obj, old: self._on_pod(cluster, watch, managed, kind, obj)
+
+    def _on_node(self, cluster: _Cluster, kind: str, node: dict[str, Any]) -> None:
+        name = str((node.get("metadata") or {}).get("name", ""))
+        with cluster.lock:
+            if kind == DELETED:
+                changed = cluster.nodes.pop(name, None) is not None
+            else:
+                try:
+                    info = NodeInfo.from_k8s(node)
+                except ValueError as exc:
+                    log.warning(
+                        "cache.node_unreadable", cluster=cluster.name, node=name, error=str(exc)
+                    )
+                    return
+                changed = cluster.nodes.get(name) != info
+                cluster.nodes[name] = info
+            if changed:
+                cluster.changed(name)
+        if changed:
+            self._emit(cluster.name, "node", kind, node)
+
+    def _on_pod(
+        self, cluster: _Cluster, watch: str, managed: bool, kind: str, pod: dict[str, Any]
+    ) -> None:
+        key = object_key(pod)
+        with cluster.lock:
+            changed = cluster.count_pod(watch, key, None if kind == DELETED else pod)
+            if managed:
+                name = str((pod.get("metadata") or {}).get("name", ""))
+                assumed = cluster.assumed.get(name)
+                if (
+                    assumed is not None
+                    and assumed.namespace == (pod.get("metadata") or {}).get("namespace", "")
+                    and (kind == DELETED or _is_bound(pod) or is_terminated(pod))
+                ):
+                    changed = cluster.drop_assumption(name) or changed
+            if changed:
+                cluster.changed()
+        if managed:
+            self._emit(cluster.name, "pod", kind, pod)
+        elif changed:
+            self._emit(cluster.name, "capacity", kind, None)
+
+    def _on_health(self, cluster: _Cluster, new: Health) -> None:
+        with cluster.lock:
+            cluster.changed()
+        self._emit(cluster.name, "health", new.value, None)
+
+    # ----- timer -----------------------------------------------------------------------
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.options.tick_seconds):
+            try:
+                self.tick()
+            except Exception:  # the timer must outlive any one bad tick
+                log.exception("cache.tick_failed")
+
+    def tick(self) -> None:
+        """Health timeouts, assumption expiry, capacity metrics; the timer calls this."""
+        now = self._clock()
+        for cluster in self._clusters.values():
+            cluster.health.refresh()
+            with cluster.lock:
+                expired = [a.name for a in cluster.assumed.values() if a.expires <= now]
+                for name in expired:
+                    cluster.drop_assumption(name)
+                if expired:
+                    cluster.changed()
+                state = cluster.state() if cluster.published != cluster.version else None
+                cluster.published = cluster.version
+            if expired:
+                log.info("cache.assumptions_expired", cluster=cluster.name, pods=len(expired))
+                self._emit(cluster.name, "capacity", DELETED, None)
+            if state is not None:
+                _publish_capacity(state)
+
+
+def _publish_capacity(state: ClusterState) -> None:
+    allocatable = {quantity.CPU: 0.0, quantity.MEMORY: 0.0}
+    free = {quantity.CPU: 0.0, quantity.MEMORY: 0.0}
+    gpus_allocatable: dict[str, float] = {}
+    gpus_free: dict[str, float] = {}
+    for shape in state.shapes:
+        if not shape.ready:
+            continue
+        for resource in (quantity.CPU, quantity.MEMORY):
+            allocatable[resource] += shape.capacity.get(resource, 0)
+            free[resource] += shape.total_free.get(resource, 0)
+        gpus = shape.capacity.get(quantity.GPU, 0)
+        if gpus:
+            model = shape.gpu_model or "unknown"
+            gpus_allocatable[model] = gpus_allocatable.get(model, 0) + gpus
+            gpus_free[model] = gpus_free.get(model, 0) + shape.total_free.get(quantity.GPU, 0)
+    # CPU in cores, not millicores.
+    allocatable[quantity.CPU] /= 1000
+    free[quantity.CPU] /= 1000
+    metrics.record_capacity(
+        state.name,
+        allocatable=allocatable,
+        free=free,
+        gpus_allocatable=gpus_allocatable,
+        gpus_free=gpus_free,
+    )

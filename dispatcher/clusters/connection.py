@@ -1,0 +1,465 @@
+"""One connection per cluster: the Kubernetes API calls the dispatcher makes, paced and timed.
+
+Every request
+
+- waits for a token of the cluster's rate limiter (``client.qps``/``client.burst``);
+- carries ``_request_timeout=(connect, read)``, so no socket ever waits forever (watches use
+  their own, longer read timeout as an idle watchdog);
+- is counted in ``dispatcher_kube_api_requests_total{cluster, verb, code}``;
+- is refused at once with ``ClusterUnavailable`` while the cluster's circuit breaker is open
+  (informers are exempt: their reconnects are the probes);
+- on 401 asks the ``ClientProvider`` to invalidate the client and retries once with a new one.
+
+Responses stay raw JSON dicts (``_preload_content=False`` then ``json.loads``): cheaper than
+the client's model classes, and what ``dispatcher.core`` reads. Library errors are
+translated into ``ClusterUnavailable`` (no answer) and ``ApiError`` (an error status), with
+the original chained and messages free of credentials and of request values.
+
+I/O: HTTP to one cluster's API server through the provider's ``ApiClient``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
+
+import structlog
+import urllib3
+from kubernetes.client import ApiClient, CoreV1Api
+from kubernetes.client.exceptions import ApiException
+
+from dispatcher.clusters.health import ClusterHealth
+from dispatcher.clusters.pacing import TokenBucket
+from dispatcher.errors import ApiError, ClusterUnavailable
+from dispatcher.metrics import KUBE_API_REQUESTS
+from dispatcher.settings import ClientSettings
+
+__all__ = ["ClientProvider", "Connection", "ListResult", "Resource"]
+
+log = structlog.get_logger(__name__)
+
+Resource = Literal["pods", "nodes"]
+T = TypeVar("T")
+
+_MESSAGE_LIMIT = 300
+#: Status codes whose message may quote request values (env, args): never shown.
+_ECHOING_STATUSES = frozenset({400, 422})
+_CHUNK = 64 * 1024
+
+
+class ClientProvider(Protocol):
+    """Where ``ApiClient``\\ s come from (``dispatcher.credentials`` in the service).
+
+    ``api_client`` may return the same client many times; after ``invalidate(cluster,
+    client)`` (the API server said 401 to that client) it must return a fresh one.
+    """
+
+    def api_client(self, cluster: str) -> ApiClient: ...
+
+    def invalidate(self, cluster: str, client: ApiClient) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ListResult:
+    """Every object of a (paginated) list and the resourceVersion to watch from."""
+
+    items: list[dict[str, Any]]
+    resource_version: str
+
+
+def _status_body(raw: bytes | str | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _api_error(cluster: str, what: str, status: int, body: Mapping[str, Any]) -> ApiError:
+    """An ``ApiError`` from a ``Status`` body, leaving out anything that may echo input."""
+    reason = body.get("reason") if isinstance(body.get("reason"), str) else None
+    if status in _ECHOING_STATUSES:
+        causes = (body.get("details") or {}).get("causes") or []
+        fields = sorted({str(c.get("field")) for c in causes if c.get("field")})
+        detail = f"invalid fields: {', '.join(fields)}" if fields else ""
+    else:
+        message = body.get("message")
+        detail = message if isinstance(message, str) else ""
+    if len(detail) > _MESSAGE_LIMIT:
+        detail = detail[: _MESSAGE_LIMIT - 3] + "..."
+    text = f"{what}: HTTP {status}" + (f" {reason}" if reason else "")
+    if detail:
+        text += f": {detail}"
+    return ApiError(text, cluster=cluster, status=status, reason=reason)
+
+
+def _transport_problem(exc: BaseException) -> str:
+    """What went wrong on the wire, in words that carry no URL query or credential."""
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return "connection timed out"
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        return "read timed out"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
+        return "connection refused or unreachable"
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return "TLS handshake failed"
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
+        return "connection broken"
+    return type(exc).__name__
+
+
+def _counts_against_health(status: int) -> bool:
+    """Answers that say the API server is in trouble, as opposed to refusing a request."""
+    return status >= 500 or status == 429
+
+
+class Connection:
+    """Requests to one cluster. Thread-safe; share one per cluster.
+
+    ``health`` (optional) is told about every outcome and gates requests while its breaker
+    is open; ``clock`` and ``sleep`` pace the rate limiter (``# fakes for tests``).
+    """
+
+    def __init__(
+        self,
+        cluster: str,
+        provider: ClientProvider,
+        client: ClientSettings | None = None,
+        *,
+        health: ClusterHealth | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
+        self.cluster = cluster
+        self.settings = client or ClientSettings()
+        self._provider = provider
+        self._health = health
+        self._clock = clock
+        self._limiter = TokenBucket(
+            self.settings.qps, self.settings.burst, clock=clock, sleep=sleep
+        )
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        """``(connect, read)`` seconds for ordinary requests."""
+        return (self.settings.connect_timeout_seconds, self.settings.read_timeout_seconds)
+
+    # ----- the one way requests go out -------------------------------------------------
+    def _send(
+        self,
+        verb: str,
+        what: str,
+        call: Callable[[Any, tuple[float, float]], Any],
+        consume: Callable[[Any], T],
+        *,
+        gated: bool = True,
+        read_timeout: float | None = None,
+    ) -> T:
+        """Send ``call`` and ``consume`` its raw response; both inside the error handling.
+
+        ``consume`` returns what the caller gets; for streams it hands the open response
+        over (and the caller must close it).
+        """
+        if gated and self._health is not None and not self._health.allow_request():
+            wait = self._health.retry_in()
+            raise ClusterUnavailable(
+                f"{what}: refused, the cluster is marked down after repeated failures "
+                f"(next probe in {wait:.0f}s)",
+                cluster=self.cluster,
+            )
+        self._limiter.acquire()
+        timeout = (self.settings.connect_timeout_seconds, read_timeout or self.timeout[1])
+        for attempt in (1, 2):
+            client = self._provider.api_client(self.cluster)
+            started = self._clock()
+            try:
+                response = call(CoreV1Api(client), timeout)
+                result = consume(response)
+            except ApiException as exc:
+                status = int(exc.status or 0)
+                if status == 0:
+                    # The client reports TLS failures as status 0.
+                    self._failed(verb, "error")
+                    raise ClusterUnavailable(
+                        f"{what}: TLS or request setup failed", cluster=self.cluster
+                    ) from exc
+                self._count(verb, str(status))
+                if status == 401 and attempt == 1:
+                    log.info("cluster.unauthorized_retry", cluster=self.cluster, verb=verb)
+                    self._provider.invalidate(self.cluster, client)
+                    continue
+                self._judge(status, self._clock() - started)
+                raise _api_error(self.cluster, what, status, _status_body(exc.body)) from exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                self._failed(verb, "error")
+                raise ClusterUnavailable(
+                    f"{what}: {_transport_problem(exc)}", cluster=self.cluster
+                ) from exc
+            self._count(verb, str(getattr(response, "status", 200)))
+            if self._health is not None:
+                self._health.succeeded(self._clock() - started)
+            return result
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _count(self, verb: str, code: str) -> None:
+        KUBE_API_REQUESTS.labels(cluster=self.cluster, verb=verb, code=code).inc()
+
+    def _failed(self, verb: str, code: str) -> None:
+        self._count(verb, code)
+        if self._health is not None:
+            self._health.failed()
+
+    def _judge(self, status: int, latency: float) -> None:
+        if self._health is None:
+            return
+        if _counts_against_health(status):
+            self._health.failed()
+        else:
+            self._health.succeeded(latency)
+
+    # ----- pods --------------------------------------------------------------------------
+    def create_pod(self, namespace: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a pod from a manifest; returns the created pod. 409 if the name exists."""
+        name = (manifest.get("metadata") or {}).get("name", "")
+        return self._send(
+            "create",
+            f"create pod {namespace}/{name}",
+            lambda api, timeout: api.create_namespaced_pod(
+                namespace, dict(manifest), _preload_content=False, _request_timeout=timeout
+            ),
+            _read_json,
+        )
+
+    def delete_pod(
+        self, namespace: str, name: str, grace_period_seconds: int | None = None
+    ) -> None:
+        """Delete a pod; a pod already gone is not an error."""
+        try:
+            self._send(
+                "delete",
+                f"delete pod {namespace}/{name}",
+                lambda api, timeout: api.delete_namespaced_pod(
+                    name,
+                    namespace,
+                    grace_period_seconds=grace_period_seconds,
+                    propagation_policy="Background",
+                    _preload_content=False,
+                    _request_timeout=timeout,
+                ),
+                _discard,
+            )
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The pod, or ``None`` when it does not exist."""
+        try:
+            return self._send(
+                "get",
+                f"read pod {namespace}/{name}",
+                lambda api, timeout: api.read_namespaced_pod(
+                    name, namespace, _preload_content=False, _request_timeout=timeout
+                ),
+                _read_json,
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def pod_logs(  # noqa: PLR0917 - positional like the dispatcher's Connection protocol
+        self,
+        namespace: str,
+        name: str,
+        container: str | None = None,
+        follow: bool = False,
+        since_seconds: int | None = None,
+        tail_lines: int | None = None,
+        *,
+        idle_timeout: float | None = None,
+    ) -> Iterator[str]:
+        """The container's log lines (without newlines), streamed as they are read.
+
+        The request is sent now, so a missing pod raises here. With ``follow`` the stream
+        lasts until the container ends; ``idle_timeout`` (default: the read timeout, at
+        least 5 minutes when following) bounds the silence between two chunks, after which
+        iteration raises ``ClusterUnavailable``. Closing the iterator closes the stream.
+        """
+        what = f"logs of pod {namespace}/{name}"
+        if idle_timeout is None:
+            idle_timeout = self.timeout[1] if not follow else max(self.timeout[1], 300.0)
+        response = self._send(
+            "logs",
+            what,
+            lambda api, timeout: api.read_namespaced_pod_log(
+                name,
+                namespace,
+                container=container,
+                follow=follow,
+                since_seconds=since_seconds,
+                tail_lines=tail_lines,
+                _preload_content=False,
+                _request_timeout=timeout,
+            ),
+            _keep_open,
+            read_timeout=idle_timeout,
+        )
+        return self._lines(response, what)
+
+    def _lines(self, response: Any, what: str) -> Iterator[str]:
+        try:
+            for line in stream_lines(response):
+                yield line.decode("utf-8", errors="replace")
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ClusterUnavailable(
+                f"{what}: {_transport_problem(exc)}", cluster=self.cluster
+            ) from exc
+        finally:
+            close_response(response)
+
+    def list_pods(
+        self, label_selector: str | None = None, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Pods of all namespaces matching the selectors, as raw dicts."""
+        return self.list("pods", label_selector=label_selector, field_selector=field_selector).items
+
+    def list_nodes(self, label_selector: str | None = None) -> list[dict[str, Any]]:
+        return self.list("nodes", label_selector=label_selector).items
+
+    # ----- list and watch (informers) ------------------------------------------------------
+    def list(
+        self,
+        resource: Resource,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        page_size: int = 500,
+        gated: bool = True,
+    ) -> ListResult:
+        """Every matching object, page by page, and the list's resourceVersion.
+
+        A page token that expired mid-list raises ``ApiError`` 410; list again.
+        """
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+
+            def call(api: Any, timeout: tuple[float, float], token: str | None = token) -> Any:
+                return _lister(api, resource)(
+                    label_selector=label_selector,
+                    field_selector=field_selector,
+                    limit=page_size,
+                    _continue=token,
+                    _preload_content=False,
+                    _request_timeout=timeout,
+                )
+
+            page = self._send("list", f"list {resource}", call, _read_json, gated=gated)
+            items.extend(page.get("items") or [])
+            metadata = page.get("metadata") or {}
+            token = metadata.get("continue") or None
+            if token is None:
+                return ListResult(items, str(metadata.get("resourceVersion", "")))
+
+    def watch(
+        self,
+        resource: Resource,
+        *,
+        resource_version: str,
+        timeout_seconds: int,
+        idle_timeout: float,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> Any:
+        """Open a watch from ``resource_version`` (with bookmarks); returns the raw response.
+
+        The server ends it after ``timeout_seconds``; a read that waits longer than
+        ``idle_timeout`` raises (a silent dead connection). Read it with ``stream_lines`` and
+        close it with ``close_response``. Never refused by the breaker: informers' reconnects
+        are how a cluster marked down is found up again.
+        """
+        return self._send(
+            "watch",
+            f"watch {resource}",
+            lambda api, timeout: _lister(api, resource)(
+                watch=True,
+                allow_watch_bookmarks=True,
+                resource_version=resource_version,
+                timeout_seconds=timeout_seconds,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                _preload_content=False,
+                _request_timeout=timeout,
+            ),
+            _keep_open,
+            gated=False,
+            read_timeout=idle_timeout,
+        )
+
+
+def _lister(api: Any, resource: Resource) -> Callable[..., Any]:
+    if resource == "pods":
+        return api.list_pod_for_all_namespaces  # type: ignore[no-any-return]
+    return api.list_node  # type: ignore[no-any-return]
+
+
+def _read_json(response: Any) -> dict[str, Any]:
+    try:
+        data = json.loads(response.data)
+    except ValueError as exc:
+        raise urllib3.exceptions.ProtocolError(
+            "the API server answered something not JSON"
+        ) from exc
+    finally:
+        response.release_conn()
+    if not isinstance(data, dict):
+        raise urllib3.exceptions.ProtocolError("the API server answered something not JSON")
+    return data
+
+
+def _discard(response: Any) -> None:
+    try:
+        response.drain_conn()
+    finally:
+        response.release_conn()
+
+
+def _keep_open(response: Any) -> Any:
+    return response
+
+
+def stream_lines(response: Any) -> Iterator[bytes]:
+    """The lines of a streaming response (watch events, logs), without their newline."""
+    pending = b""
+    for chunk in response.stream(_CHUNK, decode_content=True):
+        if not chunk:
+            continue
+        pending += chunk
+        if b"\n" not in pending:
+            continue
+        *lines, pending = pending.split(b"\n")
+        yield from lines
+    if pending:
+        yield pending
+
+
+def close_response(response: Any) -> None:
+    """Close a streaming response, also from another thread (unblocks a pending read)."""
+    # Shutting the socket down first wakes a thread blocked reading it; urllib3 allows it
+    # only while the response still holds its connection. Each step is best effort.
+    if getattr(response, "_sock_shutdown", None) and getattr(response, "_connection", None):
+        with contextlib.suppress(Exception):
+            response.shutdown()
+    with contextlib.suppress(Exception):
+        response.close()
+    with contextlib.suppress(Exception):
+        response.release_conn()

@@ -1,0 +1,179 @@
+"""Fixtures for the cluster edge: a client provider over the stack's restricted kubeconfigs.
+
+The provider builds each ``kubernetes.client.Configuration`` by hand (server, CA file,
+bearer token from the kubeconfig YAML), never through ``kubernetes.config``, which would
+change process-global state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from urllib3.util.retry import Retry
+
+from dispatcher.clusters import CacheOptions, ClusterCache, HealthPolicy, WatchOptions
+from dispatcher.settings import (
+    ClientSettings,
+    ClusterSettings,
+    Credentials,
+    KubeconfigFileCredentials,
+)
+from tests.stack import StackEnv
+
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+class KubeconfigProvider:
+    """``ClientProvider`` over the stack's restricted kubeconfigs (one client per cluster).
+
+    ``host_override`` sends a cluster's requests elsewhere (a closed port) to break its
+    connection on purpose; ``invalidations`` counts 401-driven invalidations.
+    """
+
+    def __init__(self, env: StackEnv) -> None:
+        self.env = env
+        self._clients: dict[str, client.ApiClient] = {}
+        self._lock = threading.Lock()
+        self.host_override: dict[str, str] = {}
+        self.token_override: dict[str, str] = {}
+        self.invalidations: list[str] = []
+
+    def _build(self, cluster: str) -> client.ApiClient:
+        spec = self.env.clusters[cluster]
+        kubeconfig = yaml.safe_load(Path(spec.restricted_kubeconfig).read_text())
+        conf = client.Configuration()
+        conf.host = self.host_override.get(cluster, kubeconfig["clusters"][0]["cluster"]["server"])
+        conf.ssl_ca_cert = spec.ca_file
+        token = self.token_override.get(cluster, kubeconfig["users"][0]["user"]["token"])
+        conf.api_key = {"authorization": token}
+        conf.api_key_prefix = {"authorization": "Bearer"}
+        conf.retries = Retry(total=2, connect=2, read=0, redirect=0, status=0, other=0)
+        return client.ApiClient(conf)
+
+    def api_client(self, cluster: str) -> client.ApiClient:
+        with self._lock:
+            api = self._clients.get(cluster)
+            if api is None:
+                api = self._clients[cluster] = self._build(cluster)
+            return api
+
+    def invalidate(self, cluster: str, api: client.ApiClient) -> None:
+        with self._lock:
+            self.invalidations.append(cluster)
+            if self._clients.get(cluster) is api:
+                del self._clients[cluster]
+
+    def reset(self, cluster: str) -> None:
+        """Forget the cached client, so the next request builds one from the overrides."""
+        with self._lock:
+            self._clients.pop(cluster, None)
+
+
+def cluster_settings(
+    env: StackEnv, name: str, *, watch_all_pods: bool = True, **client_kwargs: Any
+) -> ClusterSettings:
+    return ClusterSettings(
+        name=name,
+        role="in-plane" if name == "plane" else "external",
+        credentials=Credentials(
+            kubeconfig_file=KubeconfigFileCredentials(
+                path=Path(env.clusters[name].restricted_kubeconfig)
+            )
+        ),
+        client=ClientSettings(watch_all_pods=watch_all_pods, **client_kwargs),
+    )
+
+
+#: Short timings so fault tests finish in seconds.
+FAST = CacheOptions(
+    health=HealthPolicy(
+        failure_threshold=3,
+        down_after_seconds=4.0,
+        probe_after_seconds=0.5,
+        max_probe_after_seconds=2.0,
+    ),
+    watch=WatchOptions(backoff_base_seconds=0.2, backoff_max_seconds=1.0),
+    tick_seconds=0.1,
+)
+
+
+@pytest.fixture
+def provider(stack_env: StackEnv) -> KubeconfigProvider:
+    return KubeconfigProvider(stack_env)
+
+
+@pytest.fixture
+def make_cache(
+    stack_env: StackEnv, provider: KubeconfigProvider
+) -> Iterator[Callable[..., ClusterCache]]:
+    """Build and start a cache over the stack's clusters; stopped at teardown."""
+    caches: list[ClusterCache] = []
+
+    def make(
+        clusters: tuple[str, ...] = ("plane", "gpu-a100", "gpu-h100"),
+        options: CacheOptions = FAST,
+        **settings_kwargs: Any,
+    ) -> ClusterCache:
+        cache = ClusterCache(
+            [cluster_settings(stack_env, name, **settings_kwargs) for name in clusters],
+            provider,
+            options=options,
+        )
+        caches.append(cache)
+        cache.start()
+        assert cache.wait_synced(30), "informers did not sync within 30 s"
+        return cache
+
+    yield make
+    for cache in caches:
+        cache.stop()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def gpu_pod(
+    name: str,
+    gpus: int,
+    *,
+    annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+    node_name: str | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [
+            {
+                "name": "main",
+                "image": "busybox",
+                "resources": {
+                    "requests": {"cpu": "1", "memory": "1Gi"},
+                    "limits": {"memory": "1Gi", "nvidia.com/gpu": str(gpus)},
+                },
+            }
+        ],
+        "tolerations": [GPU_TOLERATION],
+    }
+    if node_name:
+        spec["nodeName"] = node_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "annotations": annotations or {}, "labels": labels or {}},
+        "spec": spec,
+    }
