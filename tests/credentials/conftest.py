@@ -70,15 +70,24 @@ def vault_requests(operation: str, outcome: str = "ok") -> float:
 
 
 class Counter:
-    """Deltas of Vault request counters since the counter was made."""
+    """Deltas of Vault request counters since the counter was made.
 
-    def __init__(self) -> None:
-        self._start = {op: vault_requests(op) for op in self.operations}
+    ``counter["login"]`` counts successful logins, ``counter["lookup", "denied"]`` refusals.
+    """
 
     operations = ("login", "renew", "lookup", "kv_read", "kubernetes_creds")
+    outcomes = ("ok", "denied", "not_found", "unavailable", "error")
 
-    def __getitem__(self, operation: str) -> int:
-        return int(vault_requests(operation) - self._start[operation])
+    def __init__(self) -> None:
+        self._start = {
+            (op, outcome): vault_requests(op, outcome)
+            for op in self.operations
+            for outcome in self.outcomes
+        }
+
+    def __getitem__(self, key: str | tuple[str, str]) -> int:
+        operation, outcome = (key, "ok") if isinstance(key, str) else key
+        return int(vault_requests(operation, outcome) - self._start[operation, outcome])
 
 
 @pytest.fixture
