@@ -84,7 +84,7 @@ def test_an_inline_client_certificate_kubeconfig_is_accepted_and_keeps_the_key_o
             {"auth-provider": {"name": "gcp", "config": {"cmd-path": "/bin/sh"}}},
             "users[0].user.auth-provider is refused",
         ),
-        ({"tokenFile": "/etc/secret-token"}, "users[0].user.tokenFile is refused: it names a local"),
+        ({"tokenFile": "/etc/secret-token"}, "users[0].user.tokenFile is refused"),
         ({"client-certificate": "/etc/client.crt"}, "users[0].user.client-certificate is refused"),
         ({"client-key": "/etc/client.key"}, "users[0].user.client-key is refused"),
         ({"username": "admin", "password": "hunter2"}, "basic authentication is not supported"),
@@ -172,7 +172,7 @@ def test_a_context_can_be_chosen_by_name() -> None:
 
 
 def test_a_user_needs_a_credential_and_a_certificate_needs_its_key() -> None:
-    assert "has no credential" in rejected(good(**{"extensions": []}))
+    assert "has no credential" in rejected(good(extensions=[]))
     lonely = good(**{"client-certificate-data": b64(CERT)})
     assert "users[0].user.client-key-data is missing" in rejected(lonely)
     bad_key = good(**{"client-certificate-data": b64(CERT), "client-key-data": b64(CERT)})

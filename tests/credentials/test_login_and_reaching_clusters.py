@@ -42,9 +42,7 @@ def test_kubernetes_auth_reads_kv_kubeconfig_and_secrets_engine_token_and_lists_
     counter = Counter()
     with_vault = VaultSession(vault_settings)
     provider = CredentialProvider(
-        settings_with(
-            vault_settings, a100_from_kv(stack_env), h100_from_secrets_engine(stack_env)
-        ),
+        settings_with(vault_settings, a100_from_kv(stack_env), h100_from_secrets_engine(stack_env)),
         with_vault,
     )
     try:
@@ -74,9 +72,7 @@ def test_approle_login_reaches_both_clusters(stack_env: StackEnv) -> None:
     vault_settings = approle_auth(stack_env)
     session = VaultSession(vault_settings)
     provider = CredentialProvider(
-        settings_with(
-            vault_settings, a100_from_kv(stack_env), h100_from_secrets_engine(stack_env)
-        ),
+        settings_with(vault_settings, a100_from_kv(stack_env), h100_from_secrets_engine(stack_env)),
         session,
     )
     try:
@@ -192,9 +188,7 @@ def test_clients_never_touch_the_global_default_configuration(
     vault_settings = kubernetes_auth(stack_env, jwt_file)
     session = VaultSession(vault_settings)
     provider = CredentialProvider(
-        settings_with(
-            vault_settings, a100_from_kv(stack_env), h100_from_secrets_engine(stack_env)
-        ),
+        settings_with(vault_settings, a100_from_kv(stack_env), h100_from_secrets_engine(stack_env)),
         session,
     )
     try:
@@ -228,7 +222,8 @@ def test_each_client_has_the_cluster_timeouts_verified_tls_and_no_read_retries(
         assert api.default_timeout == (1.5, 7)
         conf = api.configuration
         assert conf.verify_ssl is True
-        assert conf.ca_cert_data and conf.ssl_ca_cert is None  # CA in memory, not a file
+        assert conf.ca_cert_data  # the CA is in memory, not in a file
+        assert conf.ssl_ca_cert is None
         assert conf.retries.read == 0
         assert conf.retries.redirect == 0
         assert conf.debug is False

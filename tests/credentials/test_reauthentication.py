@@ -49,9 +49,11 @@ def all_at_once(fn: Callable[[], Any], threads: int = THREADS) -> list[Any]:
 
 
 def read_h100_server(session: VaultSession, stack_env: StackEnv) -> Callable[[], str]:
-    return lambda: session.read_kv(
-        mount="secret", path=stack_env.vault.kv_paths["gpu-h100"], field="server"
-    ).value
+    return lambda: (
+        session.read_kv(
+            mount="secret", path=stack_env.vault.kv_paths["gpu-h100"], field="server"
+        ).value
+    )
 
 
 def test_threads_refused_with_a_revoked_token_share_one_new_login(
