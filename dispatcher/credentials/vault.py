@@ -62,6 +62,10 @@ _HVAC_STATUS: dict[type[Exception], int] = {
     hvac.exceptions.VaultDown: 503,
 }
 _DENIED = (401, 403)
+_FIXED_AUTH_REFUSED = (
+    "the configured Vault token is no longer valid (expired or revoked, or Vault lost its "
+    "storage); replace vault.auth.token.token"
+)
 #: After a failed renewal, wait this long before trying again (the token is still valid).
 _RENEW_RETRY_SECONDS = 5.0
 
@@ -362,11 +366,7 @@ class VaultSession:
             )
         except VaultError as exc:
             if exc.status in _DENIED:
-                raise VaultError(
-                    "the configured Vault token is not valid (expired or revoked); "
-                    "replace vault.auth.token.token",
-                    status=exc.status,
-                ) from exc
+                raise VaultError(_FIXED_AUTH_REFUSED, status=exc.status) from exc
             raise
         data = _dig(response, "data") or {}
         ttl = float(_dig(data, "ttl") or 0)
@@ -419,13 +419,13 @@ class VaultSession:
                 "renew", "auth/token/renew-self", token.client.auth.token.renew_self
             )
         except VaultError as exc:
-            if exc.status in _DENIED and self.method != "token":
+            if exc.status in _DENIED:
+                if self.method == "token":
+                    raise VaultError(_FIXED_AUTH_REFUSED, status=exc.status) from exc
                 log.info("vault.renew_refused", generation=token.generation, status=exc.status)
                 return self._login_locked("renew_refused")
             log.warning("vault.renew_failed", generation=token.generation, error=str(exc))
             token.retry_renew_at = now + _RENEW_RETRY_SECONDS
-            if exc.status in _DENIED:
-                raise
             return token  # still valid for a while; try again shortly
         ttl = float(_dig(response, "auth", "lease_duration") or 0)
         renewable = bool(_dig(response, "auth", "renewable"))
@@ -456,7 +456,7 @@ class VaultSession:
             raise
         return True
 
-    def _reauthenticate(self, seen: _Token, reason: str) -> bool:
+    def _reauthenticate(self, seen: _Token, seen_status: int | None) -> bool:
         """After Vault refused ``seen``: whether a retry with a newer token makes sense."""
         with self._lock:
             current = self._token
@@ -465,13 +465,9 @@ class VaultSession:
             if current is not None and self._still_valid_locked(current):
                 return False  # the token is fine: the policy denies this path
             if self.method == "token":
-                raise VaultError(
-                    "the configured Vault token is no longer valid (expired or revoked, or "
-                    "Vault lost its storage); replace vault.auth.token.token",
-                    status=403,
-                )
-            log.info("vault.reauthenticate", reason=reason, generation=seen.generation)
-            self._login_locked(reason)
+                raise VaultError(_FIXED_AUTH_REFUSED, status=seen_status)
+            log.info("vault.reauthenticate", status=seen_status, generation=seen.generation)
+            self._login_locked("refused")
             return True
 
     # ------------------------------------------------------------------------- requests
@@ -488,7 +484,7 @@ class VaultSession:
         try:
             return self._request(operation, where, lambda: fn(token.client), cluster=cluster)
         except VaultError as exc:
-            if exc.status not in _DENIED or not self._reauthenticate(token, "denied"):
+            if exc.status not in _DENIED or not self._reauthenticate(token, exc.status):
                 raise
         token = self._fresh_token()
         return self._request(operation, where, lambda: fn(token.client), cluster=cluster)
