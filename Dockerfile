@@ -1,7 +1,7 @@
 # kube-dispatcher: the `dispatcher` command, serving its API on :8080 (`dispatcher serve`).
 #
-# Two stages from the same pinned base image, so the virtual environment built in the first
-# finds the same interpreter (/usr/local/bin/python3.11) in the second:
+# Two stages from the same pinned base image (keep both FROM lines equal: the virtual
+# environment built in the first needs the same /usr/local/bin/python3.11 in the second):
 #   builder  builds the project wheel and installs it with its dependencies into /opt/venv,
 #            using the base image's pip from outside the venv (the venv gets no pip);
 #   runtime  copies only /opt/venv; no compiler, no pip, no caches, no source tree.
@@ -14,10 +14,8 @@
 # tests/deploy/test_dockerfile.py replays the builder's RUN steps in a temporary venv; keep
 # them relocatable: paths relative to WORKDIR or under $VIRTUAL_ENV only.
 
-ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
-
 # ------------------------------------------------------------------------------- builder
-FROM ${PYTHON_IMAGE} AS builder
+FROM python:3.11.13-slim-bookworm AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -35,7 +33,7 @@ RUN python -m venv --without-pip "$VIRTUAL_ENV" \
     && python -m pip --python "$VIRTUAL_ENV/bin/python" install --no-cache-dir --compile dist/*.whl
 
 # ------------------------------------------------------------------------------- runtime
-FROM ${PYTHON_IMAGE} AS runtime
+FROM python:3.11.13-slim-bookworm AS runtime
 
 LABEL org.opencontainers.image.title="kube-dispatcher" \
       org.opencontainers.image.description="Routes batch tasks (mostly Airflow GPU tasks) to the right Kubernetes cluster." \

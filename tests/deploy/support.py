@@ -50,7 +50,7 @@ def find_tool(name: str, install_hint: str) -> str:
 
 def run(cmd: Sequence[str | Path], *, cwd: Path | None = None, **kwargs: Any) -> str:
     """Run ``cmd``; on failure, fail the test with its output. Returns stdout."""
-    proc = subprocess.run(
+    proc = subprocess.run(  # noqa: S603 - our own tools, argument lists
         [str(c) for c in cmd],
         cwd=cwd or REPO,
         capture_output=True,
@@ -270,7 +270,7 @@ def helm_template(
     for api in api_versions:
         cmd += ["--api-versions", api]
     if expect_failure:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
         assert proc.returncode != 0, f"helm template should have failed:\n{proc.stdout}"
         return proc.stderr
     return [doc for doc in yaml.safe_load_all(run(cmd)) if doc]
@@ -293,7 +293,9 @@ def rendered_settings(objects: list[dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------- metrics
 
 #: Labels Prometheus (or a ServiceMonitor) adds to every scraped series.
-TARGET_LABELS = frozenset({"namespace", "pod", "instance", "job", "service", "endpoint", "container"})
+TARGET_LABELS = frozenset(
+    {"namespace", "pod", "instance", "job", "service", "endpoint", "container"}
+)
 
 _SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -333,9 +335,11 @@ def exported_metrics() -> dict[str, frozenset[str]]:
 # ----------------------------------------------------------------------------- PromQL
 
 _AGGREGATIONS = frozenset(
-    "sum min max avg group stddev stdvar count count_values bottomk topk quantile "
-    "limitk limit_ratio".split()
-)
+    {
+        "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
+        "bottomk", "topk", "quantile", "limitk", "limit_ratio",
+    }
+)  # fmt: skip
 _GROUPING = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
 _KEYWORDS = _AGGREGATIONS | _GROUPING | {"bool", "and", "or", "unless", "offset", "inf", "nan"}
 _TOKEN = re.compile(
@@ -366,11 +370,7 @@ class PromQLUse:
 def scan_promql(expr: str) -> PromQLUse:
     """Metric selectors and grouping labels of ``expr`` (a scanner, not a parser: promtool
     checks the syntax; this finds the names the expression depends on)."""
-    tokens = [
-        (m.lastgroup, m.group())
-        for m in _TOKEN.finditer(expr)
-        if m.lastgroup != "space"
-    ]
+    tokens = [(m.lastgroup, m.group()) for m in _TOKEN.finditer(expr) if m.lastgroup != "space"]
     selectors: list[Selector] = []
     grouping: set[str] = set()
     i = 0

@@ -18,7 +18,8 @@ def _dashboard() -> dict[str, Any]:
 
 def test_dashboard_json_is_what_generate_py_produces() -> None:
     spec = importlib.util.spec_from_file_location("generate", DEPLOY / "grafana" / "generate.py")
-    assert spec and spec.loader
+    assert spec
+    assert spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert DASHBOARD.read_text(encoding="utf-8") == module.render(), (
