@@ -63,10 +63,13 @@ class ServiceProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"dispatcher exited ({self.proc.returncode}):\n{self.tail()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
+                ready = httpx.get(f"{self.url}/readyz", timeout=1)
             except httpx.TransportError:
-                pass
+                ready = None
+            if ready is not None and ready.status_code == 200:
+                return
+            if ready is not None and ready.text.startswith("start failed"):
+                raise AssertionError(f"dispatcher {ready.text}:\n{self.tail()}")
             time.sleep(0.2)
         raise AssertionError(f"dispatcher not ready after {timeout}s:\n{self.tail()}")
 
