@@ -1,0 +1,19 @@
+# Vault policy for kube-dispatcher (deploy/README.md, "Vault"). Least privilege: adapt the
+# KV mount and paths, and list one creds path per Kubernetes secrets engine mount and role
+# your settings name.
+
+# Kubeconfigs and CA bundles of external clusters, KV v2 at "secret/".
+path "secret/data/clusters/*" {
+  capabilities = ["read"]
+}
+path "secret/metadata/clusters/*" {
+  capabilities = ["read", "list"]
+}
+
+# Short-lived ServiceAccount tokens from the Kubernetes secrets engine.
+path "kubernetes-gpu-h100/creds/dispatcher" {
+  capabilities = ["update"]
+}
+
+# Renewing and looking up its own token comes with Vault's `default` policy
+# (auth/token/renew-self, auth/token/lookup-self): keep it attached to the role.
