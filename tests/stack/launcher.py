@@ -945,6 +945,9 @@ class Stack:
                 f"{RESTRICTED_SA}-credential-{current}", TASK_NAMESPACE
             )
         generations.write_text(str(current + 1))
+        # A restarted (dev mode) Vault is refilled from this file: keep it current.
+        path = self.state_dir / "kubeconfigs" / f"{spec.name}-restricted.yaml"
+        path.write_text(yaml.safe_dump(conf))
         return token
 
     def create_nodes(
