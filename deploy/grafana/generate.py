@@ -304,7 +304,8 @@ def _overview(g: Layout) -> None:
         timeseries(
             "Submissions by outcome",
             "Task submissions per second: accepted, duplicate (same idempotency key), "
-            "rejected (no cluster could ever run it), invalid (bad spec: a client error).",
+            "conflict (same key, different spec), rejected (no cluster could ever run it), "
+            "invalid (bad spec: a client error).",
             [
                 (
                     f"sum by (outcome) (rate(dispatcher_submissions_total{{{NS}}}[{RI}]))",

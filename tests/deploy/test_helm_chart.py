@@ -245,10 +245,14 @@ def test_rbac_is_least_privilege(default_render: list[dict[str, Any]]) -> None:
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     ]
     state = rbac["Role", RELEASE_NAMESPACE, "kd-kube-dispatcher-state"]["rules"]
-    assert {(r["apiGroups"][0], r["resources"][0]) for r in state} == {
-        ("", "configmaps"),
-        ("coordination.k8s.io", "leases"),
-    }
+    assert {(r["apiGroups"][0], r["resources"][0]): r["verbs"] for r in state} == {
+        # The job store: list at start, replace-or-create, delete.
+        ("", "configmaps"): ["get", "list", "create", "update", "delete"],
+        # Leader election, as granted in the test stack.
+        ("coordination.k8s.io", "leases"): [
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
+    }  # fmt: skip
     everything = json.dumps([o.get("rules") for o in rbac.values()])
     for forbidden in ('"*"', "secrets", "escalate", "bind", "impersonate", "pods/exec"):
         assert forbidden not in everything

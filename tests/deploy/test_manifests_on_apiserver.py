@@ -10,6 +10,7 @@ the same objects instead of piling up namespaces (the stack has no namespace con
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from kubernetes.dynamic.exceptions import DynamicApiError
 from tests.stack import Stack
 
 from .support import (
+    CHART,
     CRDS_DIR,
     DEPLOY,
     MONITORING_API,
@@ -31,6 +33,7 @@ from .support import (
     VALUES_DIR,
     helm_template,
     one,
+    run,
 )
 
 FIELD_MANAGER = "kube-dispatcher-deploy-tests"
@@ -278,3 +281,26 @@ def test_external_cluster_rbac_is_accepted_and_least_privilege(
         assert cluster.can(minter, "create", "serviceaccounts", name="kube-dispatcher", **token)
         assert not cluster.can(minter, "create", "serviceaccounts", name="default", **token)
         assert not cluster.can(minter, "create", "pods", namespace="batch")
+
+
+def test_helm_install_dry_run_sees_the_operator_api_and_renders_notes(
+    plane: Cluster, stack: Stack, helm: str, tmp_path: Path
+) -> None:
+    """Against a cluster serving monitoring.coreos.com/v1 (the CRDs installed above), helm
+    itself renders the ServiceMonitor and PrometheusRule, and the NOTES."""
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(stack.admin_kubeconfig("plane")),
+        "HELM_CACHE_HOME": str(tmp_path / "cache"),
+        "HELM_CONFIG_HOME": str(tmp_path / "config"),
+        "HELM_DATA_HOME": str(tmp_path / "data"),
+    }
+    # Another release name: the objects of "kd" applied above belong to no Helm release.
+    out = run(
+        [helm, "install", "kd-helm", CHART, "-n", RELEASE_NAMESPACE, "--dry-run=server"],
+        env=env,
+        timeout=120,
+    )
+    assert "kind: ServiceMonitor" in out
+    assert "kind: PrometheusRule" in out
+    assert "Task namespaces in this cluster (RBAC granted): batch" in out
