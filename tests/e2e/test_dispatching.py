@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client
 
@@ -270,3 +271,50 @@ def test_job_moves_to_another_cluster_when_its_cluster_goes_down(
         wait_until(
             lambda: pods(stack, "gpu-a100", namespace) == [], timeout=60, what="stale pod removed"
         )
+
+
+def _metrics(service: ServiceProcess) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for line in httpx.get(f"{service.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("dispatcher_"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def test_metrics_count_what_happened(service: ServiceProcess, api: DispatcherClient) -> None:
+    ok = api.submit(task("ok", annotations=succeed()))[0]
+    oom = api.submit(
+        task(
+            "oom",
+            annotations={
+                "sim.dispatcher.dev/fail-after": "1s",
+                "sim.dispatcher.dev/exit-code": "137",
+                "sim.dispatcher.dev/reason": "OOMKilled",
+            },
+        )
+    )[0]
+    api.submit(task("huge", gpus=64))
+    with pytest.raises(ApiClientError):
+        api.submit({"image": ""})
+    finish(api, ok["id"])
+    finish(api, oom["id"])
+    values = _metrics(service)
+    assert values['dispatcher_submissions_total{outcome="accepted"}'] == 2
+    assert values['dispatcher_submissions_total{outcome="rejected"}'] == 1
+    assert values['dispatcher_submissions_total{outcome="invalid"}'] == 1
+    finished = (
+        'dispatcher_jobs_finished_total{cluster="plane",failure_class="",outcome="succeeded"}'
+    )
+    assert values[finished] == 1
+    oomed = 'dispatcher_jobs_finished_total{cluster="plane",failure_class="oom-killed",outcome="failed"}'
+    assert values[oomed] == 1
+    assert values['dispatcher_submit_to_running_seconds_count{cluster="plane"}'] == 2
+    for cluster in ("plane", "gpu-a100", "gpu-h100"):
+        assert values[f'dispatcher_cluster_up{{cluster="{cluster}"}}'] == 1
+    gpus = (
+        'dispatcher_cluster_gpus_allocatable{cluster="gpu-a100",gpu_model="NVIDIA-A100-SXM4-80GB"}'
+    )
+    assert values[gpus] == 32
+    assert values['dispatcher_routing_decisions_total{cluster="",verdict="reject"}'] >= 1
+    assert values["dispatcher_leader"] == 1
