@@ -307,7 +307,9 @@ def test_metrics_count_what_happened(service: ServiceProcess, api: DispatcherCli
         'dispatcher_jobs_finished_total{cluster="plane",failure_class="",outcome="succeeded"}'
     )
     assert values[finished] == 1
-    oomed = 'dispatcher_jobs_finished_total{cluster="plane",failure_class="oom-killed",outcome="failed"}'
+    oomed = "dispatcher_jobs_finished_total" + (
+        '{cluster="plane",failure_class="oom-killed",outcome="failed"}'
+    )
     assert values[oomed] == 1
     assert values['dispatcher_submit_to_running_seconds_count{cluster="plane"}'] == 2
     for cluster in ("plane", "gpu-a100", "gpu-h100"):
