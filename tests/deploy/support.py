@@ -6,7 +6,6 @@ I/O: runs external tools (helm, promtool, hadolint) and reads repository files.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 import shlex
@@ -453,7 +452,3 @@ def rule_expressions() -> list[tuple[str, str]]:
 def alerts() -> list[dict[str, Any]]:
     rules = yaml.safe_load(RULES.read_text(encoding="utf-8"))
     return [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
-
-
-def matches_any(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)

@@ -335,6 +335,16 @@ def test_network_policy_limits_ingress_and_egress(options_render: list[dict[str,
         (["vault.enabled=true"], "vault.address is required"),
         (["config.clusters=null"], "clusters"),
     ],
+    ids=[
+        "misspelt-key",
+        "no-replicas",
+        "unknown-anti-affinity",
+        "replicas-without-leader-election",
+        "network-policy-without-api-servers",
+        "network-policy-without-vault",
+        "vault-without-address",
+        "no-clusters",
+    ],
 )
 def test_bad_values_are_refused_with_a_clear_message(
     helm: str, set_values: list[str], message: str
