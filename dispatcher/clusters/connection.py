@@ -103,12 +103,13 @@ def _transport_problem(exc: BaseException) -> str:
     """What went wrong on the wire, in words that carry no URL query or credential."""
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
         exc = exc.reason
+    # NewConnectionError subclasses ConnectTimeoutError: test it first.
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
+        return "connection refused or unreachable"
     if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
         return "connection timed out"
     if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
         return "read timed out"
-    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
-        return "connection refused or unreachable"
     if isinstance(exc, urllib3.exceptions.SSLError):
         return "TLS handshake failed"
     if isinstance(exc, urllib3.exceptions.ProtocolError):

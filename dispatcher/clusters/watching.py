@@ -334,14 +334,19 @@ class Informer:
         """Watch until the stream ends; returns whether it delivered anything."""
         rv = self._resource_version or ""
         spread = self.options.timeout_seconds * (1.0 + self._draw())
-        response = self.source.watch(
-            self.resource,
-            resource_version=rv,
-            timeout_seconds=max(1, int(spread)),
-            idle_timeout=self.options.idle_timeout_seconds,
-            label_selector=self.label_selector,
-            field_selector=self.field_selector,
-        )
+        try:
+            response = self.source.watch(
+                self.resource,
+                resource_version=rv,
+                timeout_seconds=max(1, int(spread)),
+                idle_timeout=self.options.idle_timeout_seconds,
+                label_selector=self.label_selector,
+                field_selector=self.field_selector,
+            )
+        except ApiError as exc:
+            if exc.status == 410:
+                raise _Expired from exc
+            raise
         self._response = response
         if self._stop.is_set():
             close_response(response)
@@ -411,14 +416,19 @@ class Informer:
                     "informer.handler_failed",
                     cluster=self.cluster,
                     informer=self.name,
-                    event=kind,
+                    event_type=kind,
                     object=object_key(obj),
                 )
 
 
 def _is_timeout(exc: BaseException) -> bool:
+    """Whether a read or connect timed out (not a refused connection)."""
     seen: BaseException | None = exc
     while seen is not None:
+        if isinstance(seen, urllib3.exceptions.MaxRetryError) and seen.reason is not None:
+            seen = seen.reason
+        if isinstance(seen, urllib3.exceptions.NewConnectionError):
+            return False
         if isinstance(seen, urllib3.exceptions.TimeoutError | TimeoutError):
             return True
         seen = seen.__cause__

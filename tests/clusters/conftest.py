@@ -19,13 +19,14 @@ from kubernetes import client
 from urllib3.util.retry import Retry
 
 from dispatcher.clusters import CacheOptions, ClusterCache, HealthPolicy, WatchOptions
+from dispatcher.core import PodDefaults, quantity
 from dispatcher.settings import (
     ClientSettings,
     ClusterSettings,
     Credentials,
     KubeconfigFileCredentials,
 )
-from tests.stack import StackEnv
+from tests.stack import Stack, StackEnv
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
@@ -77,7 +78,12 @@ class KubeconfigProvider:
 
 
 def cluster_settings(
-    env: StackEnv, name: str, *, watch_all_pods: bool = True, **client_kwargs: Any
+    env: StackEnv,
+    name: str,
+    *,
+    watch_all_pods: bool = True,
+    pod_defaults: dict[str, Any] | None = None,
+    **client_kwargs: Any,
 ) -> ClusterSettings:
     return ClusterSettings(
         name=name,
@@ -88,6 +94,7 @@ def cluster_settings(
             )
         ),
         client=ClientSettings(watch_all_pods=watch_all_pods, **client_kwargs),
+        pod_defaults=PodDefaults.model_validate(pod_defaults or {}),
     )
 
 
@@ -177,3 +184,53 @@ def gpu_pod(
         "metadata": {"name": name, "annotations": annotations or {}, "labels": labels or {}},
         "spec": spec,
     }
+
+
+def free_gpus(cache: ClusterCache, cluster: str) -> int:
+    """Free GPUs of the cluster's ready nodes, as routing sees them now."""
+    state = cache.snapshot().cluster(cluster)
+    assert state is not None
+    return sum(shape.total_free.get(quantity.GPU, 0) for shape in state.shapes if shape.ready)
+
+
+def managed(labels: dict[str, str] | None = None) -> dict[str, str]:
+    return {"kube-dispatcher.dev/managed-by": "kube-dispatcher", **(labels or {})}
+
+
+class Outage:
+    """Stops and restarts one cluster's API server for a test.
+
+    After a restart the stack's kube-scheduler and KWOK take a minute or more to resume
+    (their own reconnect backoff), which would slow every later test down; they are
+    restarted with the API server so the stack is whole again at once.
+    """
+
+    def __init__(self, stack: Stack, faults: Any, cluster: str) -> None:
+        self.stack = stack
+        self.faults = faults
+        self.cluster = cluster
+        self.restarted = False
+
+    def stop(self) -> None:
+        self.faults.stop_apiserver(self.cluster)
+
+    def start(self) -> None:
+        self.faults.start_apiserver(self.cluster)
+        self.restarted = True
+
+    def revive_controllers(self) -> None:
+        spec = next(s for s in self.stack.clusters if s.name == self.cluster)
+        for name, start in (
+            (f"{self.cluster}-scheduler", self.stack._start_scheduler),
+            (f"{self.cluster}-kwok", self.stack._start_kwok),
+        ):
+            self.stack._kill(name)
+            start(spec)
+
+
+@pytest.fixture
+def a100_outage(stack: Stack, faults: Any) -> Iterator[Outage]:
+    outage = Outage(stack, faults, "gpu-a100")
+    yield outage
+    faults.restore()
+    outage.revive_controllers()
