@@ -1,0 +1,455 @@
+"""``DispatcherPodOperator``: KubernetesPodOperator's parameters, run wherever
+kube-dispatcher routes the task.
+
+The operator turns its parameters into a task spec (``parameters``), submits it with an
+idempotency key made of the task instance's identity, and follows the job: where it went
+and why, its log as it is written, then its outcome. The termination message's JSON is
+the task's return value (an XCom with ``do_xcom_push``); a failure raises
+``DispatcherJobFailed`` with the dispatcher's classification. ``deferrable=True`` hands
+the waiting to ``DispatcherJobTrigger`` and frees the worker slot.
+
+Parameters the dispatcher cannot honour are refused when the DAG is parsed.
+
+I/O: through ``DispatcherHook`` (HTTP to the dispatcher).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping, Sequence
+from functools import cached_property
+from typing import Any, ClassVar
+
+from airflow.sdk import BaseOperator, Context, conf
+
+try:
+    from airflow.sdk.exceptions import (
+        AirflowException,
+        AirflowFailException,
+        AirflowSkipException,
+    )
+except ImportError:  # Airflow 3.1: the task SDK does not have them yet
+    from airflow.exceptions import (  # type: ignore[assignment,no-redef,attr-defined,unused-ignore]
+        AirflowException,
+        AirflowFailException,
+        AirflowSkipException,
+    )
+
+from dispatcher.airflow import parameters
+from dispatcher.airflow.following import catch_up, follow_job
+from dispatcher.airflow.hooks import DispatcherHook
+from dispatcher.airflow.progress import (
+    Progress,
+    Watch,
+    failure_message,
+    format_duration,
+    is_finished,
+)
+from dispatcher.airflow.provider import DEFAULT_CONN_ID
+from dispatcher.airflow.triggers import DispatcherJobTrigger
+from dispatcher.client import ApiClientError, DispatcherClient
+from dispatcher.core import CONTAINER_NAME
+from dispatcher.errors import SpecError
+
+__all__ = ["DispatcherJobFailed", "DispatcherPodOperator"]
+
+#: How many earlier tries are searched for a job still running (``reattach_on_restart``).
+MAX_REATTACH_LOOKBACK = 10
+
+
+class DispatcherJobFailed(AirflowException):
+    """The job did not succeed; ``job`` is the dispatcher's view of it, ``failure`` its
+    classification (``oom-killed``, ``exit-code``, ``image-pull``, ``unschedulable``...)."""
+
+    def __init__(self, message: str, job: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.job = dict(job)
+        self.failure: str | None = job.get("failure")
+
+
+class DispatcherPodOperator(BaseOperator):
+    """Run a container wherever kube-dispatcher routes it; a KubernetesPodOperator stand-in.
+
+    Takes KubernetesPodOperator's parameters (models like ``k8s.V1Volume`` or plain
+    dicts): ``image``, ``name``, ``namespace``, ``cmds``, ``arguments``, ``env_vars``,
+    ``secrets``, ``labels``, ``annotations``, ``container_resources`` (or the older
+    ``resources``), ``image_pull_policy``, ``image_pull_secrets``, ``node_selector``,
+    ``tolerations``, ``affinity``, ``volumes``, ``volume_mounts``,
+    ``service_account_name``, ``priority_class_name``, ``startup_timeout_seconds``,
+    ``schedule_timeout_seconds``, ``active_deadline_seconds``, ``on_finish_action``,
+    ``termination_message_policy``, ``get_logs``, ``do_xcom_push``, ``deferrable``,
+    ``skip_on_exit_code``, ``reattach_on_restart``, ``poll_interval``. See
+    ``docs/airflow-migration.md`` for each KPO parameter.
+
+    Added:
+
+    :param dispatcher_conn_id: a connection of type ``dispatcher``.
+    :param gpus: GPUs the task needs (or set ``nvidia.com/gpu`` in container_resources).
+    :param gpu_model: e.g. ``"A100"``; matched against the nodes' GPU model.
+    :param requirements: routing requirements: ``gpus``, ``gpu_model``, ``region``,
+        ``cluster_selector``, ``allowed_clusters``, ``max_cost_per_hour``, ``priority``.
+    :param wait_timeout: seconds one long poll may be held (the connection's by default).
+    :param acknowledge: tell the dispatcher it may forget the job once its outcome is read.
+
+    With ``do_xcom_push=True`` the task's return value is the JSON the container wrote
+    to its termination message (``/dev/termination-log``).
+    """
+
+    template_fields: Sequence[str] = (
+        "image",
+        "name",
+        "namespace",
+        "cmds",
+        "arguments",
+        "env_vars",
+        "labels",
+        "annotations",
+        "container_resources",
+        "volumes",
+        "volume_mounts",
+        "node_selector",
+        "service_account_name",
+        "priority_class_name",
+        "requirements",
+        "gpu_model",
+        "dispatcher_conn_id",
+    )
+    template_fields_renderers: ClassVar[dict[str, str]] = {
+        "env_vars": "py",
+        "container_resources": "py",
+        "requirements": "py",
+    }
+    ui_color = "#b9e0f7"
+
+    def __init__(  # noqa: PLR0915 - one assignment per KPO parameter
+        self,
+        *,
+        image: str | None = None,
+        name: str | None = None,
+        namespace: str | None = None,
+        cmds: list[str] | None = None,
+        arguments: list[str] | None = None,
+        env_vars: list[Any] | dict[str, str] | None = None,
+        secrets: list[Any] | None = None,
+        pod_runtime_info_envs: list[Any] | None = None,
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+        container_resources: Any = None,
+        resources: Any = None,
+        image_pull_policy: str | None = None,
+        image_pull_secrets: Any = None,
+        node_selector: dict[str, str] | None = None,
+        tolerations: list[Any] | None = None,
+        affinity: Any = None,
+        volumes: list[Any] | None = None,
+        volume_mounts: list[Any] | None = None,
+        service_account_name: str | None = None,
+        priority_class_name: str | None = None,
+        startup_timeout_seconds: int = 120,
+        schedule_timeout_seconds: int | None = None,
+        active_deadline_seconds: int | None = None,
+        on_finish_action: Any = "delete_pod",
+        is_delete_operator_pod: bool | None = None,
+        termination_message_policy: str | None = None,
+        get_logs: bool = True,
+        do_xcom_push: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        skip_on_exit_code: int | Container[int] | None = None,
+        reattach_on_restart: bool = True,
+        poll_interval: float = 2.0,
+        container_name_log_prefix_enabled: bool = True,
+        dispatcher_conn_id: str = DEFAULT_CONN_ID,
+        gpus: int | None = None,
+        gpu_model: str | None = None,
+        requirements: Any = None,
+        wait_timeout: float | None = None,
+        acknowledge: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        task_id = kwargs.get("task_id")
+        refused = parameters.refusals(kwargs)
+        if refused:
+            raise AirflowException(
+                f"{type(self).__name__} {task_id!r} cannot honour these "
+                "KubernetesPodOperator parameters:\n  - " + "\n  - ".join(refused)
+            )
+        for name_ in (*parameters.REFUSED, *parameters.NO_EFFECT):
+            kwargs.pop(name_, None)
+        super().__init__(do_xcom_push=do_xcom_push, **kwargs)
+        if container_resources is not None and resources is not None:
+            raise AirflowException(
+                f"{task_id!r}: resources is the old name of container_resources; set one"
+            )
+        if image is None:
+            raise AirflowException(f"{task_id!r}: image is required")
+        if is_delete_operator_pod is not None and on_finish_action == "delete_pod":
+            on_finish_action = "delete_pod" if is_delete_operator_pod else "keep_pod"
+        self.image = image
+        self.name = name
+        self.namespace = namespace
+        self.cmds = cmds or []
+        self.arguments = arguments or []
+        self.env_vars = env_vars or []
+        self.secrets = secrets or []
+        self.pod_runtime_info_envs = pod_runtime_info_envs or []
+        self.labels = labels or {}
+        self.annotations = annotations or {}
+        self.container_resources = container_resources if resources is None else resources
+        self.image_pull_policy = image_pull_policy
+        self.image_pull_secrets = image_pull_secrets
+        self.node_selector = node_selector or {}
+        self.tolerations = tolerations or []
+        self.affinity = affinity
+        self.volumes = volumes or []
+        self.volume_mounts = volume_mounts or []
+        self.service_account_name = service_account_name
+        self.priority_class_name = priority_class_name
+        self.startup_timeout_seconds = startup_timeout_seconds
+        self.schedule_timeout_seconds = schedule_timeout_seconds
+        self.active_deadline_seconds = active_deadline_seconds
+        self.on_finish_action = parameters.plain(on_finish_action)
+        self.termination_message_policy = termination_message_policy
+        self.get_logs = get_logs
+        self.deferrable = deferrable
+        self.skip_on_exit_code = _exit_codes(skip_on_exit_code)
+        self.reattach_on_restart = reattach_on_restart
+        self.poll_interval = poll_interval
+        self.container_name_log_prefix_enabled = container_name_log_prefix_enabled
+        self.dispatcher_conn_id = dispatcher_conn_id
+        self.gpus = gpus
+        self.gpu_model = gpu_model
+        self.requirements = requirements
+        self.wait_timeout = wait_timeout
+        self.acknowledge = acknowledge
+        self.job_id: str | None = None
+        self._check_at_parse_time()
+
+    # ----- the task spec ------------------------------------------------------------
+    def _check_at_parse_time(self) -> None:
+        """Refuse a spec the dispatcher would refuse, unless a template or an XCom still
+        has to fill it in (then it is checked when the task runs)."""
+        values = [getattr(self, field) for field in self.template_fields]
+        values += [self.secrets, self.tolerations, self.affinity, self.pod_runtime_info_envs]
+        if parameters.has_unresolved(values):
+            return
+        self.build_spec()
+
+    def build_spec(self, context: Context | None = None) -> dict[str, Any]:
+        """The task spec this operator submits; with ``context``, the task instance's
+        idempotency key and KPO-style identity labels are added.
+
+        Raises ``AirflowFailException`` listing every problem: the dispatcher would
+        refuse the spec, and retrying cannot change that.
+        """
+        try:
+            spec = self._spec(context)
+            parameters.validate_spec(spec, task_id=self.task_id)
+        except (SpecError, ValueError) as exc:
+            raise AirflowFailException(f"{self.task_id!r}: {exc}") from None
+        return spec
+
+    def _spec(self, context: Context | None) -> dict[str, Any]:
+        env, secret_volumes, secret_mounts = parameters.secrets_to_spec(self.secrets)
+        env_vars = parameters.plain(self.env_vars)
+        if isinstance(env_vars, Mapping):
+            env_vars = [{"name": k, "value": v} for k, v in env_vars.items()]
+        labels = dict(self.labels)
+        spec: dict[str, Any] = {
+            "image": self.image,
+            "name": self.name or self.task_id,
+            "namespace": self.namespace,
+            "cmds": list(self.cmds),
+            "arguments": list(self.arguments),
+            "env_vars": [*env_vars, *parameters.plain(self.pod_runtime_info_envs), *env],
+            "labels": labels,
+            "annotations": dict(self.annotations),
+            "container_resources": parameters.container_resources(self.container_resources),
+            "image_pull_policy": self.image_pull_policy,
+            "image_pull_secrets": parameters.plain(self.image_pull_secrets),
+            "node_selector": dict(self.node_selector),
+            "tolerations": parameters.plain(self.tolerations),
+            "affinity": parameters.plain(self.affinity),
+            "volumes": [parameters.api_object(v) for v in self.volumes] + secret_volumes,
+            "volume_mounts": [parameters.api_object(m) for m in self.volume_mounts] + secret_mounts,
+            "service_account_name": self.service_account_name,
+            "priority_class_name": self.priority_class_name,
+            "startup_timeout_seconds": self.startup_timeout_seconds,
+            "schedule_timeout_seconds": self.schedule_timeout_seconds,
+            "active_deadline_seconds": self.active_deadline_seconds,
+            "on_finish_action": self.on_finish_action,
+            "termination_message_policy": self.termination_message_policy,
+            "requirements": parameters.requirements(
+                parameters.plain(self.requirements), gpus=self.gpus, gpu_model=self.gpu_model
+            ),
+        }
+        if context is not None:
+            ti = context["ti"]
+            identity = (ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
+            spec["labels"] = {**parameters.airflow_labels(*identity), **labels}
+            spec["idempotency_key"] = parameters.idempotency_key(*identity)
+        return {k: v for k, v in spec.items() if v is not None and v not in ([], {})}
+
+    # ----- running ------------------------------------------------------------------
+    @cached_property
+    def hook(self) -> DispatcherHook:
+        return DispatcherHook(self.dispatcher_conn_id)
+
+    def _client(self) -> DispatcherClient:
+        """A client of its own, for a helper thread or a signal handler."""
+        return self.hook.new_client()
+
+    def _say(self, line: str) -> None:
+        self.log.info("%s", line)
+
+    def _watch(self, progress: Progress) -> Watch:
+        prefix = CONTAINER_NAME if self.container_name_log_prefix_enabled else None
+        return Watch(progress, get_logs=self.get_logs, prefix=prefix)
+
+    def execute(self, context: Context) -> Any:
+        spec = self.build_spec(context)
+        job = self._submit(spec, context)
+        self.job_id = job["id"]
+        watch = self._watch(Progress())
+        if self.deferrable and not is_finished(job):
+            for line in watch.on_job(job).say:
+                self._say(line)
+            self.defer(
+                trigger=DispatcherJobTrigger(
+                    job_id=job["id"],
+                    dispatcher_conn_id=self.dispatcher_conn_id,
+                    progress=watch.progress.to_dict(),
+                    get_logs=self.get_logs,
+                    log_prefix=watch.prefix.strip("[] ") or None,
+                    poll_interval=self.poll_interval,
+                    wait_timeout=self.wait_timeout,
+                ),
+                method_name="execute_complete",
+            )
+        try:
+            job = follow_job(
+                job,
+                watch,
+                client=self._client,
+                say=self._say,
+                poll_interval=self.poll_interval,
+                wait_timeout=self.wait_timeout or self.hook.settings.wait_timeout,
+            )
+        except ApiClientError as exc:
+            raise AirflowException(f"lost track of job {job['id']}: {exc}") from exc
+        catch_up(watch, client=self._client, say=self._say)
+        return self._conclude(job)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """Resumed after ``DispatcherJobTrigger`` fired: log what the trigger could not,
+        then succeed or fail as the job did."""
+        if event.get("status") != "finished":
+            raise AirflowException(
+                f"lost track of job {event.get('job_id')}: {event.get('message')}"
+            )
+        job = event["job"]
+        self.job_id = job["id"]
+        watch = self._watch(Progress.from_dict(event.get("progress")))
+        for line in watch.on_job(job).say:
+            self._say(line)
+        watch.caught_up = bool(event.get("caught_up"))
+        catch_up(watch, client=self._client, say=self._say)
+        return self._conclude(job)
+
+    def _submit(self, spec: Mapping[str, Any], context: Context) -> dict[str, Any]:
+        """Submit, or re-attach: the same try's key is the same job; with
+        ``reattach_on_restart``, a job of an earlier try still running (its worker died)
+        is taken over instead of starting a second pod."""
+        ti = context["ti"]
+        hook = self.hook
+        try:
+            if self.reattach_on_restart and ti.try_number > 1:
+                lowest = max(0, ti.try_number - 1 - MAX_REATTACH_LOOKBACK)
+                for earlier in range(ti.try_number - 1, lowest, -1):
+                    key = parameters.idempotency_key(
+                        ti.dag_id, ti.task_id, ti.run_id, ti.map_index, earlier
+                    )
+                    previous = hook.find(key)
+                    if previous is None:
+                        continue
+                    if not is_finished(previous):
+                        self.log.info(
+                            "Re-attaching to job %s of try %d, still %s",
+                            previous["id"],
+                            earlier,
+                            previous["state"],
+                        )
+                        return previous
+                    break
+            job, created = hook.submit(spec)
+        except ApiClientError as exc:
+            if exc.status == 422:
+                raise AirflowFailException(f"the dispatcher refused the task spec: {exc}") from exc
+            raise AirflowException(f"cannot submit to the dispatcher: {exc}") from exc
+        if created:
+            self.log.info(
+                "Submitted job %s (idempotency key %s)", job["id"], spec.get("idempotency_key")
+            )
+        else:
+            self.log.info(
+                "Re-attached to job %s, submitted earlier by this try; it is %s",
+                job["id"],
+                job["state"],
+            )
+        return job
+
+    def _conclude(self, job: Mapping[str, Any]) -> Any:
+        """The task's return value, or the exception it fails with."""
+        state = job.get("state")
+        if state == "succeeded":
+            started = job.get("running_at") or job.get("submitted_at") or 0.0
+            took = format_duration((job.get("finished_at") or started) - started)
+            self.log.info("Job %s succeeded on %s after %s", job["id"], job.get("cluster"), took)
+            result = job.get("result")
+            if self.do_xcom_push and result is None:
+                self.log.warning(
+                    "do_xcom_push is set but the container wrote no JSON termination "
+                    "message: the return value is the JSON in /dev/termination-log "
+                    "(KubernetesPodOperator's /airflow/xcom/return.json is not read)"
+                )
+            self._acknowledge(job)
+            return result if self.do_xcom_push else None
+        message = failure_message(job)
+        self._acknowledge(job)
+        if (
+            state == "failed"
+            and job.get("failure") == "exit-code"
+            and job.get("exit_code") in self.skip_on_exit_code
+        ):
+            raise AirflowSkipException(f"skipped, as skip_on_exit_code says: {message}")
+        if state == "rejected":
+            raise AirflowFailException(message)
+        raise DispatcherJobFailed(message, job)
+
+    def _acknowledge(self, job: Mapping[str, Any]) -> None:
+        if not self.acknowledge:
+            return
+        try:
+            self.hook.acknowledge(str(job["id"]))
+        except ApiClientError as exc:
+            self.log.warning("Could not acknowledge job %s: %s", job["id"], exc)
+
+    def on_kill(self) -> None:
+        """The task is being killed: cancel the job, which removes its pod."""
+        if not self.job_id:
+            return
+        try:
+            with self._client() as client:
+                job = client.cancel(self.job_id)
+        except ApiClientError as exc:
+            self.log.error("Could not cancel job %s: %s", self.job_id, exc)
+            return
+        self.log.info("Cancelled job %s (%s)", self.job_id, job.get("state"))
+
+
+def _exit_codes(value: int | Container[int] | None) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    if isinstance(value, Sequence | set | frozenset):
+        return tuple(int(v) for v in value)
+    raise AirflowException("skip_on_exit_code must be an exit code or a list of them")

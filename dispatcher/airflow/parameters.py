@@ -1,0 +1,456 @@
+"""KubernetesPodOperator parameters -> a dispatcher task spec; no I/O, no Airflow.
+
+A DAG written for ``KubernetesPodOperator`` moves over by changing the import and the
+class name. Every KPO parameter falls in exactly one of three groups:
+
+- carried over: translated into the task spec (``image``, ``cmds``, ``env_vars``,
+  ``container_resources``...) or honoured by the operator (``get_logs``, ``do_xcom_push``,
+  ``deferrable``, ``skip_on_exit_code``, ``poll_interval``: how often the job is asked
+  while its pod has not started). Kubernetes model objects (``k8s.V1Volume``)
+  and plain dicts are both accepted; models become the API's JSON.
+- ``NO_EFFECT``: how KPO watches a pod from the worker (poll intervals, event dumps); the
+  dispatcher watches pods itself, so these are accepted and change nothing.
+- ``REFUSED``: what the dispatcher cannot honour (choosing the cluster or its
+  credentials, a pod template, host networking...). Refused when the DAG is parsed, with
+  why and what to use instead, never silently dropped.
+
+``tests/airflow/test_kpo_parameters.py`` checks that the three groups cover every
+parameter of KubernetesPodOperator.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic.alias_generators import to_camel
+
+from dispatcher.core import CONTAINER_NAME, TaskSpec, parse_task_spec
+from dispatcher.core.quantity import GPU
+
+__all__ = [
+    "CARRIED_OVER",
+    "NO_EFFECT",
+    "REFUSED",
+    "Refusal",
+    "airflow_labels",
+    "container_resources",
+    "idempotency_key",
+    "plain",
+    "refusals",
+    "requirements",
+    "secrets_to_spec",
+    "validate_spec",
+]
+
+#: The idempotency key's longest form; longer ones are hashed.
+MAX_KEY_LENGTH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a KPO parameter cannot be honoured here, and what to do instead."""
+
+    why: str
+    instead: str
+    #: Values that ask for nothing (a default); passing them is harmless and accepted.
+    neutral: tuple[Any, ...] = (None,)
+
+    def applies_to(self, value: Any) -> bool:
+        return not any(value is n or value == n for n in self.neutral)
+
+
+_EMPTY: tuple[Any, ...] = (None, [], (), {}, "")
+_CLUSTER = (
+    "the dispatcher chooses the cluster and holds its credentials",
+    "set dispatcher_conn_id for the dispatcher service, and steer placement with gpus=, "
+    "gpu_model= or requirements={'region': ..., 'allowed_clusters': [...], "
+    "'cluster_selector': {...}}",
+)
+_TEMPLATE = (
+    "the dispatcher builds the pod itself from the task spec (identity labels, placement, "
+    "each cluster's defaults)",
+    "pass the pod's fields as operator parameters (image, cmds, arguments, env_vars, "
+    "container_resources, volumes, volume_mounts, tolerations, affinity...)",
+)
+_ONE_CONTAINER = (
+    "dispatched pods run one container, named 'base'",
+    "run the extra step as its own task before this one",
+)
+_NOT_IN_SPEC = "the dispatcher's task spec has no such field, and pods are built from it only"
+
+REFUSED: Mapping[str, Refusal] = {
+    "kubernetes_conn_id": Refusal(*_CLUSTER),
+    "config_file": Refusal(*_CLUSTER),
+    "in_cluster": Refusal(*_CLUSTER),
+    "cluster_context": Refusal(*_CLUSTER),
+    "pod_template_file": Refusal(*_TEMPLATE),
+    "pod_template_dict": Refusal(*_TEMPLATE),
+    "full_pod_spec": Refusal(*_TEMPLATE),
+    "init_containers": Refusal(*_ONE_CONTAINER, neutral=_EMPTY),
+    "init_container_logs": Refusal(*_ONE_CONTAINER, neutral=(None, False)),
+    "hostnetwork": Refusal(
+        "host networking would tie the task to a node's network, which differs per cluster",
+        "talk to services through their cluster DNS names",
+        neutral=(None, False),
+    ),
+    "host_aliases": Refusal(
+        _NOT_IN_SPEC, "resolve names through DNS in the target clusters", neutral=_EMPTY
+    ),
+    "dnspolicy": Refusal(_NOT_IN_SPEC, "rely on each cluster's DNS settings"),
+    "dns_config": Refusal(_NOT_IN_SPEC, "rely on each cluster's DNS settings"),
+    "hostname": Refusal(_NOT_IN_SPEC, "leave the pod's hostname to Kubernetes"),
+    "subdomain": Refusal(_NOT_IN_SPEC, "leave the pod's hostname to Kubernetes"),
+    "schedulername": Refusal(
+        "every cluster schedules dispatched pods with its own default scheduler",
+        "express placement with node_selector, tolerations, affinity or requirements",
+    ),
+    "security_context": Refusal(
+        _NOT_IN_SPEC,
+        "each cluster applies its pod security defaults; ask the platform team if a task "
+        "needs another user or capabilities",
+        neutral=_EMPTY,
+    ),
+    "container_security_context": Refusal(
+        _NOT_IN_SPEC,
+        "each cluster applies its pod security defaults; ask the platform team if a task "
+        "needs another user or capabilities",
+        neutral=_EMPTY,
+    ),
+    "automount_service_account_token": Refusal(
+        _NOT_IN_SPEC, "set service_account_name to an account configured as you need"
+    ),
+    "ports": Refusal(
+        "a batch task's pod is not a service endpoint; container ports are not set",
+        "remove ports (pods can open ports without declaring them)",
+        neutral=_EMPTY,
+    ),
+    "env_from": Refusal(
+        "env_from injects whole ConfigMaps or Secrets, which the task spec does not list",
+        "name each variable in env_vars with valueFrom configMapKeyRef or secretKeyRef",
+        neutral=_EMPTY,
+    ),
+    "configmaps": Refusal(
+        "configmaps injects whole ConfigMaps (env_from), which the task spec does not list",
+        "name each variable in env_vars with valueFrom configMapKeyRef",
+        neutral=_EMPTY,
+    ),
+    "termination_grace_period": Refusal(
+        "the dispatcher gives cancelled pods its configured grace period",
+        "handle SIGTERM promptly in the task",
+    ),
+    "callbacks": Refusal(
+        "KubernetesPodOperatorCallback hooks into the Kubernetes client on the worker, "
+        "which this operator does not use",
+        "use Airflow's on_success_callback/on_failure_callback",
+        neutral=_EMPTY,
+    ),
+    "progress_callback": Refusal(
+        "log lines go to the task log; there is no per-line callback",
+        "read the task log, or have the task write progress to its own store",
+    ),
+    "log_formatter": Refusal(
+        "log lines are logged as '[base] <line>'",
+        "use container_name_log_prefix_enabled=False for bare lines",
+    ),
+    "trigger_kwargs": Refusal(
+        "the deferrable mode uses DispatcherJobTrigger, which takes no KPO trigger arguments",
+        "remove trigger_kwargs",
+        neutral=_EMPTY,
+    ),
+    "random_name_suffix": Refusal(
+        "pod names are <name>-<job hash>-<attempt>, so retries and failover never clash",
+        "remove random_name_suffix=False; find pods by the job id in the task log",
+        neutral=(None, True),
+    ),
+    "base_container_name": Refusal(
+        f"the task's container is always named {CONTAINER_NAME!r}",
+        "remove base_container_name",
+        neutral=(None, CONTAINER_NAME),
+    ),
+    "container_logs": Refusal(
+        f"dispatched pods have one container, {CONTAINER_NAME!r}, whose log is followed",
+        "remove container_logs",
+        neutral=(None, True, CONTAINER_NAME, [CONTAINER_NAME], (CONTAINER_NAME,)),
+    ),
+}
+
+#: Accepted for compatibility; the dispatcher does what these tune on the worker.
+NO_EFFECT: Mapping[str, str] = {
+    "startup_check_interval_seconds": "the dispatcher watches pod start-up itself",
+    "base_container_status_polling_interval": "the operator long-polls the dispatcher",
+    "logging_interval": "the trigger streams the log into the task log while deferred",
+    "log_events_on_failure": "a failed job's message carries the dispatcher's classification",
+    "log_pod_spec_on_failure": "the pod spec is the task spec; the routing decision is logged",
+}
+
+#: KPO parameters this package honours (into the spec, or in the operator).
+CARRIED_OVER = frozenset(
+    {
+        "namespace",
+        "image",
+        "name",
+        "cmds",
+        "arguments",
+        "volume_mounts",
+        "volumes",
+        "env_vars",
+        "secrets",
+        "labels",
+        "reattach_on_restart",
+        "startup_timeout_seconds",
+        "schedule_timeout_seconds",
+        "get_logs",
+        "image_pull_policy",
+        "annotations",
+        "container_resources",
+        "affinity",
+        "node_selector",
+        "image_pull_secrets",
+        "service_account_name",
+        "tolerations",
+        "do_xcom_push",
+        "priority_class_name",
+        "pod_runtime_info_envs",
+        "skip_on_exit_code",
+        "deferrable",
+        "on_finish_action",
+        "is_delete_operator_pod",
+        "termination_message_policy",
+        "active_deadline_seconds",
+        "container_name_log_prefix_enabled",
+        "poll_interval",
+    }
+)
+
+
+def refusals(kwargs: Mapping[str, Any]) -> list[str]:
+    """One line per refused parameter that asks for something: what, why, instead."""
+    return [
+        f"{name}: {REFUSED[name].why}; {REFUSED[name].instead}"
+        for name, value in kwargs.items()
+        if name in REFUSED and REFUSED[name].applies_to(value)
+    ]
+
+
+# ----------------------------------------------------------------------------- values
+
+
+@functools.cache
+def _api_client() -> Any:
+    # Only for sanitize_for_serialization: no configuration is read or changed and no
+    # connection is made.
+    from kubernetes.client import ApiClient  # noqa: PLC0415 - only when models are passed
+
+    return ApiClient()
+
+
+def plain(value: Any) -> Any:
+    """Kubernetes model objects (at any depth) as the API's JSON; other values as they are.
+
+    Enums (``OnFinishAction.DELETE_POD``) become their values.
+    """
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "openapi_types") and hasattr(value, "attribute_map"):
+        return _api_client().sanitize_for_serialization(value)
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    enum_value = getattr(value, "value", None)
+    if isinstance(enum_value, str):
+        return enum_value
+    return value
+
+
+def api_object(value: Any) -> Any:
+    """A volume or volume mount as the API's JSON: models serialized, and the field names
+    of a dict's first two levels camelCased (``persistent_volume_claim`` ->
+    ``persistentVolumeClaim``), which are always API fields; deeper keys may be user
+    data and stay as they are."""
+    data = plain(value)
+    if not isinstance(data, Mapping):
+        return data
+    return {
+        to_camel(k): ({to_camel(kk): vv for kk, vv in v.items()} if isinstance(v, Mapping) else v)
+        for k, v in data.items()
+    }
+
+
+_LEGACY_RESOURCES = {
+    "request_cpu": ("requests", "cpu"),
+    "request_memory": ("requests", "memory"),
+    "request_ephemeral_storage": ("requests", "ephemeral-storage"),
+    "limit_cpu": ("limits", "cpu"),
+    "limit_memory": ("limits", "memory"),
+    "limit_ephemeral_storage": ("limits", "ephemeral-storage"),
+    "limit_gpu": ("limits", GPU),
+}
+
+
+def container_resources(value: Any) -> dict[str, Any] | None:
+    """``container_resources`` (or the old ``resources``): a ``V1ResourceRequirements``,
+    ``{"requests": ..., "limits": ...}``, or Airflow 1's flat ``{"limit_gpu": 1, ...}``."""
+    data = plain(value)
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        return data  # type: ignore[no-any-return]  # the spec check reports the type
+    if set(data) & set(_LEGACY_RESOURCES):
+        out: dict[str, dict[str, Any]] = {"requests": {}, "limits": {}}
+        for key, amount in data.items():
+            if key in _LEGACY_RESOURCES and amount is not None:
+                section, resource = _LEGACY_RESOURCES[key]
+                out[section][resource] = str(amount)
+            elif key not in _LEGACY_RESOURCES:
+                out.setdefault(key, amount)
+        return {k: v for k, v in out.items() if v}
+    # Resource claims (DRA) have no place in the spec; the check reports them if set.
+    return {k: v for k, v in data.items() if not (k == "claims" and not v)}
+
+
+def requirements(
+    requirements: Any, *, gpus: int | None, gpu_model: str | None
+) -> dict[str, Any] | None:
+    """The routing requirements: ``requirements=`` (a dict or ``Requirements``) with the
+    ``gpus``/``gpu_model`` shortcuts folded in; a shortcut contradicting it is an error."""
+    if hasattr(requirements, "model_dump"):
+        requirements = requirements.model_dump(exclude_defaults=True)
+    merged = dict(requirements or {})
+    for name, value in (("gpus", gpus), ("gpu_model", gpu_model)):
+        if value is None:
+            continue
+        if merged.get(name) not in (None, value):
+            raise ValueError(
+                f"{name}={value!r} contradicts requirements[{name!r}]={merged[name]!r}; "
+                "set one of them"
+            )
+        merged[name] = value
+    return merged or None
+
+
+def secrets_to_spec(
+    secrets: Iterable[Any] | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """KPO ``Secret`` objects as (env vars, volumes, volume mounts).
+
+    ``Secret("env", "VAR", "name", "key")`` is one variable from one key;
+    ``Secret("volume", "/path", "name")`` mounts the secret read-only. A ``Secret("env",
+    None, "name")`` (every key as a variable) is refused: the spec lists variables one by
+    one. Objects are read by attribute, so the cncf.kubernetes provider is not needed.
+    """
+    env: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for index, secret in enumerate(secrets or ()):
+        deploy_type = getattr(secret, "deploy_type", None)
+        target = getattr(secret, "deploy_target", None)
+        name = getattr(secret, "secret", None)
+        key = getattr(secret, "key", None)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"secrets[{index}] is not a Secret with a secret name")
+        if deploy_type == "env":
+            if not target or not key:
+                raise ValueError(
+                    f"secrets[{index}] would inject every key of secret {name!r} (env_from), "
+                    "which the task spec does not support: use "
+                    f"Secret('env', 'VARIABLE', {name!r}, 'key') for each variable"
+                )
+            env.append({"name": target, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
+        elif deploy_type == "volume":
+            if not target:
+                raise ValueError(f"secrets[{index}] (a volume) needs a mount path")
+            volume = f"secret-{index}-{_dns_part(name)}"[:63].rstrip("-")
+            source: dict[str, Any] = {"secretName": name}
+            items = plain(getattr(secret, "items", None))
+            if items:
+                source["items"] = items
+            volumes.append({"name": volume, "secret": source})
+            mounts.append({"name": volume, "mountPath": target, "readOnly": True})
+        else:
+            raise ValueError(f"secrets[{index}]: deploy_type must be 'env' or 'volume'")
+    return env, volumes, mounts
+
+
+def _dns_part(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "secret"
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def idempotency_key(
+    dag_id: str, task_id: str, run_id: str, map_index: int | None, try_number: int
+) -> str:
+    """One key per task instance try: a re-run of the same try (a restarted worker)
+    finds the job it submitted instead of starting another pod.
+
+    ``airflow/<dag_id>/<task_id>/<map_index>/<try_number>/<run_id>``: dag and task ids
+    cannot contain '/', and the run id, which can, comes last, so no two task instances
+    share a key. Keys longer than the API allows are hashed whole.
+    """
+    index = -1 if map_index is None else map_index
+    key = f"airflow/{dag_id}/{task_id}/{index}/{try_number}/{run_id}"
+    if len(key) > MAX_KEY_LENGTH:
+        return f"airflow/sha256/{hashlib.sha256(key.encode()).hexdigest()}"
+    return key
+
+
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def safe_label_value(text: str) -> str:
+    """A valid label value standing for ``text``: as is if valid, else cleaned and
+    suffixed with a short hash so different inputs stay different."""
+    if _LABEL_VALUE.fullmatch(text):
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    cleaned = re.sub(r"[^-A-Za-z0-9_.]", "", text)[:54]
+    cleaned = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", cleaned)
+    return f"{cleaned}-{digest}" if cleaned else digest
+
+
+def airflow_labels(
+    dag_id: str, task_id: str, run_id: str, map_index: int | None, try_number: int
+) -> dict[str, str]:
+    """The labels KubernetesPodOperator puts on its pods, so dashboards keep working."""
+    labels = {
+        "dag_id": dag_id,
+        "task_id": task_id,
+        "run_id": run_id,
+        "try_number": str(try_number),
+    }
+    if map_index is not None and map_index >= 0:
+        labels["map_index"] = str(map_index)
+    return {key: safe_label_value(value) for key, value in labels.items()}
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def validate_spec(spec: Mapping[str, Any], *, task_id: str | None = None) -> TaskSpec:
+    """The spec as the dispatcher will check it; ``SpecError`` lists every problem."""
+    return parse_task_spec(dict(spec), source=f"task {task_id}" if task_id else None)
+
+
+def has_unresolved(values: Sequence[Any]) -> bool:
+    """Whether any value is only known when the task runs: a Jinja template, or an
+    XComArg (``other_task.output``)."""
+
+    def unresolved(value: Any) -> bool:
+        if isinstance(value, str):
+            return "{{" in value or "{%" in value
+        if hasattr(value, "resolve") and hasattr(value, "iter_references"):
+            return True
+        if isinstance(value, Mapping):
+            return any(unresolved(k) or unresolved(v) for k, v in value.items())
+        if isinstance(value, list | tuple | set):
+            return any(unresolved(v) for v in value)
+        return False
+
+    return any(unresolved(v) for v in values)
