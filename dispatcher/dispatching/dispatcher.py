@@ -88,6 +88,24 @@ class Cache(Protocol):
     def managed_pods(self, cluster: str) -> list[dict[str, Any]]: ...
 
 
+_ROUTING_FIELDS = frozenset(
+    {
+        "container_resources",
+        "node_selector",
+        "tolerations",
+        "affinity",
+        "requirements",
+        "namespace",
+        "priority_class_name",
+    }
+)
+
+
+def _routing_shape(job: Job) -> str:
+    """What routing looks at, as a key: jobs with the same key get the same decision."""
+    return ",".join(sorted(job.excluded)) + job.spec.model_dump_json(include=set(_ROUTING_FIELDS))
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -313,9 +331,13 @@ class Dispatcher:
         if heads:
             # 2. Snapshot of every cluster, with the pods we assumed.
             snapshot = self._cache.snapshot()
+            # Jobs that ask for the same thing get the same answer until a placement
+            # changes the snapshot: a long queue of alike jobs costs one decision.
+            waiting: dict[str, Decision] = {}
             for job in heads:
                 # 3. Route.
-                decision = self._route(job, snapshot)
+                shape = _routing_shape(job)
+                decision = waiting.get(shape) or self._route(job, snapshot)
                 with self._lock:
                     if job.state is not JobState.QUEUED:
                         continue
@@ -324,7 +346,9 @@ class Dispatcher:
                         self._finish(job, JobState.REJECTED, None, job.reason)
                         continue
                     if decision.verdict is Verdict.WAIT or decision.placement is None:
+                        waiting[shape] = decision
                         continue
+                    waiting.clear()
                     # 4. Assume the placement, so the next decision sees it taken.
                     attempt_no = job.attempts
                     placement = decision.placement
