@@ -170,7 +170,7 @@ def main() -> int:  # noqa: PLR0915 - a script, step by step
 
             # Monitoring cost: baseline without the dispatcher, then with it.
             wait = time.time() + 120
-            while time.time() < wait and len([j for j in api.jobs(state="running")]) < args.jobs:
+            while time.time() < wait and len(api.jobs(state="running")) < args.jobs:
                 time.sleep(1)
             running = len(api.jobs(state="running"))
         stop.set()
@@ -203,8 +203,8 @@ def main() -> int:  # noqa: PLR0915 - a script, step by step
                     )
                 )
             time.sleep(3)
-            assert service.proc is not None
-            rss_before = _rss_mib(service.proc.pid)
+            pid = service.proc.pid if service.proc else 0
+            rss_before = _rss_mib(pid)
 
             def queue(i: int) -> None:
                 api.submit(
@@ -223,7 +223,7 @@ def main() -> int:  # noqa: PLR0915 - a script, step by step
                 sum(float(g.rpartition(" ")[2]) for g in gauges if g.startswith("dispatcher_jobs{"))
             )
             results["rss_mib_before_tracked"] = round(rss_before, 1)
-            results["rss_mib_with_tracked"] = round(_rss_mib(service.proc.pid), 1)
+            results["rss_mib_with_tracked"] = round(_rss_mib(pid), 1)
         print(f"memory: {json.dumps(results)}", flush=True)
     finally:
         service.stop()
