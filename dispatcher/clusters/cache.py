@@ -111,6 +111,7 @@ class CacheOptions:
 class _Assumed:
     name: str
     namespace: str
+    pod: Mapping[str, Any]
     requests: dict[str, int]
     node: str | None
     expires: float
@@ -233,6 +234,44 @@ class _Cluster:
             _add(self.assumed_usage.setdefault(assumed.node, {}), assumed.requests, -1)
             self.stale.add(assumed.node)
         return True
+
+    def settle(self) -> None:
+        """Keep assumptions where the scheduler can still put their pods.
+
+        The scheduler may bind a pod elsewhere than assumed; the real pod then counts on
+        its node, and an assumption sharing that node may no longer fit. Left there, the
+        node would be over-committed while the assumed node looks free: a window for a
+        double booking. Such assumptions (the latest first) are placed again, and
+        assumptions that fitted nowhere get a node when one frees up, as their pods will.
+        """
+        if not self.assumed:
+            return
+        moved = False
+        by_node: dict[str, list[_Assumed]] = {}
+        for assumed in self.assumed.values():
+            node = assumed.node
+            if node is not None and (node in self.stale or node not in self.nodes):
+                by_node.setdefault(node, []).append(assumed)
+        for node, assumptions in by_node.items():
+            while assumptions and self._overcommitted(node):
+                assumed = assumptions.pop()
+                _add(self.assumed_usage.setdefault(node, {}), assumed.requests, -1)
+                self.stale.add(node)
+                assumed.node = None
+                moved = True
+        for assumed in self.assumed.values():
+            if assumed.node is None:
+                assumed.node = self.choose_node(assumed.pod, assumed.requests)
+                if assumed.node is not None:
+                    _add(self.assumed_usage.setdefault(assumed.node, {}), assumed.requests)
+                    self.stale.add(assumed.node)
+                    moved = True
+        if moved:
+            self.version += 1
+
+    def _overcommitted(self, node: str) -> bool:
+        info = self.node_info(node)
+        return info is None or any(amount < 0 for amount in info.free.values())
 
     def choose_node(self, pod: Mapping[str, Any], requests: Mapping[str, int]) -> str | None:
         """The node kube-scheduler would most likely pick now, or ``None`` if none fits."""
@@ -467,7 +506,12 @@ class ClusterCache:
             view.drop_assumption(name)
             node = (pod.get("spec") or {}).get("nodeName") or view.choose_node(pod, requests)
             view.assumed[name] = _Assumed(
-                name, namespace, requests, node, self._clock() + self.options.assume_ttl_seconds
+                name,
+                namespace,
+                pod,
+                requests,
+                node,
+                self._clock() + self.options.assume_ttl_seconds,
             )
             if node is not None:
                 _add(view.assumed_usage.setdefault(node, {}), requests)
@@ -480,6 +524,7 @@ class ClusterCache:
         with view.lock:
             if view.drop_assumption(pod_name):
                 view.changed()
+                view.settle()
 
     # ----- listeners -------------------------------------------------------------------
     def add_listener(self, callback: Listener) -> None:
@@ -526,6 +571,7 @@ class ClusterCache:
                 cluster.nodes[name] = info
             if changed:
                 cluster.changed(name)
+                cluster.settle()
         if changed:
             self._emit(cluster.name, "node", kind, node)
 
@@ -546,6 +592,7 @@ class ClusterCache:
                     changed = cluster.drop_assumption(name) or changed
             if changed:
                 cluster.changed()
+                cluster.settle()
         if managed:
             self._emit(cluster.name, "pod", kind, pod)
         elif changed:
@@ -575,6 +622,7 @@ class ClusterCache:
                     cluster.drop_assumption(name)
                 if expired:
                     cluster.changed()
+                    cluster.settle()
                 state = cluster.state() if cluster.published != cluster.version else None
                 cluster.published = cluster.version
             if expired:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 
 import pytest
 from kubernetes import client
 
-from dispatcher.clusters import ClusterCache
+from dispatcher.clusters import CacheOptions, ClusterCache, WatchOptions
 from dispatcher.core import Health
 from dispatcher.errors import ClusterUnavailable
+from dispatcher.metrics import sample_value
 from tests.clusters.conftest import FAST, Outage, free_gpus, gpu_pod, managed, wait_for
 from tests.stack import Stack
 
@@ -69,3 +72,37 @@ def test_a_stopped_apiserver_marks_its_cluster_down_in_time_while_the_others_kee
     assert "down" in a100
     assert a100[-1] == "up"
     assert all(cluster == "gpu-a100" for cluster, _ in health_changes)
+
+
+def test_a_frozen_apiserver_is_noticed_by_the_watch_watchdog_and_recovers(
+    make_cache: Callable[..., ClusterCache], stack: Stack
+) -> None:
+    # SIGSTOP keeps the TCP connections open but silent: only read timeouts can tell.
+    options = CacheOptions(
+        health=FAST.health,
+        watch=WatchOptions(idle_timeout_seconds=2, backoff_base_seconds=0.2, backoff_max_seconds=1),
+        tick_seconds=0.1,
+    )
+    cache = make_cache(
+        ("gpu-a100",), options=options, connect_timeout_seconds=1, read_timeout_seconds=2
+    )
+    pid = stack._pids()["gpu-a100-apiserver"]
+    timeouts = sample_value(
+        "dispatcher_watch_restarts_total",
+        {"cluster": "gpu-a100", "resource": "nodes", "reason": "timeout"},
+    )
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        frozen = time.monotonic()
+        wait_for(lambda: cache.health("gpu-a100") is Health.DOWN, timeout=10, what="down")
+        assert time.monotonic() - frozen < FAST.health.down_after_seconds + 3
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: cache.health("gpu-a100") is Health.UP, timeout=15, what="up again")
+    assert (
+        sample_value(
+            "dispatcher_watch_restarts_total",
+            {"cluster": "gpu-a100", "resource": "nodes", "reason": "timeout"},
+        )
+        > timeouts
+    )

@@ -1,0 +1,169 @@
+"""One connection per cluster: raw JSON, paced, timed, counted, re-authenticated once
+(real stack)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from dispatcher.clusters import ClusterHealth, Connection, HealthPolicy
+from dispatcher.errors import ApiError, ClusterUnavailable
+from dispatcher.metrics import sample_value
+from dispatcher.settings import ClientSettings
+from tests.clusters.conftest import KubeconfigProvider, gpu_pod, managed, wait_for
+from tests.stack import Stack, StackEnv
+
+BOGUS_TOKEN = "not-a-real-token-0123456789"
+
+
+def requests_counted(cluster: str, verb: str, code: str) -> float:
+    return sample_value(
+        "dispatcher_kube_api_requests_total", {"cluster": cluster, "verb": verb, "code": code}
+    )
+
+
+def test_lists_return_raw_dicts_and_every_request_is_counted_by_verb_and_code(
+    provider: KubeconfigProvider, stack_env: StackEnv
+) -> None:
+    conn = Connection("gpu-h100", provider)
+    before = requests_counted("gpu-h100", "list", "200")
+    nodes = conn.list_nodes()
+    assert {n["metadata"]["name"] for n in nodes} == set(stack_env.clusters["gpu-h100"].nodes)
+    assert isinstance(nodes[0]["status"]["allocatable"]["nvidia.com/gpu"], str)
+    assert isinstance(conn.list_pods(label_selector="app=none"), list)
+    assert requests_counted("gpu-h100", "list", "200") == before + 2
+
+
+def test_pods_are_created_read_logged_and_deleted(
+    provider: KubeconfigProvider, namespace: str
+) -> None:
+    conn = Connection("gpu-a100", provider)
+    created = conn.create_pod(namespace, gpu_pod("logger", 1, labels=managed()))
+    assert created["metadata"]["namespace"] == namespace
+    wait_for(
+        lambda: (
+            (conn.read_pod(namespace, "logger") or {}).get("status", {}).get("phase") == "Running"
+        ),
+        what="Running",
+    )
+    lines = list(conn.pod_logs(namespace, "logger", "main"))
+    assert "step 3/3" in lines
+    assert all("\n" not in line for line in lines)
+    assert list(conn.pod_logs(namespace, "logger", tail_lines=1)) == [lines[-1]]
+    followed = conn.pod_logs(namespace, "logger", follow=True)
+    assert next(followed)  # a stream: the first line arrives before the pod ends
+    followed.close()  # type: ignore[attr-defined]
+    conn.delete_pod(namespace, "logger", grace_period_seconds=0)
+    conn.delete_pod(namespace, "logger", grace_period_seconds=0)  # already gone: fine
+    wait_for(lambda: conn.read_pod(namespace, "logger") is None, what="pod gone")
+
+
+def test_api_errors_keep_the_status_and_never_echo_request_values(
+    provider: KubeconfigProvider, namespace: str
+) -> None:
+    conn = Connection("gpu-a100", provider)
+    conn.create_pod(namespace, gpu_pod("twice", 1))
+    with pytest.raises(ApiError) as conflict:
+        conn.create_pod(namespace, gpu_pod("twice", 1))
+    assert (conflict.value.status, conflict.value.reason) == (409, "AlreadyExists")
+    assert "twice" in str(conflict.value)
+
+    with pytest.raises(ApiError) as forbidden:
+        conn.create_pod("kube-system", gpu_pod("nope", 1))
+    assert forbidden.value.status == 403
+
+    invalid = gpu_pod("Invalid_Name", 1)
+    invalid["spec"]["containers"][0]["env"] = [{"name": "PASSWORD", "value": "hunter2-secret"}]
+    invalid["spec"]["containers"][0]["image"] = ""
+    with pytest.raises(ApiError) as refused:
+        conn.create_pod(namespace, invalid)
+    assert refused.value.status == 422
+    assert "metadata.name" in str(refused.value)
+    assert "hunter2" not in str(refused.value)
+
+
+def test_a_401_invalidates_the_client_and_retries_once_with_a_fresh_one(
+    stack_env: StackEnv,
+) -> None:
+    provider = KubeconfigProvider(stack_env)
+    provider.token_override["gpu-h100"] = BOGUS_TOKEN
+    invalidate = provider.invalidate
+
+    def rotate(cluster: str, api: Any) -> None:  # the real provider re-reads Vault here
+        provider.token_override.pop(cluster, None)
+        invalidate(cluster, api)
+
+    provider.invalidate = rotate  # type: ignore[method-assign]
+    conn = Connection("gpu-h100", provider)
+    before = requests_counted("gpu-h100", "list", "401")
+    assert conn.list_nodes()
+    assert provider.invalidations == ["gpu-h100"]
+    assert requests_counted("gpu-h100", "list", "401") == before + 1
+
+
+def test_a_second_401_is_an_api_error_without_the_token(stack_env: StackEnv) -> None:
+    provider = KubeconfigProvider(stack_env)
+    provider.token_override["gpu-h100"] = BOGUS_TOKEN
+    conn = Connection("gpu-h100", provider)
+    with pytest.raises(ApiError) as denied:
+        conn.list_nodes()
+    assert denied.value.status == 401
+    assert provider.invalidations == ["gpu-h100"]  # one retry, not a loop
+    chain = [denied.value, denied.value.__cause__]
+    assert BOGUS_TOKEN not in " ".join(repr(e) + str(e) for e in chain)
+
+
+def test_an_unreachable_cluster_fails_fast_and_the_open_breaker_refuses_requests(
+    stack_env: StackEnv,
+) -> None:
+    provider = KubeconfigProvider(stack_env)
+    provider.host_override["plane"] = "https://127.0.0.1:1"
+    clock = itertools.count(1000.0, 0.001)
+    health = ClusterHealth(
+        "plane",
+        HealthPolicy(failure_threshold=2, probe_after_seconds=60, max_probe_after_seconds=60),
+        {},
+        clock=lambda: next(clock),
+    )
+    conn = Connection("plane", provider, ClientSettings(connect_timeout_seconds=1), health=health)
+    for _ in range(2):
+        with pytest.raises(ClusterUnavailable, match="connection refused"):
+            conn.read_pod("default", "any")
+    before = requests_counted("plane", "get", "error")
+    started = time.monotonic()
+    with pytest.raises(ClusterUnavailable, match="marked down"):
+        conn.read_pod("default", "any")
+    assert time.monotonic() - started < 0.1
+    assert requests_counted("plane", "get", "error") == before  # nothing was sent
+
+
+def test_requests_are_paced_by_the_clusters_qps(provider: KubeconfigProvider) -> None:
+    conn = Connection("plane", provider, ClientSettings(qps=4, burst=4))
+    started = time.monotonic()
+    for _ in range(12):
+        conn.read_pod("default", "absent")
+    # 4 at once, then 8 more at 4 per second.
+    assert time.monotonic() - started >= 1.9
+
+
+def test_a_silent_connection_is_dropped_after_the_read_timeout(
+    provider: KubeconfigProvider, stack: Stack, namespace: str
+) -> None:
+    conn = Connection("gpu-a100", provider, ClientSettings(read_timeout_seconds=1))
+    client.CoreV1Api(stack.kube("gpu-a100")).create_namespaced_pod(namespace, gpu_pod("quiet", 1))
+    wait_for(
+        lambda: (
+            (conn.read_pod(namespace, "quiet") or {}).get("status", {}).get("phase") == "Running"
+        ),
+        what="Running",
+    )
+    stream = conn.pod_logs(namespace, "quiet", follow=True, idle_timeout=1)
+    started = time.monotonic()
+    with pytest.raises(ClusterUnavailable, match="read timed out"):
+        for _ in stream:
+            pass
+    assert time.monotonic() - started < 5
