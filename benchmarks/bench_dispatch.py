@@ -50,12 +50,10 @@ def _pod_watch(
     """Record when each job's pod is first seen (an admin watch, outside the dispatcher)."""
     with stack.kube(cluster) as api:
         while not stop.is_set():
-            response = api.call_api(
-                f"/api/v1/namespaces/{namespace}/pods",
-                "GET",
-                query_params=[("watch", "true"), ("timeoutSeconds", "30")],
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
+            response = client.CoreV1Api(api).list_namespaced_pod(
+                namespace,
+                watch=True,
+                timeout_seconds=30,
                 _preload_content=False,
                 _request_timeout=(5, 40),
             )

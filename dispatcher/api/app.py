@@ -42,8 +42,13 @@ class Runtime(Protocol):
     dispatcher: Dispatcher
 
     def ready(self) -> tuple[bool, str]: ...
+    def leading(self) -> bool: ...
     def snapshot(self) -> Snapshot: ...
     def api_tokens(self) -> tuple[str, ...]: ...
+
+
+class NotLeader(Exception):
+    """This replica does not hold the lease: job operations go to the leader."""
 
 
 class ProblemModel(BaseModel):
@@ -150,7 +155,16 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         if not header.startswith("Bearer ") or header[7:] not in tokens:
             raise HTTPException(status_code=401, detail="a valid bearer token is required")
 
+    def require_leader() -> None:
+        if not runtime.leading():
+            raise NotLeader
+
     auth = [Depends(authorize)]
+    jobs = [Depends(authorize), Depends(require_leader)]
+
+    @app.exception_handler(NotLeader)
+    def _not_leader(_: Request, exc: NotLeader) -> JSONResponse:
+        return _error(503, "not_leader", "this replica is not the leader; retry")
 
     @app.exception_handler(InputError)
     def _input_error(_: Request, exc: InputError) -> JSONResponse:
@@ -208,7 +222,7 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
             409: {"model": ErrorModel},
             422: {"model": ErrorModel},
         },
-        dependencies=auth,
+        dependencies=jobs,
         openapi_extra={
             "requestBody": {
                 "content": {
@@ -229,7 +243,7 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         response.status_code = 201 if created else 200
         return view
 
-    @app.get(f"{API_PREFIX}/jobs", response_model=list[JobModel], dependencies=auth)
+    @app.get(f"{API_PREFIX}/jobs", response_model=list[JobModel], dependencies=jobs)
     def list_jobs(
         state: Annotated[
             str | None,
@@ -250,7 +264,7 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         f"{API_PREFIX}/jobs/{{job_id}}",
         response_model=JobModel,
         responses={404: {"model": ErrorModel}},
-        dependencies=auth,
+        dependencies=jobs,
     )
     def get_job(job_id: str) -> dict[str, Any]:
         return runtime.dispatcher.get(job_id)
@@ -259,7 +273,7 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         f"{API_PREFIX}/jobs/{{job_id}}/wait",
         response_model=JobModel,
         responses={404: {"model": ErrorModel}},
-        dependencies=auth,
+        dependencies=jobs,
     )
     def wait_job(
         job_id: str, timeout: Annotated[float, Query(ge=0, le=300)] = 30.0
@@ -270,7 +284,7 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
     @app.get(
         f"{API_PREFIX}/jobs/{{job_id}}/logs",
         responses={404: {"model": ErrorModel}, 409: {"model": ErrorModel}},
-        dependencies=auth,
+        dependencies=jobs,
     )
     def job_logs(
         job_id: str,
@@ -286,7 +300,7 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         f"{API_PREFIX}/jobs/{{job_id}}/cancel",
         response_model=JobModel,
         responses={404: {"model": ErrorModel}},
-        dependencies=auth,
+        dependencies=jobs,
     )
     def cancel_job(job_id: str) -> dict[str, Any]:
         return runtime.dispatcher.cancel(job_id)
@@ -295,7 +309,7 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         f"{API_PREFIX}/jobs/{{job_id}}/acknowledge",
         status_code=204,
         responses={404: {"model": ErrorModel}, 409: {"model": ErrorModel}},
-        dependencies=auth,
+        dependencies=jobs,
     )
     def acknowledge_job(job_id: str) -> Response:
         """The client has read the outcome; the job and its record are forgotten."""

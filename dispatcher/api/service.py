@@ -9,8 +9,11 @@ I/O: everything, through the layers it wires.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
+import uuid
 from typing import Any
 
 import structlog
@@ -22,6 +25,7 @@ from dispatcher.clusters import ClusterCache
 from dispatcher.core import ClusterRole, Snapshot
 from dispatcher.credentials import CredentialProvider, VaultSession
 from dispatcher.dispatching import ConfigMapStore, Dispatcher, JobStore
+from dispatcher.dispatching.leader import LeaderElector
 from dispatcher.errors import ConfigError, Problem
 from dispatcher.logging import configure_logging
 from dispatcher.settings import Settings
@@ -52,6 +56,17 @@ class Service:
         )
         self._started = threading.Event()
         self._failure: str | None = None
+        self.elector: LeaderElector | None = None
+        if settings.service.leader_election:
+            self.elector = LeaderElector(
+                lambda fn: self.provider.call(state_cluster, fn),
+                namespace=settings.service.state_namespace,
+                name=settings.service.lease_name,
+                identity=_identity(),
+                lease_duration=settings.service.lease_duration_seconds,
+                on_started=self.dispatcher.start,
+                on_stopped=_step_down,
+            )
 
     def start(self, sync_timeout: float = 30.0) -> None:
         metrics.BUILD_INFO.info({"version": __version__})
@@ -60,12 +75,18 @@ class Service:
         synced = self.cache.wait_synced(sync_timeout)
         if not synced:
             log.warning("service.caches_not_synced", timeout=sync_timeout)
-        self.dispatcher.start()
-        metrics.LEADER.set(1)
+        if self.elector is None:
+            self.dispatcher.start()
+            metrics.LEADER.set(1)
+        else:
+            # Followers serve reads of the clusters; the leader alone dispatches.
+            self.elector.start()
         self._started.set()
         log.info("service.started", seconds=round(time.monotonic() - started, 2))
 
     def stop(self) -> None:
+        if self.elector is not None:
+            self.elector.stop()
         self.dispatcher.stop()
         self.cache.stop()
         self.provider.close()
@@ -83,11 +104,28 @@ class Service:
             return False, "starting"
         return True, "ready"
 
+    def leading(self) -> bool:
+        return self.elector is None or self.elector.leading
+
     def snapshot(self) -> Snapshot:
         return self.cache.snapshot()
 
     def api_tokens(self) -> tuple[str, ...]:
         return tuple(t.get_secret_value() for t in self.settings.service.api_tokens)
+
+
+def _identity() -> str:
+    """This replica's name in the Lease: the pod name when the chart sets it."""
+    base = os.environ.get("POD_NAME") or socket.gethostname()
+    return f"{base}-{uuid.uuid4().hex[:6]}"
+
+
+def _step_down() -> None:
+    # Leadership lost while dispatching: exit so that the restart begins from the
+    # cluster state (client-go's leader election does the same). No second leader can
+    # have started before our lease expired.
+    log.error("service.leadership_lost_exiting")
+    os._exit(3)
 
 
 def _in_plane(settings: Settings) -> str:

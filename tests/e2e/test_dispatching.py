@@ -320,3 +320,30 @@ def test_metrics_count_what_happened(service: ServiceProcess, api: DispatcherCli
     assert values[gpus] == 32
     assert values['dispatcher_routing_decisions_total{cluster="",verdict="reject"}'] >= 1
     assert values["dispatcher_leader"] == 1
+
+
+def test_one_replica_leads_and_a_follower_takes_over_after_kill_9(
+    stack: Stack, service_factory: Any, namespace: str
+) -> None:
+    election = {"leader_election": True, "lease_duration_seconds": 4}
+    first: ServiceProcess = service_factory(**election)
+    wait_until(lambda: _metrics(first)["dispatcher_leader"] == 1, what="first replica leads")
+    second: ServiceProcess = service_factory(**election)
+    time.sleep(2)
+    assert _metrics(second)["dispatcher_leader"] == 0
+    # The follower sends job operations to the leader: 503 with Retry-After.
+    refused = httpx.post(f"{second.url}/v1/jobs", json=task("x"), timeout=10)
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"]
+    assert httpx.get(f"{second.url}/v1/clusters", timeout=10).status_code == 200
+    with first.client() as api:
+        job, _ = api.submit(task("survivor", gpus=1))
+        wait_until(lambda: api.get(job["id"])["state"] == "running", what="running")
+    first.kill9()
+    with DispatcherClient(second.url, retries=0) as api:
+        taken_over = wait_until(
+            lambda: _metrics(second)["dispatcher_leader"] == 1, timeout=30, what="takeover"
+        )
+        assert taken_over
+        assert api.get(job["id"])["state"] == "running"
+    assert len(pods(stack, "gpu-a100", namespace)) == 1

@@ -1142,11 +1142,16 @@ TASK_RULES = [
     },
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
-    # Job records: tests keep each dispatcher's records in their own namespace.
+    # Job records and the leader Lease: tests keep each dispatcher's apart.
     {
         "apiGroups": [""],
         "resources": ["configmaps"],
         "verbs": ["get", "list", "create", "update", "delete"],
+    },
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "create", "update"],
     },
 ]
 
