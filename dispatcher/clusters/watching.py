@@ -333,6 +333,7 @@ class Informer:
     def _watch(self) -> bool:
         """Watch until the stream ends; returns whether it delivered anything."""
         rv = self._resource_version or ""
+        self._interrupted = False
         spread = self.options.timeout_seconds * (1.0 + self._draw())
         try:
             response = self.source.watch(

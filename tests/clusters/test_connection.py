@@ -14,7 +14,8 @@ from dispatcher.clusters import ClusterHealth, Connection, HealthPolicy
 from dispatcher.errors import ApiError, ClusterUnavailable
 from dispatcher.metrics import sample_value
 from dispatcher.settings import ClientSettings
-from tests.clusters.conftest import KubeconfigProvider, gpu_pod, managed, wait_for
+from tests.clusters.conftest import gpu_pod, managed, wait_for
+from tests.clusters.provider import KubeconfigProvider
 from tests.stack import Stack, StackEnv
 
 BOGUS_TOKEN = "not-a-real-token-0123456789"

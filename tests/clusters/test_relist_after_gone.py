@@ -11,13 +11,13 @@ from dispatcher.clusters import ClusterCache
 from dispatcher.core import Health
 from dispatcher.metrics import sample_value
 from tests.clusters.conftest import (
-    KubeconfigProvider,
     Outage,
     free_gpus,
     gpu_pod,
     managed,
     wait_for,
 )
+from tests.clusters.provider import KubeconfigProvider
 from tests.stack import Stack
 
 
