@@ -129,7 +129,13 @@ def main() -> int:  # noqa: PLR0915 - a script, step by step
         stack.grant_task_namespace(spec, namespace)
     folder = Path(stack.state_dir) / namespace
     config = dispatcher_settings(
-        stack, folder, namespace=namespace, service={"log_level": "warning"}
+        stack,
+        folder,
+        namespace=namespace,
+        service={"log_level": "warning"},
+        # Client-side rate limits are per-cluster settings; the default (20 QPS) suits
+        # shared production apiservers, not a measurement of the dispatcher itself.
+        client={"qps": 500, "burst": 1000},
     )
     service = ServiceProcess(config, folder / "dispatcher.log")
     service.start()

@@ -24,6 +24,7 @@ def dispatcher_settings(
     *,
     namespace: str = "dispatch",
     service: dict[str, Any] | None = None,
+    client: dict[str, Any] | None = None,
 ) -> Path:
     """Write a settings file (and the Vault login JWT) into ``folder``; return its path."""
     env = stack.env()
@@ -106,6 +107,8 @@ def dispatcher_settings(
             **(service or {}),
         },
     }
+    for cluster in settings["clusters"]:
+        cluster["client"] = dict(client or {})
     path = folder / "dispatcher.yaml"
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     return path
