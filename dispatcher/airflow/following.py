@@ -23,12 +23,14 @@ import httpx
 from dispatcher.airflow.progress import Actions, Watch, is_finished
 from dispatcher.client import ApiClientError, DispatcherClient
 
-__all__ = ["catch_up", "follow_job"]
+__all__ = ["catch_up", "follow_job", "gone_message"]
 
 #: After the job finished, a log stream silent this long has said everything.
 QUIET_SECONDS = 1.5
 #: And the log is given at most this long to arrive in full.
 DRAIN_SECONDS = 10.0
+#: The first pause before a log stream is opened again; it doubles up to the poll interval.
+RETRY_FIRST_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,16 +151,24 @@ def catch_up(
                 for text in watch.on_line(pod, index, line).say:
                     say(text)
     except (ApiClientError, httpx.HTTPError) as exc:
-        say(
-            f"The log of pod {pod} cannot be read any more ({_first_line(exc)}); "
-            f"{watch.progress.lines} lines were logged."
-        )
+        say(gone_message(watch, exc))
         return
     watch.on_log_end(pod)
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
+def gone_message(watch: Watch, exc: Exception) -> str:
+    """What to say when a finished pod's log cannot be read again."""
+    pod = watch.job.get("pod")
+    why = (str(exc).splitlines() or [type(exc).__name__])[0]
+    if watch.progress.lines:
+        return (
+            f"Logged {watch.progress.lines} lines of pod {pod} while it ran; its log cannot "
+            f"be read again to check for more ({why})."
+        )
+    return (
+        f"The log of pod {pod} could not be read before the pod was removed ({why}); "
+        "on_finish_action='delete_succeeded_pod' or 'keep_pod' keeps pods for their logs."
+    )
 
 
 def _start(target: Callable[..., None], **kwargs: Any) -> None:
@@ -181,7 +191,7 @@ def _waiter(
             try:
                 # The watch's job is read without a lock: a stale state only makes one
                 # poll shorter or longer.
-                job = api.wait(job_id, watch.wait_seconds(poll_interval, wait_timeout))
+                job = api.wait(job_id, watch.next_wait_seconds(poll_interval, wait_timeout))
             except ApiClientError as exc:
                 events.put(_Failed(exc))
                 return
@@ -202,8 +212,9 @@ def _pump(
 ) -> None:
     """Follow the pod's log, putting lines ``start`` onwards on the queue; re-open the
     stream after it ends or fails (no container yet, a dropped connection) until told
-    to stop."""
+    to stop, soon at first: a short task's pod may be gone a moment after it ends."""
     delivered = start
+    pause = RETRY_FIRST_SECONDS
     with client() as api:
         while not stop.is_set():
             try:
@@ -216,4 +227,5 @@ def _pump(
                 events.put(_LogEnd(pod))
             except (ApiClientError, httpx.HTTPError):
                 pass
-            stop.wait(retry_interval)
+            stop.wait(pause)
+            pause = min(pause * 2, retry_interval)

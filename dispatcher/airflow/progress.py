@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 FINISHED_STATES = frozenset({"succeeded", "failed", "cancelled", "rejected"})
+#: The first long poll while a job waits for its pod to run; later ones double.
+FIRST_POLL_SECONDS = 0.25
 
 Job = Mapping[str, Any]
 
@@ -61,6 +63,8 @@ class Progress:
     lines: int = 0
     #: The placement (``cluster/pod``) last announced; ``"queued"`` once a wait was said.
     announced: str | None = None
+    #: The routing explanation last said (not repeated when it has not changed).
+    reason: str | None = None
 
     def observe(self, job: Job) -> list[str]:
         """Messages about where the job is, each said once; resets the line count when
@@ -68,28 +72,25 @@ class Progress:
         messages: list[str] = []
         cluster, pod = job.get("cluster"), job.get("pod")
         reason = job.get("reason") or ""
+        said = self.reason
         if cluster and pod:
             placement = f"{cluster}/{pod}"
             if placement != self.announced:
                 attempt = job.get("attempts") or 1
-                if self.announced in (None, "queued") and attempt <= 1:
-                    messages.append(
-                        _sentence(f"Job {job.get('id')} dispatched to cluster {cluster}", reason)
-                    )
+                if attempt <= 1:
+                    head = f"Job {job.get('id')} dispatched to cluster {cluster}"
                 else:
-                    messages.append(
-                        _sentence(
-                            f"Job {job.get('id')} is on cluster {cluster} (attempt {attempt})"
-                            + _previous_end(job),
-                            reason,
-                        )
+                    head = (
+                        f"Job {job.get('id')} is on cluster {cluster} (attempt {attempt})"
+                        + _previous_end(job)
                     )
-                self.announced = placement
+                messages.append(_sentence(head, "" if reason == said else reason))
+                self.announced, self.reason = placement, reason
             if pod != self.pod:
                 self.pod, self.lines = pod, 0
         elif job.get("state") == "queued" and self.announced is None:
             messages.append(_sentence(f"Job {job.get('id')} is queued", reason))
-            self.announced = "queued"
+            self.announced, self.reason = "queued", reason
         return messages
 
     def accept(self, pod: str, index: int) -> bool:
@@ -109,6 +110,7 @@ class Progress:
             pod=data.get("pod"),
             lines=int(data.get("lines") or 0),
             announced=data.get("announced"),
+            reason=data.get("reason"),
         )
 
 
@@ -143,6 +145,7 @@ class Watch:
         #: The followed log was read to its end (the stream ended by itself).
         self.caught_up = False
         self._following: str | None = None
+        self._startup_polls = 0
 
     def on_job(self, job: Job) -> Actions:
         self.job = job
@@ -178,12 +181,14 @@ class Watch:
         """Whether the finished pod's log may have lines not yet logged."""
         return self.get_logs and bool(self.job.get("pod")) and not self.caught_up
 
-    def wait_seconds(self, poll_interval: float, wait_timeout: float) -> float:
-        """How long the next long poll may be held: short until the pod runs (to start
-        following its log soon), then the connection's full wait."""
+    def next_wait_seconds(self, poll_interval: float, wait_timeout: float) -> float:
+        """How long the next long poll may be held: until the pod runs, short and
+        growing (0.25 s, 0.5 s... up to ``poll_interval``) so that its log is followed
+        from the start even when it runs for a second only; then the full wait."""
         state = self.job.get("state")
         if self.get_logs and state in ("queued", "pending"):
-            return poll_interval
+            self._startup_polls += 1
+            return min(poll_interval, FIRST_POLL_SECONDS * 2 ** (self._startup_polls - 1))
         return wait_timeout
 
 

@@ -21,7 +21,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from dispatcher.airflow.aio import AsyncDispatcherClient
 from dispatcher.airflow.connection import ConnectionSettings
-from dispatcher.airflow.following import DRAIN_SECONDS, QUIET_SECONDS
+from dispatcher.airflow.following import DRAIN_SECONDS, QUIET_SECONDS, RETRY_FIRST_SECONDS
 from dispatcher.airflow.hooks import settings_for
 from dispatcher.airflow.progress import Actions, Progress, Watch, is_finished
 from dispatcher.airflow.provider import DEFAULT_CONN_ID
@@ -182,7 +182,7 @@ class DispatcherJobTrigger(BaseTrigger):
             await events.put(("job", job))
             while not is_finished(job):
                 job = await client.wait(
-                    self.job_id, watch.wait_seconds(self.poll_interval, wait_timeout)
+                    self.job_id, watch.next_wait_seconds(self.poll_interval, wait_timeout)
                 )
                 await events.put(("job", job))
         except ApiClientError as exc:
@@ -196,6 +196,7 @@ class DispatcherJobTrigger(BaseTrigger):
         events: asyncio.Queue[tuple[Any, ...]],
     ) -> None:
         delivered = start
+        pause = RETRY_FIRST_SECONDS
         while True:
             try:
                 index = 0
@@ -207,4 +208,5 @@ class DispatcherJobTrigger(BaseTrigger):
                 await events.put(("end", pod))
             except (ApiClientError, httpx.HTTPError):
                 pass
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self.poll_interval)
