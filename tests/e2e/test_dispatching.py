@@ -6,6 +6,9 @@ all three clusters) and its own job-record namespace.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -14,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from kubernetes import client
 
 from dispatcher.client import ApiClientError, DispatcherClient
@@ -347,3 +351,97 @@ def test_one_replica_leads_and_a_follower_takes_over_after_kill_9(
         assert taken_over
         assert api.get(job["id"])["state"] == "running"
     assert len(pods(stack, "gpu-a100", namespace)) == 1
+
+
+def test_job_moves_when_its_pod_stays_unschedulable_past_the_timeout(
+    stack: Stack, api: DispatcherClient, namespace: str
+) -> None:
+    # Routing does not judge inter-pod anti-affinity (the scheduler does): a pod that
+    # repels the blockers on every gpu-a100 node is placed there, stays Pending, and must
+    # move to gpu-h100 once its schedule timeout passes.
+    with stack.kube("gpu-a100") as admin:
+        core = client.CoreV1Api(admin)
+        for node in stack.env().clusters["gpu-a100"].nodes:
+            core.create_namespaced_pod(
+                namespace,
+                {
+                    "metadata": {"name": f"blocker-{node}", "labels": {"blocker": "yes"}},
+                    "spec": {
+                        "nodeName": node,
+                        "containers": [{"name": "c", "image": "pause"}],
+                        "tolerations": [{"operator": "Exists"}],
+                    },
+                },
+            )
+    repel = {
+        "pod_anti_affinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": {"blocker": "yes"}},
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        }
+    }
+    spec = task("picky", gpus=1, affinity=repel, schedule_timeout_seconds=3, annotations=succeed())
+    job, _ = api.submit(spec)
+    done = finish(api, job["id"], timeout=90)
+    assert (done["state"], done["cluster"], done["attempts"]) == ("succeeded", "gpu-h100", 2)
+    assert done["history"][0]["cluster"] == "gpu-a100"
+    assert "unschedulable" in done["history"][0]["ended"]
+    assert [p.metadata.name for p in pods(stack, "gpu-a100", namespace)] == [
+        f"blocker-{n}" for n in sorted(stack.env().clusters["gpu-a100"].nodes)
+    ]
+
+
+def test_a_finished_outcome_survives_a_restart_until_acknowledged(
+    service_factory: Any, stack: Stack, namespace: str
+) -> None:
+    service: ServiceProcess = service_factory()
+    with service.client() as api:
+        job = finish(api, api.submit(task("short", annotations=succeed("1s", '{"n": 7}')))[0]["id"])
+        assert job["state"] == "succeeded"
+        wait_until(lambda: pods(stack, "plane", namespace) == [], what="pod cleaned up")
+    service.kill9()
+    service.start()
+    with service.client() as api:
+        again = api.get(job["id"])
+        assert (again["state"], again["result"], again["cluster"]) == (
+            "succeeded",
+            {"n": 7},
+            "plane",
+        )
+        api.acknowledge(job["id"])
+        with pytest.raises(ApiClientError) as gone:
+            api.get(job["id"])
+        assert gone.value.status == 404
+
+
+def test_cli_submits_and_shows_jobs_and_clusters(service: ServiceProcess, tmp_path: Any) -> None:
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(task("cli", gpus=2, model="H100", annotations=succeed())))
+    env = {"DISPATCHER_URL": service.url, "COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dispatcher.cli", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+
+    submitted = cli("submit", str(path), "--wait")
+    assert submitted.returncode == 0, submitted.stderr
+    assert "succeeded" in submitted.stdout
+    assert "gpu-h100" in submitted.stdout
+    status = cli("status", "--state", "succeeded", "-o", "json")
+    assert [j["name"] for j in json.loads(status.stdout)] == ["cli"]
+    clusters = cli("clusters")
+    assert "NVIDIA-A100-SXM4-80GB" in clusters.stdout
+    assert "gpu-h100" in clusters.stdout
+    missing = cli("status", "j0000000000")
+    assert missing.returncode == 1
+    assert "no job" in missing.stderr
+    assert "Traceback" not in missing.stderr
