@@ -331,13 +331,15 @@ class Connection:
         self, label_selector: str | None = None, field_selector: str | None = None
     ) -> list[dict[str, Any]]:
         """Pods of all namespaces matching the selectors, as raw dicts."""
-        return self.list("pods", label_selector=label_selector, field_selector=field_selector).items
+        return self.list_objects(
+            "pods", label_selector=label_selector, field_selector=field_selector
+        ).items
 
     def list_nodes(self, label_selector: str | None = None) -> list[dict[str, Any]]:
-        return self.list("nodes", label_selector=label_selector).items
+        return self.list_objects("nodes", label_selector=label_selector).items
 
     # ----- list and watch (informers) ------------------------------------------------------
-    def list(
+    def list_objects(
         self,
         resource: Resource,
         *,

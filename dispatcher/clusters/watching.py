@@ -67,7 +67,7 @@ class WatchSource(Protocol):
 
     cluster: str
 
-    def list(
+    def list_objects(
         self,
         resource: Resource,
         *,
@@ -300,7 +300,7 @@ class Informer:
     def _relist(self) -> None:
         while True:
             try:
-                result = self.source.list(
+                result = self.source.list_objects(
                     self.resource,
                     label_selector=self.label_selector,
                     field_selector=self.field_selector,

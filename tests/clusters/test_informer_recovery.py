@@ -65,7 +65,7 @@ class ScriptedSource:
         self.watched_from: list[str] = []
         self.list_calls = 0
 
-    def list(self, resource: str, **kwargs: Any) -> ListResult:
+    def list_objects(self, resource: str, **kwargs: Any) -> ListResult:
         self.list_calls += 1
         item = self.lists.pop(0)
         if isinstance(item, Exception):
