@@ -128,6 +128,7 @@ class Dispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._jobs: dict[str, Job] = {}
+        self._submitting: set[str] = set()
         self._down_since: dict[str, float] = {}
         self._thread: threading.Thread | None = None
         # Pod deletions and creates run off the informer threads.
@@ -167,6 +168,9 @@ class Dispatcher:
         """Accept a validated task; returns (job view, created). Same key -> same job."""
         job_id = job_id_for(spec.idempotency_key)
         with self._lock:
+            # A concurrent submission of the same key finishes first; then it is a duplicate.
+            while job_id in self._submitting:
+                self._changed.wait()
             existing = self._jobs.get(job_id)
             if existing is not None:
                 if existing.spec != spec:
@@ -177,6 +181,11 @@ class Dispatcher:
                     )
                 metrics.SUBMISSIONS.labels(outcome="duplicate").inc()
                 return existing.view(), False
+            self._submitting.add(job_id)
+        # Routing and the record write happen outside the lock: submissions and the
+        # dispatch cycle do not wait on each other's API calls.
+        saved = False
+        try:
             job = Job(
                 id=job_id,
                 spec=spec,
@@ -184,25 +193,28 @@ class Dispatcher:
                 idempotency_key=spec.idempotency_key,
             )
             decision = self._route(job, self._cache.snapshot())
+            job.reason = decision.message()
             if decision.verdict is Verdict.REJECT:
                 job.state = JobState.REJECTED
-                job.reason = decision.message()
                 job.message = job.reason
                 job.finished_at = job.submitted_at
-            else:
-                job.reason = decision.message()
             # The record exists before any pod: a restart finds every job.
             self._store.save(job.to_record())
-            self._jobs[job_id] = job
-            if job.state is JobState.REJECTED:
-                metrics.SUBMISSIONS.labels(outcome="rejected").inc()
-                metrics.JOBS_FINISHED.labels(cluster="", outcome="rejected", failure_class="").inc()
-                log.info("job.rejected", job_id=job_id, reason=job.reason)
-            else:
-                metrics.SUBMISSIONS.labels(outcome="accepted").inc()
-                log.info("job.submitted", job_id=job_id, name=spec.name)
-            self._changed.notify_all()
-        self.wake()
+            saved = True
+        finally:
+            with self._lock:
+                self._submitting.discard(job_id)
+                if saved:
+                    self._jobs[job_id] = job
+                self._changed.notify_all()
+        if job.state is JobState.REJECTED:
+            metrics.SUBMISSIONS.labels(outcome="rejected").inc()
+            metrics.JOBS_FINISHED.labels(cluster="", outcome="rejected", failure_class="").inc()
+            log.info("job.rejected", job_id=job_id, reason=job.reason)
+        else:
+            metrics.SUBMISSIONS.labels(outcome="accepted").inc()
+            log.info("job.submitted", job_id=job_id, name=spec.name)
+            self.wake()
         return job.view(), True
 
     def explain(self, spec: TaskSpec) -> Decision:
