@@ -8,10 +8,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint unit stack-build stack-up stack-down bench clean
 
+# The airflow extra is installed too: tests/airflow runs DAGs with the real Airflow.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,airflow]'
 	@touch $@
 
 ## Build (or find cached) the test stack's Go binaries: kube-apiserver, kube-scheduler, etcd, kwok, vault, helm.
@@ -26,8 +27,8 @@ stack-down: $(STAMP)
 
 ## Static checks: ruff, mypy --strict on dispatcher/, import-linter layer contracts.
 lint: $(STAMP)
-	$(BIN)/ruff check dispatcher tests benchmarks demo
-	$(BIN)/ruff format --check dispatcher tests benchmarks demo
+	$(BIN)/ruff check dispatcher tests benchmarks demo examples
+	$(BIN)/ruff format --check dispatcher tests benchmarks demo examples
 	$(BIN)/mypy --strict dispatcher
 	$(BIN)/lint-imports
 
