@@ -249,8 +249,22 @@ def test_kill_9_and_restart_readopts_every_job_without_duplicates(
         # The same idempotency key after the restart is still the same job.
         again, created = api.submit(specs[0])
         assert (again["id"], created) == (running[0]["id"], False)
-    total = sum(len(pods(stack, c, namespace)) for c in ("plane", "gpu-a100", "gpu-h100"))
-    assert total == len(running)
+
+    def pods_by_job() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for cluster in ("plane", "gpu-a100", "gpu-h100"):
+            for pod in pods(stack, cluster, namespace):
+                job_id = pod.metadata.labels["kube-dispatcher.dev/job-id"]
+                counts[job_id] = counts.get(job_id, 0) + 1
+        return counts
+
+    # The finished jobs' pods are deleted by their cleanup; every running job has one pod.
+    def settled() -> dict[str, int] | None:
+        counts = pods_by_job()
+        return counts if len(counts) == len(running) else None
+
+    by_job = wait_until(settled, what="finished pods cleaned up")
+    assert by_job == {job["id"]: 1 for job in running}
 
 
 def test_job_moves_to_another_cluster_when_its_cluster_goes_down(
