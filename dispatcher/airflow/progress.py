@@ -187,8 +187,8 @@ class Watch:
         from the start even when it runs for a second only; then the full wait."""
         state = self.job.get("state")
         if self.get_logs and state in ("queued", "pending"):
-            self._startup_polls += 1
-            return min(poll_interval, FIRST_POLL_SECONDS * 2 ** (self._startup_polls - 1))
+            self._startup_polls = min(self._startup_polls + 1, 16)
+            return min(poll_interval, FIRST_POLL_SECONDS * (1 << (self._startup_polls - 1)))
         return wait_timeout
 
 
