@@ -120,7 +120,7 @@ class DispatcherPodOperator(BaseOperator):
     }
     ui_color = "#b9e0f7"
 
-    def __init__(  # noqa: PLR0915 - one assignment per KPO parameter
+    def __init__(
         self,
         *,
         image: str | None = None,
@@ -166,15 +166,7 @@ class DispatcherPodOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         task_id = kwargs.get("task_id")
-        refused = parameters.refusals(kwargs)
-        if refused:
-            raise AirflowException(
-                f"{type(self).__name__} {task_id!r} cannot honour these "
-                "KubernetesPodOperator parameters:\n  - " + "\n  - ".join(refused)
-            )
-        for name_ in (*parameters.REFUSED, *parameters.NO_EFFECT):
-            kwargs.pop(name_, None)
-        super().__init__(do_xcom_push=do_xcom_push, **kwargs)
+        super().__init__(do_xcom_push=do_xcom_push, **_kpo_only_removed(kwargs))
         if container_resources is not None and resources is not None:
             raise AirflowException(
                 f"{task_id!r}: resources is the old name of container_resources; set one"
@@ -222,6 +214,12 @@ class DispatcherPodOperator(BaseOperator):
         self.acknowledge = acknowledge
         self.job_id: str | None = None
         self._check_at_parse_time()
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """``BaseOperator.partial`` (dynamic task mapping), refusing what the constructor
+        refuses, with the same explanation, when the DAG is parsed."""
+        return super().partial(**_kpo_only_removed(kwargs))
 
     # ----- the task spec ------------------------------------------------------------
     def _check_at_parse_time(self) -> None:
@@ -443,6 +441,20 @@ class DispatcherPodOperator(BaseOperator):
             self.log.error("Could not cancel job %s: %s", self.job_id, exc)
             return
         self.log.info("Cancelled job %s (%s)", self.job_id, job.get("state"))
+
+
+def _kpo_only_removed(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` less the KPO parameters this operator does not take: those without
+    effect here, and refused ones that ask for nothing. Refused ones that do ask for
+    something raise, all at once, each with why and what to use instead."""
+    refused = parameters.refusals(kwargs)
+    if refused:
+        raise AirflowException(
+            f"DispatcherPodOperator {kwargs.get('task_id')!r} cannot honour these "
+            "KubernetesPodOperator parameters:\n  - " + "\n  - ".join(refused)
+        )
+    dropped = {*parameters.REFUSED, *parameters.NO_EFFECT}
+    return {k: v for k, v in kwargs.items() if k not in dropped}
 
 
 def _exit_codes(value: int | Container[int] | None) -> tuple[int, ...]:

@@ -351,3 +351,14 @@ def test_kpo_style_labels_are_valid_label_values() -> None:
     assert labels["run_id"].startswith("scheduled__2024-06-01T000000")
     assert safe_label_value("x" * 100) != safe_label_value("x" * 99)
     assert len(safe_label_value("x" * 100)) <= 63
+
+
+def test_mapped_tasks_are_refused_at_parse_time_too() -> None:
+    with DAG("d", schedule=None), pytest.raises(AirflowException, match="- in_cluster: "):
+        DispatcherPodOperator.partial(task_id="t", image="busybox", in_cluster=True).expand(
+            arguments=[["a"], ["b"]]
+        )
+    with DAG("d2", schedule=None):
+        DispatcherPodOperator.partial(
+            task_id="t", image="busybox", logging_interval=30, hostnetwork=False
+        ).expand(arguments=[["a"], ["b"]])

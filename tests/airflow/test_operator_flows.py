@@ -8,8 +8,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from airflow.sdk.exceptions import (
+    AirflowException,
     AirflowFailException,
     AirflowSkipException,
     TaskDeferred,
@@ -255,3 +257,37 @@ def test_a_resumed_task_reads_what_the_trigger_could_not(
     }
     operator(deferrable=True).execute_complete(context(), event)
     assert pod_lines(said) == LOG[2:]
+
+
+def test_killing_a_deferred_task_cancels_the_job_from_the_triggerer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeDispatcher(states=[job_view("running")])
+    use(fake, monkeypatch)
+    asyncio.run(DispatcherJobTrigger(job_id="j1").on_kill())
+    assert ("POST", "/v1/jobs/j1/cancel") in fake.requests
+
+
+def test_a_trigger_that_cannot_reach_the_dispatcher_fails_the_task(
+    said: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeDispatcher(states=[job_view("running")])
+    use(fake, monkeypatch)
+    monkeypatch.setattr(
+        triggers_module,
+        "AsyncDispatcherClient",
+        lambda settings: AsyncDispatcherClient(
+            settings,
+            transport=httpx.MockTransport(lambda r: httpx.Response(401, json={"detail": "no"})),
+        ),
+    )
+
+    async def first_event() -> Any:
+        async for event in DispatcherJobTrigger(job_id="j1").run():
+            return event
+        return None
+
+    event = asyncio.run(first_event())
+    assert event.payload["status"] == "error"
+    with pytest.raises(AirflowException, match="lost track of job j1: no"):
+        operator(deferrable=True).execute_complete(context(), event.payload)
