@@ -128,3 +128,21 @@ def test_a_pod_that_fits_no_node_now_counts_as_queued(
     assert cache.assumed(H100)[manifest["metadata"]["name"]] is None
     assert cache.snapshot().cluster(H100).queue_depth == 1  # type: ignore[union-attr]
     assert cache.snapshot({H100: 2}).cluster(H100).queue_depth == 3  # type: ignore[union-attr]
+
+
+def test_a_pod_bound_elsewhere_than_assumed_moves_the_other_assumption_out_of_its_way(
+    make_cache: Callable[..., ClusterCache], namespace: str
+) -> None:
+    cache = h100_cache(make_cache, namespace)
+    first, second = place(cache, "job-1"), place(cache, "job-2")
+    assert first is not None
+    assert second is not None
+    names = {first["metadata"]["name"]: "first", second["metadata"]["name"]: "second"}
+    assumed = {names[pod]: node for pod, node in cache.assumed(H100).items()}
+    # The scheduler picks the node assumed for the *second* pod for the first one.
+    first["spec"]["nodeName"] = assumed["second"]
+    cache.connection(H100).create_pod(namespace, first)
+    wait_for(lambda: len(cache.assumed(H100)) == 1, timeout=5, what="first seen bound")
+    assert cache.assumed(H100) == {second["metadata"]["name"]: assumed["first"]}
+    assert free_gpus(cache, H100) == 0
+    assert place(cache, "job-3") is None
