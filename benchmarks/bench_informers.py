@@ -17,8 +17,16 @@ It prints, per minute: the requests the cache itself sent (its
 ``dispatcher_kube_api_requests_total``, exact), and the API server's
 ``apiserver_request_total`` on pods and nodes (the informers' resources) beyond the
 baseline (a watch is counted when it ends); also the watches the cache holds open
-(``apiserver_longrunning_requests``) and what the initial list cost. The figure must not grow with the pod count: one list per informer at start,
-then one long watch each, renewed every 5 to 10 minutes.
+(``apiserver_longrunning_requests``) and what the initial list cost. The figure must not
+grow with the pod count: one list per informer at start (a page per 500 pods), then one
+long watch each, renewed every 5 to 10 minutes (``--watch-timeout 10`` shows renewals
+inside the window).
+
+Measured on the test stack (60 s windows)::
+
+    watch timeout 300-600 s:  100 pods: 0 requests/min sent, 1,000 pods: 0 requests/min
+    watch timeout 10-20 s:    100 pods: 11 requests/min,    1,000 pods: 11 requests/min
+    start-up: 6-7 requests (3 lists, 3 watches), synced in 0.2-0.4 s at either size
 """
 
 from __future__ import annotations
