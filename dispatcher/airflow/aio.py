@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from dispatcher.airflow.connection import ConnectionSettings
+from dispatcher.airflow.connection import BearerAuth, ConnectionSettings, RotatingToken
 from dispatcher.client import ApiClientError, _error, _retry_after
 
 __all__ = ["AsyncDispatcherClient"]
@@ -32,10 +32,10 @@ class AsyncDispatcherClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        token = settings.token.read()
         self._http = httpx.AsyncClient(
             base_url=settings.base_url,
-            headers={"Authorization": f"Bearer {token}"} if token else {},
+            # The token file, if any, is read again whenever it changes (rotation).
+            auth=BearerAuth(RotatingToken(settings.token)),
             verify=settings.verify,
             timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
             transport=transport,

@@ -4,6 +4,11 @@ Where the dispatcher is and how to talk to it: the URL (``host``, with ``schema`
 ``port`` when the host is bare), the token (``password``, or a ``token_file`` in extra,
 such as a projected ServiceAccount token), TLS verification, timeouts and retries.
 
+A token file is read again whenever it changes (``RotatingToken``): projected
+ServiceAccount tokens are rotated while a long task runs, so every request carries the
+current one (``BearerAuth`` for httpx clients, ``AuthTransport`` for clients that only
+take a transport).
+
 I/O: reads the token file, nothing else; no Airflow imports (the hook hands the
 connection's fields in), so this is tested without Airflow.
 """
@@ -11,15 +16,25 @@ connection's fields in), so this is tested without Airflow.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
+
 from dispatcher.airflow.provider import CONN_TYPE
 
-__all__ = ["ConnectionSettings", "TokenSource", "settings_from_connection"]
+__all__ = [
+    "AuthTransport",
+    "BearerAuth",
+    "ConnectionSettings",
+    "RotatingToken",
+    "TokenSource",
+    "settings_from_connection",
+]
 
 #: The dispatcher's wait endpoint holds a request for at most this long.
 MAX_WAIT_SECONDS = 300.0
@@ -54,6 +69,55 @@ class TokenSource:
             return os.stat(self.path).st_mtime
         except OSError:
             return None
+
+
+class RotatingToken:
+    """The current token: read again when its file changes; thread-safe."""
+
+    def __init__(self, source: TokenSource) -> None:
+        self._source = source
+        self._lock = threading.Lock()
+        self._version: float | None = None
+        self._token: str | None = None
+        self._read = False
+
+    def get(self) -> str | None:
+        version = self._source.version()
+        with self._lock:
+            if not self._read or version != self._version:
+                self._token = self._source.read()
+                self._version, self._read = version, True
+            return self._token
+
+
+class BearerAuth(httpx.Auth):
+    """``Authorization: Bearer <current token>`` on every request."""
+
+    def __init__(self, token: RotatingToken) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self._token.get()
+        if token:
+            request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
+class AuthTransport(httpx.BaseTransport):
+    """A transport adding the current bearer token to each request it sends."""
+
+    def __init__(self, token: RotatingToken, inner: httpx.BaseTransport) -> None:
+        self._token = token
+        self._inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        token = self._token.get()
+        if token:
+            request.headers["Authorization"] = f"Bearer {token}"
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 @dataclass(frozen=True, slots=True)

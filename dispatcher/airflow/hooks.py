@@ -3,8 +3,9 @@ connection.
 
 Built on ``dispatcher.client.DispatcherClient`` (retries of transient failures, 503 +
 Retry-After from a replica that is not the leader). The connection gives the URL, the
-token (password, or a token file re-read when it changes), TLS verification, timeouts
-and retries; see ``dispatcher.airflow.connection``.
+token (password, or a token file read again whenever it changes, so a rotated
+ServiceAccount token is picked up mid-task), TLS verification, timeouts and retries; see
+``dispatcher.airflow.connection``.
 
 I/O: HTTP to the dispatcher.
 """
@@ -15,9 +16,15 @@ import importlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import httpx
 from airflow.sdk import BaseHook
 
-from dispatcher.airflow.connection import ConnectionSettings, settings_from_connection
+from dispatcher.airflow.connection import (
+    AuthTransport,
+    ConnectionSettings,
+    RotatingToken,
+    settings_from_connection,
+)
 from dispatcher.airflow.provider import (
     CONN_TYPE,
     CONNECTION_FIELDS,
@@ -58,7 +65,7 @@ class DispatcherHook(BaseHook):
         self.dispatcher_conn_id = dispatcher_conn_id
         self._settings: ConnectionSettings | None = None
         self._client: DispatcherClient | None = None
-        self._token_version: float | None = None
+        self._token: RotatingToken | None = None
 
     # ----- connection -----------------------------------------------------------------
     @property
@@ -68,26 +75,29 @@ class DispatcherHook(BaseHook):
         return self._settings
 
     def get_conn(self) -> DispatcherClient:
-        """The client; made anew when the token file changed (rotated tokens)."""
-        settings = self.settings
-        version = settings.token.version()
-        if self._client is None or version != self._token_version:
-            if self._client is not None:
-                self._client.close()
+        """The hook's client."""
+        if self._client is None:
             self._client = self.new_client()
-            self._token_version = version
         return self._client
 
     def new_client(self) -> DispatcherClient:
         """A client of its own (for another thread, or a signal handler), from the
         settings already read: no connection lookup."""
         settings = self.settings
+        transport: httpx.BaseTransport | None = None
+        token = settings.token.token
+        if token is None and settings.token.path:
+            if self._token is None:
+                self._token = RotatingToken(settings.token)
+            self._token.get()  # an unreadable token file fails here, not mid-task
+            transport = AuthTransport(self._token, httpx.HTTPTransport(verify=settings.verify))
         return DispatcherClient(
             settings.base_url,
-            token=settings.token.read(),
+            token=token,
             verify=settings.verify,
             timeout=settings.timeout,
             retries=settings.retries,
+            transport=transport,
         )
 
     def close(self) -> None:

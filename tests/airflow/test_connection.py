@@ -15,7 +15,11 @@ import jsonschema
 import pytest
 
 from dispatcher.airflow import DispatcherHook, get_provider_info
-from dispatcher.airflow.connection import settings_from_connection
+from dispatcher.airflow.connection import (
+    AuthTransport,
+    RotatingToken,
+    settings_from_connection,
+)
 from dispatcher.airflow.provider import CONNECTION_FIELDS
 from dispatcher.client import DispatcherClient
 from tests.airflow.fake_dispatcher import BASE, FakeDispatcher, job_view
@@ -71,6 +75,24 @@ def test_the_token_is_the_password_or_a_file_read_again_when_it_changes(tmp_path
     assert source.version() != before
     assert source.read() == "second"
     assert "s3cret" not in repr(settings(password="s3cret"))
+
+
+def test_every_request_carries_the_current_token_of_a_rotated_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("first\n")
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["authorization"])
+        return httpx.Response(200, json=[])
+
+    token = RotatingToken(settings(extra={"token_file": str(token_file)}).token)
+    client = DispatcherClient(BASE, transport=AuthTransport(token, httpx.MockTransport(answer)))
+    client.clusters()
+    token_file.write_text("second\n")
+    os.utime(token_file, (1, 1))  # a new mtime, as a kubelet rotation gives
+    client.clusters()
+    assert seen == ["Bearer first", "Bearer second"]
 
 
 def test_the_hook_reads_a_connection_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
