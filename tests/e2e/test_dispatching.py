@@ -273,7 +273,10 @@ def test_job_moves_to_another_cluster_when_its_cluster_goes_down(
     service = service_factory(cluster_down_grace_seconds=5)
     with service.client() as api:
         job, _ = api.submit(task("mover", gpus=1, annotations=succeed("4s")))
-        wait_until(lambda: api.get(job["id"])["cluster"] == "gpu-a100", what="placed on gpu-a100")
+        wait_until(
+            lambda: (j := api.get(job["id"]))["cluster"] == "gpu-a100" and j["state"] == "running",
+            what="running on gpu-a100",
+        )
         faults.stop_apiserver("gpu-a100")
         moved = wait_until(
             lambda: (j := api.get(job["id"]))["cluster"] == "gpu-h100" and j,

@@ -179,8 +179,10 @@ def test_hvac_reads_a_kubeconfig_from_kv_v2(stack_env: StackEnv) -> None:
     api = config.new_client_from_config_dict(kubeconfig)
     nodes = client.CoreV1Api(api).list_node().items
     assert {n.metadata.name for n in nodes} >= set(stack_env.clusters["gpu-a100"].nodes)
-    with pytest.raises(ApiException) as denied:  # restricted to its namespace, not an admin
-        client.CoreV1Api(api).list_namespaced_pod("kube-system")
+    # Restricted: it reads nodes and pods (capacity) but no secrets, and writes nowhere
+    # outside its namespaces.
+    with pytest.raises(ApiException) as denied:
+        client.CoreV1Api(api).list_namespaced_secret("kube-system")
     assert denied.value.status == 403
 
 
