@@ -29,7 +29,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from dispatcher.cli import clusters_table
+from dispatcher.cli import clusters_table, jobs_table
 from dispatcher.client import DispatcherClient
 from tests.e2e.conftest import ServiceProcess
 from tests.stack import Stack
@@ -37,15 +37,6 @@ from tests.stack.dispatcher_config import dispatcher_settings
 
 console = Console(highlight=False)
 FINISHED = {"succeeded", "failed", "cancelled", "rejected"}
-STYLE = {
-    "succeeded": "green",
-    "running": "cyan",
-    "pending": "yellow",
-    "queued": "yellow",
-    "failed": "red",
-    "rejected": "red",
-    "cancelled": "magenta",
-}
 
 
 def _task(
@@ -106,23 +97,6 @@ TASKS = [
         ),
     ),
 ]
-
-
-def _jobs_table(jobs: list[dict[str, Any]], started: float) -> Table:
-    table = Table(title=f"jobs ({time.monotonic() - started:.0f}s)", title_justify="left")
-    for column in ("task", "state", "cluster", "tries", "why"):
-        table.add_column(column, overflow="fold")
-    for job in jobs:
-        style = STYLE.get(job["state"], "white")
-        why = job["message"] or job["reason"]
-        table.add_row(
-            job["name"],
-            f"[{style}]{job['state']}[/{style}]",
-            job["cluster"] or "",
-            str(job["attempts"]),
-            why[:160],
-        )
-    return table
 
 
 def _metric_lines(text: str) -> dict[str, float]:
@@ -206,7 +180,14 @@ def main() -> int:
                 while time.monotonic() < deadline:
                     jobs = api.jobs()
                     by_name = {j["name"]: j for j in jobs}
-                    live.update(Group(_jobs_table(jobs, started), clusters_table(api.clusters())))
+                    live.update(
+                        Group(
+                            jobs_table(
+                                jobs, title=f"jobs ({time.monotonic() - started:.0f}s)", ids=False
+                            ),
+                            clusters_table(api.clusters()),
+                        )
+                    )
                     others_done = all(
                         j["state"] in FINISHED for n, j in by_name.items() if n != "evaluate"
                     )
@@ -227,7 +208,14 @@ def main() -> int:
                         restarted_a100 = True
                     if all(j["state"] in FINISHED for j in jobs) and len(jobs) == len(TASKS):
                         live.update(
-                            Group(_jobs_table(jobs, started), clusters_table(api.clusters()))
+                            Group(
+                                jobs_table(
+                                    jobs,
+                                    title=f"jobs ({time.monotonic() - started:.0f}s)",
+                                    ids=False,
+                                ),
+                                clusters_table(api.clusters()),
+                            )
                         )
                         break
                     time.sleep(0.5)

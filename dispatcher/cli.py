@@ -175,14 +175,16 @@ def _api_fail(exc: ApiClientError) -> NoReturn:
     _fail(str(exc), status=1)
 
 
-def _jobs_table(jobs: list[dict[str, Any]]) -> Table:
-    table = Table(show_lines=False)
-    for column in ("job", "name", "state", "cluster", "attempts", "reason / message"):
+def jobs_table(jobs: list[dict[str, Any]], *, title: str | None = None, ids: bool = True) -> Table:
+    """Jobs as a table (also used by the demo's live view)."""
+    table = Table(show_lines=False, title=title, title_justify="left")
+    columns = ("job", "name", "state", "cluster", "attempts", "reason / message")
+    for column in columns if ids else columns[1:]:
         table.add_column(column, overflow="fold")
     for job in jobs:
         style = _STATE_STYLE.get(job["state"], "white")
         table.add_row(
-            job["id"],
+            *([job["id"]] if ids else []),
             job.get("name") or "",
             f"[{style}]{job['state']}[/{style}]",
             job.get("cluster") or "",
@@ -233,7 +235,7 @@ def submit_command(
                 job = client.wait(job["id"], timeout=60)
         except ApiClientError as exc:
             _api_fail(exc)
-    console.print(_jobs_table([job]))
+    console.print(jobs_table([job]))
     if job["state"] in ("failed", "rejected"):
         raise typer.Exit(1)
 
@@ -257,7 +259,7 @@ def status_command(  # noqa: PLR0917 - typer maps parameters to options
     if output is Output.JSON:
         console.print_json(json.dumps(jobs))
     else:
-        console.print(_jobs_table(jobs))
+        console.print(jobs_table(jobs))
 
 
 @app.command("logs")
@@ -288,7 +290,7 @@ def cancel_command(
             job = client.cancel(job_id)
         except ApiClientError as exc:
             _api_fail(exc)
-    Console(highlight=False).print(_jobs_table([job]))
+    Console(highlight=False).print(jobs_table([job]))
 
 
 @app.command("clusters")

@@ -440,11 +440,15 @@ class ClusterCache:
         assumed without a node.
         """
         states = []
-        versions = []
+        versions: list[int] = []
         for cluster in self._clusters.values():
+            synced = all(i.synced for i in cluster.informers.values())
             with cluster.lock:
-                states.append(cluster.state())
-                versions.append(cluster.version)
+                state = cluster.state()
+                versions.extend((cluster.version, synced))
+            # Until its first list, a cluster's nodes are unknown: routing must wait for
+            # it rather than conclude it has no nodes.
+            states.append(state if synced else dataclasses.replace(state, health=Health.DOWN))
         if queue_depths:
             states = [
                 dataclasses.replace(s, queue_depth=s.queue_depth + queue_depths[s.name])

@@ -507,6 +507,14 @@ def _judge_cluster(
     if refused is not None:
         return ClusterVerdict(state.name, Verdict.REJECT, *refused)
     if not state.shapes:
+        if state.health is Health.DOWN:
+            # A down cluster's nodes may just be unknown (never listed): wait for it.
+            return ClusterVerdict(
+                state.name,
+                Verdict.WAIT,
+                Reason.CLUSTER_DOWN,
+                "is down and its nodes are unknown; waiting for it to recover",
+            )
         return ClusterVerdict(state.name, Verdict.REJECT, Reason.NO_NODES, "has no nodes")
     static = _static_filters(task, state, constraints, requests)
     if not static.feasible:

@@ -101,6 +101,11 @@ _ROUTING_FIELDS = frozenset(
 )
 
 
+def _record_failover(job: Job, attempt: Attempt, reason: str) -> None:
+    metrics.FAILOVERS.labels(from_cluster=attempt.cluster, reason=reason).inc()
+    log.warning("job.failover", job_id=job.id, cluster=attempt.cluster, reason=reason)
+
+
 def _routing_shape(job: Job) -> str:
     """What routing looks at, as a key: jobs with the same key get the same decision."""
     return ",".join(sorted(job.excluded)) + job.spec.model_dump_json(include=set(_ROUTING_FIELDS))
@@ -425,7 +430,7 @@ class Dispatcher:
         elif kind == "health":
             self._on_health(cluster)
         # Any change may free capacity: let queued jobs try again.
-        if kind in ("node", "health") or event_type == "DELETED" or kind == "pod":
+        if kind in ("node", "health", "capacity", "pod"):
             self._wake.set()
 
     def _on_health(self, cluster: str) -> None:
@@ -609,15 +614,7 @@ class Dispatcher:
                 if attempt is None:
                     continue
                 if attempt.cluster in lost:
-                    metrics.FAILOVERS.labels(
-                        from_cluster=attempt.cluster, reason="cluster_down"
-                    ).inc()
-                    log.warning(
-                        "job.failover",
-                        job_id=job.id,
-                        cluster=attempt.cluster,
-                        reason="cluster_down",
-                    )
+                    _record_failover(job, attempt, "cluster_down")
                     self._requeue(
                         job, attempt, f"cluster {attempt.cluster} lost (down > {grace:.0f}s)"
                     )
@@ -631,15 +628,7 @@ class Dispatcher:
                     and job.unschedulable_since is not None
                     and now - job.unschedulable_since >= timeout
                 ):
-                    metrics.FAILOVERS.labels(
-                        from_cluster=attempt.cluster, reason="unschedulable"
-                    ).inc()
-                    log.warning(
-                        "job.failover",
-                        job_id=job.id,
-                        cluster=attempt.cluster,
-                        reason="unschedulable",
-                    )
+                    _record_failover(job, attempt, "unschedulable")
                     job.moving = f"unschedulable on {attempt.cluster} for {timeout:.0f}s"
                     self._workers.submit(self._delete_pod, attempt, 0)
 

@@ -1117,6 +1117,12 @@ class Stack:
         spec = self._spec(cluster)
         self._start_apiserver(spec)
         self._wait(f"{spec.name}-apiserver", lambda: self._apiserver_ready(spec), timeout)
+        # The scheduler and KWOK back off for a minute or more after losing their
+        # apiserver; restart them so the cluster works again at once, as after a real
+        # control-plane restart.
+        for part, start in (("scheduler", self._start_scheduler), ("kwok", self._start_kwok)):
+            self._kill(f"{spec.name}-{part}")
+            start(spec)
 
     def stop_vault(self) -> None:
         self._kill("vault")

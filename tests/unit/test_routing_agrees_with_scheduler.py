@@ -20,6 +20,7 @@ from dispatcher.core import (
     Decision,
     Health,
     Placement,
+    Reason,
     Snapshot,
     TaskSpec,
     Verdict,
@@ -262,6 +263,9 @@ def test_wait_means_some_node_could_take_it_later_and_reject_means_none_ever(
         ever = bool(accepting_nodes(nodes, pods, pod, ever=True))
         if verdict.verdict is Verdict.REJECT:
             assert not ever, (state.name, verdict)
+        elif state.health is Health.DOWN and not nodes:
+            # A down cluster with no known nodes (never listed) is waited for.
+            assert verdict.reason is Reason.CLUSTER_DOWN, (state.name, verdict)
         else:
             assert ever, (state.name, verdict)
         if verdict.verdict is Verdict.WAIT and state.health is not Health.DOWN:

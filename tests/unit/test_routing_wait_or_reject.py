@@ -230,3 +230,22 @@ def test_a100_task_is_not_placed_on_a_cluster_with_only_free_h100s() -> None:
     decision = route(gpu_task(1, "a100"), snapshot(mixed))
 
     assert decision.verdict is Verdict.WAIT
+
+
+def test_a_down_cluster_whose_nodes_are_unknown_is_waited_for_not_rejected() -> None:
+    # Before its first list (or while unreachable from the start) a cluster shows no nodes.
+    unknown = cluster(info("gpu-a100"), [], health=Health.DOWN)
+    decision = route(gpu_task(4), snapshot(unknown))
+
+    assert decision.verdict is Verdict.WAIT
+    verdict = decision.explain("gpu-a100")
+    assert verdict is not None
+    assert verdict.reason is Reason.CLUSTER_DOWN
+
+
+def test_an_up_cluster_without_nodes_rejects() -> None:
+    empty = cluster(info("gpu-a100"), [])
+    decision = route(gpu_task(4), snapshot(empty))
+
+    assert decision.verdict is Verdict.REJECT
+    assert decision.explain("gpu-a100").reason is Reason.NO_NODES  # type: ignore[union-attr]
