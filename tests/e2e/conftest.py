@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,25 +17,17 @@ import pytest
 from dispatcher.client import DispatcherClient
 from tests.stack import Stack
 from tests.stack.dispatcher_config import dispatcher_settings
+from tests.support import LocalProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServiceProcess:
+class ServiceProcess(LocalProcess):
     """One ``dispatcher serve`` process; can be killed with SIGKILL and started again."""
 
     def __init__(self, config: Path, log: Path) -> None:
+        super().__init__(log)
         self.config = config
-        self.log = log
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
         with self.log.open("ab") as out:
@@ -77,20 +68,6 @@ class ServiceProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def tail(self, lines: int = 40) -> str:
-        if not self.log.is_file():
-            return ""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def client(self) -> DispatcherClient:
         return DispatcherClient(self.url, retries=3)

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -23,51 +22,7 @@ from kubernetes import client
 from dispatcher.client import ApiClientError, DispatcherClient
 from tests.e2e.conftest import ServiceProcess
 from tests.stack import Stack
-
-FINISHED = ("succeeded", "failed", "cancelled", "rejected")
-
-
-def task(name: str, *, gpus: int = 0, model: str | None = None, **extra: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "name": name,
-        "image": "python:3.12",
-        "cmds": ["python", "-c", "print('hello')"],
-        "container_resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
-        "idempotency_key": f"{name}-{uuid.uuid4().hex}",
-    }
-    if gpus:
-        spec["container_resources"]["limits"] = {"nvidia.com/gpu": str(gpus)}
-    if model:
-        spec["requirements"] = {"gpu_model": model}
-    spec.update(extra)
-    return spec
-
-
-def succeed(after: str = "1s", message: str | None = None) -> dict[str, str]:
-    annotations = {"sim.dispatcher.dev/succeed-after": after}
-    if message:
-        annotations["sim.dispatcher.dev/termination-message"] = message
-    return annotations
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-def finish(api: DispatcherClient, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    job = api.get(job_id)
-    while job["state"] not in FINISHED and time.monotonic() < deadline:
-        job = api.wait(job_id, timeout=min(10.0, max(0.1, deadline - time.monotonic())))
-    assert job["state"] in FINISHED, f"job did not finish: {job}"
-    return job
+from tests.support import finish, succeed, task, wait_until
 
 
 def pods(stack: Stack, cluster: str, namespace: str) -> list[Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
+from tests.support import LocalProcess
 
 __all__ = [
     "INSTALL_HINT",
@@ -70,13 +71,7 @@ def shortened_rules(source: Path, dest: Path, duration: str) -> Path:
     return dest
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class PrometheusServer:
+class PrometheusServer(LocalProcess):
     """One Prometheus process scraping ``target`` (``host:port``) with ``rule_files``."""
 
     def __init__(
@@ -90,15 +85,12 @@ class PrometheusServer:
         job: str = "kube-dispatcher",
         interval: str = "1s",
     ) -> None:
+        super().__init__(workdir / "prometheus.log")
         self.binary = binary
         self.workdir = workdir
         self.target = target
         self.job = job
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "prometheus.log"
         self.config = workdir / "prometheus.yml"
-        self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         config = {
             "global": {
@@ -144,20 +136,6 @@ class PrometheusServer:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"prometheus not ready after {timeout}s:\n{self.tail()}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def tail(self, lines: int = 30) -> str:
-        if not self.log.is_file():
-            return ""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     # ----- HTTP API ----------------------------------------------------------------------
     def api(self, path: str, **params: str) -> Any:

@@ -10,7 +10,6 @@ that cluster alone; starting it again resolves the alert.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,10 +17,10 @@ from typing import Any
 
 import yaml
 
-from dispatcher.client import DispatcherClient
 from dispatcher.clusters import HealthPolicy
 from tests.clusters.conftest import Outage
 from tests.e2e.conftest import ServiceProcess
+from tests.support import finish, succeed, task, wait_until
 
 from .server import PrometheusServer, shortened_rules
 
@@ -36,7 +35,6 @@ SHORT_FOR = f"{SHORT_FOR_SECONDS}s"
 #: The `namespace` label a ServiceMonitor would add; the rules group alerts by it.
 NAMESPACE_LABEL = "kd-prom-e2e"
 CLUSTERS = ("plane", "gpu-a100", "gpu-h100")
-FINISHED = ("succeeded", "failed", "cancelled", "rejected")
 
 #: The dispatcher's default health policy: an API server that stops answering is down
 #: after at most `down_after_seconds` (its watches disconnected), sooner when
@@ -48,54 +46,6 @@ APISERVER_SHUTDOWN_SECONDS = 15
 DOWN_TIMEOUT = APISERVER_SHUTDOWN_SECONDS + POLICY.down_after_seconds + 10
 #: `for:` plus a few evaluation and scrape intervals.
 FIRING_TIMEOUT = SHORT_FOR_SECONDS + 15
-
-
-def task(name: str, *, gpus: int = 0, model: str | None = None, **extra: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "name": name,
-        "image": "python:3.12",
-        "cmds": ["python", "-c", "print('hello')"],
-        "container_resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
-        "idempotency_key": f"{name}-{uuid.uuid4().hex}",
-    }
-    if gpus:
-        spec["container_resources"]["limits"] = {"nvidia.com/gpu": str(gpus)}
-    if model:
-        spec["requirements"] = {"gpu_model": model}
-    spec.update(extra)
-    return spec
-
-
-def succeed_after(after: str) -> dict[str, str]:
-    return {"sim.dispatcher.dev/succeed-after": after}
-
-
-def wait_until(
-    predicate: Callable[[], Any],
-    timeout: float,
-    what: str,
-    context: Callable[[], str] = lambda: "",
-) -> Any:
-    """``predicate()``'s first truthy value; fails after ``timeout`` with ``context()``."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what} (last: {last!r}){context()}"
-    )
-
-
-def finish(api: DispatcherClient, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    job = api.get(job_id)
-    while job["state"] not in FINISHED and time.monotonic() < deadline:
-        job = api.wait(job_id, timeout=min(10.0, max(0.1, deadline - time.monotonic())))
-    assert job["state"] in FINISHED, f"job did not finish: {job}"
-    return job
 
 
 def alerts_in(path: Path) -> list[dict[str, Any]]:
@@ -172,9 +122,9 @@ def test_prometheus_scrapes_the_dispatcher_and_fires_cluster_down_for_the_dead_c
 
     # 2. Tasks are submitted and finish: the scraped counters follow.
     with service.client() as api:
-        plane_job, _ = api.submit(task("quick", annotations=succeed_after("1s")))
+        plane_job, _ = api.submit(task("quick", annotations=succeed("1s")))
         a100_job, _ = api.submit(
-            task("quick-a100", gpus=1, model="A100", annotations=succeed_after("1s"))
+            task("quick-a100", gpus=1, model="A100", annotations=succeed("1s"))
         )
         # Runs until the end of the test: it must stay on gpu-a100 through the outage.
         long_job, _ = api.submit(task("long-a100", gpus=2, model="A100"))

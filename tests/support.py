@@ -1,0 +1,100 @@
+"""Helpers shared by the end-to-end suites: task specs, waiting, local processes.
+
+I/O: waits on whatever the predicates read; ``LocalProcess`` runs a child process.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+FINISHED = ("succeeded", "failed", "cancelled", "rejected")
+
+
+def task(name: str, *, gpus: int = 0, model: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A small task spec with a fresh idempotency key; ``extra`` sets any other field."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "image": "python:3.12",
+        "cmds": ["python", "-c", "print('hello')"],
+        "container_resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+        "idempotency_key": f"{name}-{uuid.uuid4().hex}",
+    }
+    if gpus:
+        spec["container_resources"]["limits"] = {"nvidia.com/gpu": str(gpus)}
+    if model:
+        spec["requirements"] = {"gpu_model": model}
+    spec.update(extra)
+    return spec
+
+
+def succeed(after: str = "1s", message: str | None = None) -> dict[str, str]:
+    """Annotations that make the simulated pod succeed after ``after``."""
+    annotations = {"sim.dispatcher.dev/succeed-after": after}
+    if message:
+        annotations["sim.dispatcher.dev/termination-message"] = message
+    return annotations
+
+
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 60,
+    what: str = "condition",
+    context: Callable[[], str] = lambda: "",
+) -> Any:
+    """``predicate()``'s first truthy value; fails after ``timeout`` with ``context()``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last: {last!r}){context()}"
+    )
+
+
+def finish(api: Any, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    """Long-poll a job (``DispatcherClient``) until it has finished."""
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = api.get(job_id)
+    while job["state"] not in FINISHED and time.monotonic() < deadline:
+        job = api.wait(job_id, timeout=min(10.0, max(0.1, deadline - time.monotonic())))
+    assert job["state"] in FINISHED, f"job did not finish: {job}"
+    return job
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalProcess:
+    """A child process with its output in ``log``; stopped gently, then killed."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def tail(self, lines: int = 40) -> str:
+        if not self.log.is_file():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
