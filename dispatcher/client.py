@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["ApiClientError", "DispatcherClient"]
+__all__ = ["ApiClientError", "DispatcherClient", "error_from_response", "retry_after"]
 
 _RETRY_STATUSES = frozenset({502, 503, 504})
 
@@ -80,11 +80,11 @@ class DispatcherClient:
                 delay = min(delay * 2, 10.0)
                 continue
             if response.status_code in _RETRY_STATUSES and attempt < self._retries:
-                self._sleep(_retry_after(response) or delay)
+                self._sleep(retry_after(response) or delay)
                 delay = min(delay * 2, 10.0)
                 continue
             if response.status_code >= 400:
-                raise _error(response)
+                raise error_from_response(response)
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -130,7 +130,7 @@ class DispatcherClient:
         ) as response:
             if response.status_code >= 400:
                 response.read()
-                raise _error(response)
+                raise error_from_response(response)
             yield from response.iter_lines()
 
     def cancel(self, job_id: str) -> dict[str, Any]:
@@ -146,7 +146,8 @@ class DispatcherClient:
         return list(self._request("GET", "/v1/clusters").json())
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds a 503's ``Retry-After`` asks for (at most 60), if it says."""
     value = response.headers.get("retry-after")
     try:
         return min(float(value), 60.0) if value else None
@@ -154,7 +155,8 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def _error(response: httpx.Response) -> ApiClientError:
+def error_from_response(response: httpx.Response) -> ApiClientError:
+    """The dispatcher's error answer as an exception (status, detail, field problems)."""
     try:
         body = response.json()
     except ValueError:

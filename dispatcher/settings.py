@@ -335,6 +335,9 @@ class ServiceSettings(_Section):
     max_attempts: int = Field(default=3, ge=1, le=20)
     #: A finished job stays readable this long unless the client acknowledges it.
     finished_ttl_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
+    #: A finished pod that its ``on_finish_action`` deletes stays this long, or until the
+    #: job is acknowledged, so that its log can still be read (0: delete at once).
+    finished_pod_linger_seconds: float = Field(default=30.0, ge=0, le=86400)
     #: Grace period given to a cancelled job's pod.
     cancel_grace_seconds: int = Field(default=30, ge=0, le=3600)
     #: Upper bound of the wait between dispatch cycles when nothing wakes the loop.

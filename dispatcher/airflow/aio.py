@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from dispatcher.airflow.connection import BearerAuth, ConnectionSettings, RotatingToken
-from dispatcher.client import ApiClientError, _error, _retry_after
+from dispatcher.client import ApiClientError, error_from_response, retry_after
 
 __all__ = ["AsyncDispatcherClient"]
 
@@ -64,11 +64,11 @@ class AsyncDispatcherClient:
                 delay = min(delay * 2, 10.0)
                 continue
             if response.status_code in _RETRY_STATUSES and attempt < self._retries:
-                await self._sleep(_retry_after(response) or delay)
+                await self._sleep(retry_after(response) or delay)
                 delay = min(delay * 2, 10.0)
                 continue
             if response.status_code >= 400:
-                raise _error(response)
+                raise error_from_response(response)
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -98,6 +98,6 @@ class AsyncDispatcherClient:
         ) as response:
             if response.status_code >= 400:
                 await response.aread()
-                raise _error(response)
+                raise error_from_response(response)
             async for line in response.aiter_lines():
                 yield line

@@ -24,6 +24,7 @@ from dispatcher import __version__, metrics
 from dispatcher.core import Snapshot, TaskSpec, parse_task_spec
 from dispatcher.dispatching import Dispatcher
 from dispatcher.errors import (
+    ApiError,
     ClusterError,
     ClusterUnavailable,
     Conflict,
@@ -180,6 +181,9 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
 
     @app.exception_handler(ClusterError)
     def _cluster(_: Request, exc: ClusterError) -> JSONResponse:
+        if isinstance(exc, ApiError) and exc.status == 404:
+            # The pod is gone (cleaned up or deleted): its logs went with it.
+            return _error(404, "pod_gone", f"the job's pod no longer exists: {exc}")
         return _error(503, "cluster_unavailable", str(exc))
 
     @app.exception_handler(DispatcherError)

@@ -162,6 +162,8 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         port=port or settings.service.port,
         log_level="warning",
         access_log=False,
+        # Followed log streams never end on their own: do not let them hold a shutdown.
+        timeout_graceful_shutdown=5,
     )
 
 

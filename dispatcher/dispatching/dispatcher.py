@@ -330,6 +330,7 @@ class Dispatcher:
             if not job.state.finished:
                 raise Conflict(f"job {job_id} is {job.state.value}, not finished", job_id=job_id)
             del self._jobs[job_id]
+            self._cleanup_now(job)
             self._changed.notify_all()
         self._store.delete(job_id)
 
@@ -583,7 +584,18 @@ class Dispatcher:
             return
         if action is OnFinishAction.DELETE_SUCCEEDED_POD and failed:
             return
-        self._workers.submit(self._delete_pod, attempt, 0)
+        linger = self._service.finished_pod_linger_seconds
+        if linger <= 0:
+            self._workers.submit(self._delete_pod, attempt, 0)
+        else:
+            # The log goes with the pod: leave a short task's log readable for a while
+            # (or until the client acknowledges the job).
+            job.cleanup_due = self._clock() + linger
+
+    def _cleanup_now(self, job: Job) -> None:
+        if job.cleanup_due is not None and job.attempt is not None:
+            job.cleanup_due = None
+            self._workers.submit(self._delete_pod, job.attempt, 0)
 
     def _delete_pod(self, attempt: Attempt, grace: int | None) -> None:
         try:
@@ -604,11 +616,14 @@ class Dispatcher:
             for job in list(self._jobs.values()):
                 attempt = job.attempt
                 if job.state.finished:
+                    if job.cleanup_due is not None and now >= job.cleanup_due:
+                        self._cleanup_now(job)
                     if (
                         job.finished_at
                         and now - job.finished_at > self._service.finished_ttl_seconds
                     ):
                         del self._jobs[job.id]
+                        self._cleanup_now(job)
                         self._workers.submit(self._store.delete, job.id)
                     continue
                 if attempt is None:
@@ -677,6 +692,13 @@ class Dispatcher:
                     return False
                 self._jobs[job_id] = job
             if job.state.finished:
+                # A finished job's pod outlived our restart: clean it up as its policy says.
+                current = job.attempt
+                if current is not None and (current.cluster, current.number) == (
+                    cluster,
+                    attempt_no,
+                ):
+                    self._cleanup(job, current, failed=job.state is not JobState.SUCCEEDED)
                 return False
             if job.attempt is None or job.attempt.number < attempt_no:
                 job.attempt = Attempt(

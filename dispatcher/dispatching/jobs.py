@@ -88,6 +88,7 @@ class Job:
     cancel_requested: bool = False
     unschedulable_since: float | None = None
     not_before: float = 0.0
+    cleanup_due: float | None = None  # when a lingering finished pod is deleted
 
     @property
     def cluster(self) -> str | None:

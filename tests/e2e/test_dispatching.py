@@ -417,3 +417,18 @@ def test_cli_submits_and_shows_jobs_and_clusters(service: ServiceProcess, tmp_pa
     assert missing.returncode == 1
     assert "no job" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_a_cleaned_up_pod_lingers_for_its_log_until_acknowledged(
+    stack: Stack, service_factory: Any, namespace: str
+) -> None:
+    service: ServiceProcess = service_factory(finished_pod_linger_seconds=300)
+    with service.client() as api:
+        job = finish(api, api.submit(task("brief", annotations=succeed("1s")))[0]["id"])
+        assert "step 3/3" in list(api.logs(job["id"]))
+        assert len(pods(stack, "plane", namespace)) == 1
+        api.acknowledge(job["id"])
+        wait_until(lambda: pods(stack, "plane", namespace) == [], timeout=15, what="deleted")
+        with pytest.raises(ApiClientError) as gone:
+            list(api.logs(job["id"]))
+        assert gone.value.status == 404

@@ -103,6 +103,8 @@ def dispatcher_settings(
         "service": {
             # Each test's dispatcher keeps its job records apart from the others'.
             "state_namespace": namespace,
+            # Tests watch cleanups happen; the product default leaves logs readable 30 s.
+            "finished_pod_linger_seconds": 1,
             "log_json": True,
             **(service or {}),
         },
