@@ -18,14 +18,20 @@ import pytest
 from .launcher import Stack, StackEnv, StackError
 
 
+_START_FAILURE: list[str] = []
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
+    if _START_FAILURE:  # pytest retries a failed session fixture for every test: once is enough
+        pytest.fail(_START_FAILURE[0], pytrace=False)
     stack = Stack()
     was_up = stack.is_up()
     try:
         stack.up()
     except (StackError, SystemExit) as exc:
-        pytest.fail(f"the test stack could not start: {exc}", pytrace=False)
+        _START_FAILURE.append(f"the test stack could not start: {exc}")
+        pytest.fail(_START_FAILURE[0], pytrace=False)
     yield stack
     if not was_up and os.environ.get("KD_STACK_KEEP") != "1":
         stack.down()

@@ -24,6 +24,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -289,6 +290,33 @@ class Stack:
     def vault_port(self) -> int:
         return self.port_base + 30
 
+    def ports(self) -> list[int]:
+        """Every port the stack listens on."""
+        ports = [self.etcd_port(), self.etcd_port() + 1, self.vault_port()]
+        for spec in self.clusters:
+            ports += [
+                self.apiserver_port(spec),
+                self.kwok_port(spec),
+                self.port_base + 40 + spec.index,
+            ]
+        return ports
+
+    def _check_ports_free(self) -> None:
+        taken = []
+        for port in self.ports():
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    taken.append(port)
+        if taken:
+            raise StackError(
+                f"ports {taken} are in use (another stack, or clients' ephemeral ports): "
+                "choose another KD_STACK_PORT_BASE, below the ephemeral range "
+                "(/proc/sys/net/ipv4/ip_local_port_range)"
+            )
+
     def server(self, cluster: ClusterSpec | str) -> str:
         return f"https://127.0.0.1:{self.apiserver_port(cluster)}"
 
@@ -458,6 +486,7 @@ class Stack:
         (self.state_dir / "tokens.csv").write_text(
             f'{admin_token},admin,admin-uid,"system:masters"\n'
         )
+        self._check_ports_free()
         self._write_kwok_configs()
 
         self._start_etcd()

@@ -210,8 +210,11 @@ def _cluster_filters_pass(task: TaskSpec, state: ClusterState) -> bool:
         return False
     if wanted.region and state.info.labels.get("topology.kubernetes.io/region") != wanted.region:
         return False
-    if wanted.gpu_model and not placement_for(task, state).gpu_model_labels:
-        return False  # no node of the model: the pod could not even say where to go
+    unknown = state.health is Health.DOWN and not state.shapes
+    if wanted.gpu_model and not placement_for(task, state).gpu_model_labels and not unknown:
+        # No node of the model: the pod could not even say where to go. (A down cluster
+        # whose nodes were never seen may have them: routing waits for it.)
+        return False
     pinned = state.info.pod_defaults.node_selector
     return all(pinned.get(key, value) == value for key, value in task.node_selector.items())
 
