@@ -17,7 +17,6 @@ import pytest
 
 from .launcher import Stack, StackEnv, StackError
 
-
 _START_FAILURE: list[str] = []
 
 
