@@ -471,10 +471,20 @@ class Stack:
 
     # ----- up / down ----------------------------------------------------------------
     def up(self) -> StackEnv:
-        """Start every part unless already running; return the stack's env."""
+        """Start every part unless already running; return the stack's env.
+
+        A start that fails stops what it started (the state folder stays for its logs).
+        """
         if self.is_up():
             self._say(f"already up ({self.state_dir})")
             return self.env()
+        try:
+            return self._up()
+        except BaseException:
+            self.down(quiet=True)
+            raise
+
+    def _up(self) -> StackEnv:
         started = time.monotonic()
         self.down(quiet=True)
         self._bins = build.build(out=self.out)
