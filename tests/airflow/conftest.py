@@ -203,13 +203,7 @@ def dag_runner(airflow_db: Path, service: ServiceProcess, tmp_path: Path) -> Ite
     # A followed log stream whose client is gone keeps a thread of the service blocked
     # until the cluster writes another line, which KWOK's simulated log never does, so a
     # graceful stop would wait out its 15 s. Graceful shutdown is not under test here.
-    if service.proc is not None and service.proc.poll() is None:
-        service.proc.terminate()
-        try:
-            service.proc.wait(2)
-        except subprocess.TimeoutExpired:
-            service.proc.kill()
-            service.proc.wait(5)
+    service.stop(timeout=2)
 
 
 @pytest.fixture
