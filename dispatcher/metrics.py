@@ -73,6 +73,11 @@ QUEUE_DEPTH = Gauge(
     "Jobs waiting for capacity (routing said wait).",
     registry=REGISTRY,
 )
+QUEUE_OLDEST_SUBMISSION = Gauge(
+    "dispatcher_queue_oldest_submission_timestamp_seconds",
+    "Unix time at which the oldest still-queued job was submitted (0 when none waits).",
+    registry=REGISTRY,
+)
 QUEUE_WAIT_SECONDS = Histogram(
     "dispatcher_queue_wait_seconds",
     "Time from submission to pod creation.",

@@ -651,6 +651,10 @@ class Dispatcher:
         counts = self.counts()
         metrics.record_jobs((phase, cluster, n) for (phase, cluster), n in counts.items())
         metrics.QUEUE_DEPTH.set(sum(n for (phase, _), n in counts.items() if phase == "queued"))
+        with self._lock:
+            queued = [j.submitted_at for j in self._jobs.values() if j.state is JobState.QUEUED]
+        # The wait histogram only counts jobs that left the queue; a stuck queue shows here.
+        metrics.QUEUE_OLDEST_SUBMISSION.set(min(queued, default=0.0))
 
     # ----- restart --------------------------------------------------------------------
     def reattach(self) -> None:

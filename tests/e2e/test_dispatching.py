@@ -85,7 +85,7 @@ def test_resubmitting_the_same_key_returns_the_same_job_and_one_pod(
 
 
 def test_a_task_waits_for_capacity_then_runs_when_it_frees(
-    stack: Stack, api: DispatcherClient, namespace: str
+    stack: Stack, service: ServiceProcess, api: DispatcherClient, namespace: str
 ) -> None:
     only_a100 = {"allowed_clusters": ["gpu-a100"]}
     fillers = [api.submit(task(f"fill{i}", gpus=8, requirements=only_a100))[0] for i in range(4)]
@@ -96,6 +96,8 @@ def test_a_task_waits_for_capacity_then_runs_when_it_frees(
     queued = api.get(waiting["id"])
     assert queued["state"] == "queued"
     assert "waiting" in queued["reason"]
+    oldest = _metrics(service)["dispatcher_queue_oldest_submission_timestamp_seconds"]
+    assert oldest == pytest.approx(queued["submitted_at"], abs=0.01)
     api.cancel(fillers[0]["id"])
     done = finish(api, waiting["id"])
     assert (done["state"], done["cluster"]) == ("succeeded", "gpu-a100")
