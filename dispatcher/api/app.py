@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from dispatcher import __version__, metrics
-from dispatcher.core import Snapshot, TaskSpec, parse_task_spec
+from dispatcher.core import ClusterState, Snapshot, TaskSpec, parse_task_spec
 from dispatcher.dispatching import Dispatcher
 from dispatcher.errors import (
     ApiError,
@@ -362,7 +362,8 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
     return app
 
 
-def cluster_view(state: Any) -> dict[str, Any]:
+def cluster_view(state: ClusterState) -> dict[str, Any]:
+    """One cluster as ``GET /v1/clusters`` shows it."""
     capacity = state.capacity()
     return {
         "name": state.name,

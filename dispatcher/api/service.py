@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
 
 import structlog
 import uvicorn
@@ -135,10 +134,6 @@ def _in_plane(settings: Settings) -> str:
     raise ConfigError(
         [Problem("service.state_cluster", "required when no cluster has role in-plane")]
     )
-
-
-def build_app(service: Service) -> Any:
-    return create_app(service)
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
