@@ -86,6 +86,7 @@ class Cache(Protocol):
     def health(self, cluster: str) -> Health: ...
     def connection(self, cluster: str) -> Connection: ...
     def managed_pods(self, cluster: str) -> list[dict[str, Any]]: ...
+    def synced(self, cluster: str) -> bool: ...
 
 
 _ROUTING_FIELDS = frozenset(
@@ -669,17 +670,43 @@ class Dispatcher:
                     continue
                 self._jobs[job.id] = job
         adopted = 0
+        listed: set[str] = set()
         for cluster in self._clusters:
-            try:
-                pods = self._cache.managed_pods(cluster)
-            except DispatcherError as exc:
-                log.warning("reattach.cluster_unavailable", cluster=cluster, error=str(exc))
+            if not self._cache.synced(cluster):
+                # Its pods are unknown: its jobs stay as recorded until it is seen again
+                # (or declared lost after the down grace).
+                log.warning("reattach.cluster_unavailable", cluster=cluster)
                 continue
-            for pod in pods:
+            listed.add(cluster)
+            for pod in self._cache.managed_pods(cluster):
                 if self._adopt(cluster, pod):
                     adopted += 1
-        log.info("reattach.done", jobs=len(self._jobs), pods_adopted=adopted)
+        relaunched = self._relaunch_missing(listed)
+        log.info("reattach.done", jobs=len(self._jobs), pods_adopted=adopted, relaunched=relaunched)
         self._publish()
+
+    def _relaunch_missing(self, listed: set[str]) -> int:
+        """Jobs recorded as launched on a listed cluster whose pod is not there: the create
+        never happened, or the pod was deleted while we were down. The cluster was listed,
+        so launching the same attempt again cannot duplicate a pod."""
+        present = {
+            (cluster, (pod.get("metadata") or {}).get("name"))
+            for cluster in listed
+            for pod in self._cache.managed_pods(cluster)
+        }
+        relaunched = 0
+        with self._lock:
+            for job in self._jobs.values():
+                attempt = job.attempt
+                if job.state.finished or attempt is None or attempt.cluster not in listed:
+                    continue
+                if (attempt.cluster, attempt.pod) in present:
+                    continue
+                job.attempt = None
+                job.state = JobState.QUEUED
+                job.reason = f"pod {attempt.pod} was not found on {attempt.cluster}; relaunching"
+                relaunched += 1
+        return relaunched
 
     def _adopt(self, cluster: str, pod: dict[str, Any]) -> bool:
         metadata = pod.get("metadata") or {}

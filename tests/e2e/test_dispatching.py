@@ -434,3 +434,23 @@ def test_a_cleaned_up_pod_lingers_for_its_log_until_acknowledged(
         with pytest.raises(ApiClientError) as gone:
             list(api.logs(job["id"]))
         assert gone.value.status == 404
+
+
+def test_a_pod_deleted_while_the_dispatcher_was_down_is_launched_again_once(
+    stack: Stack, service_factory: Any, namespace: str
+) -> None:
+    service: ServiceProcess = service_factory()
+    with service.client() as api:
+        job, _ = api.submit(task("orphan", gpus=1))
+        running = wait_until(
+            lambda: (j := api.get(job["id"]))["state"] == "running" and j, what="running"
+        )
+    service.kill9()
+    with stack.kube("gpu-a100") as admin:
+        client.CoreV1Api(admin).delete_namespaced_pod(running["pod"], namespace)
+    wait_until(lambda: pods(stack, "gpu-a100", namespace) == [], what="pod deleted")
+    service.start()
+    with service.client() as api:
+        wait_until(lambda: api.get(job["id"])["state"] == "running", what="running again")
+    names = [p.metadata.name for p in pods(stack, "gpu-a100", namespace)]
+    assert len(names) == 1
