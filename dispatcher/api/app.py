@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from typing import Annotated, Any, Protocol
 
+import structlog
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -160,8 +161,19 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         if not runtime.leading():
             raise NotLeader
 
+    async def bind_job(job_id: str) -> None:
+        # Async, so the binding is in the context the (threaded) endpoint copies: every log
+        # line written while serving this request names the job.
+        structlog.contextvars.bind_contextvars(job_id=job_id)
+
     auth = [Depends(authorize)]
     jobs = [Depends(authorize), Depends(require_leader)]
+    one_job = [*jobs, Depends(bind_job)]
+
+    @app.middleware("http")
+    async def fresh_log_context(request: Request, call_next: Any) -> Any:
+        structlog.contextvars.clear_contextvars()
+        return await call_next(request)
 
     @app.exception_handler(NotLeader)
     def _not_leader(_: Request, exc: NotLeader) -> JSONResponse:
@@ -268,7 +280,7 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         f"{API_PREFIX}/jobs/{{job_id}}",
         response_model=JobModel,
         responses={404: {"model": ErrorModel}},
-        dependencies=jobs,
+        dependencies=one_job,
     )
     def get_job(job_id: str) -> dict[str, Any]:
         return runtime.dispatcher.get(job_id)
@@ -277,7 +289,7 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         f"{API_PREFIX}/jobs/{{job_id}}/wait",
         response_model=JobModel,
         responses={404: {"model": ErrorModel}},
-        dependencies=jobs,
+        dependencies=one_job,
     )
     def wait_job(
         job_id: str, timeout: Annotated[float, Query(ge=0, le=300)] = 30.0
@@ -288,7 +300,7 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
     @app.get(
         f"{API_PREFIX}/jobs/{{job_id}}/logs",
         responses={404: {"model": ErrorModel}, 409: {"model": ErrorModel}},
-        dependencies=jobs,
+        dependencies=one_job,
     )
     def job_logs(
         job_id: str,
@@ -304,7 +316,7 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         f"{API_PREFIX}/jobs/{{job_id}}/cancel",
         response_model=JobModel,
         responses={404: {"model": ErrorModel}},
-        dependencies=jobs,
+        dependencies=one_job,
     )
     def cancel_job(job_id: str) -> dict[str, Any]:
         return runtime.dispatcher.cancel(job_id)
@@ -313,7 +325,7 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         f"{API_PREFIX}/jobs/{{job_id}}/acknowledge",
         status_code=204,
         responses={404: {"model": ErrorModel}, 409: {"model": ErrorModel}},
-        dependencies=jobs,
+        dependencies=one_job,
     )
     def acknowledge_job(job_id: str) -> Response:
         """The client has read the outcome; the job and its record are forgotten."""
