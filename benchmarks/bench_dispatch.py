@@ -39,9 +39,9 @@ os.environ.setdefault("KD_STACK_DIR", "/tmp/kd-stack-bench")  # noqa: S108 - a s
 os.environ.setdefault("KD_STACK_PORT_BASE", "32400")
 
 from dispatcher.client import DispatcherClient
-from tests.e2e.conftest import ServiceProcess
 from tests.stack.dispatcher_config import dispatcher_settings
 from tests.stack.launcher import Stack, default_clusters
+from tests.support import ServiceProcess
 
 
 def _pod_watch(

@@ -31,9 +31,9 @@ from rich.table import Table
 
 from dispatcher.cli import clusters_table, jobs_table
 from dispatcher.client import DispatcherClient
-from tests.e2e.conftest import ServiceProcess
 from tests.stack import Stack
 from tests.stack.dispatcher_config import dispatcher_settings
+from tests.support import ServiceProcess
 
 console = Console(highlight=False)
 FINISHED = {"succeeded", "failed", "cancelled", "rejected"}

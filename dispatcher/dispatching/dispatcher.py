@@ -387,6 +387,7 @@ class Dispatcher:
                     job.unschedulable_since = None
                     self._cache.assume(placement.cluster, manifest)
                     launches.append((job, attempt, manifest))
+                # Only a placement changes what the next decision must see.
                 snapshot = self._cache.snapshot()
         # 5. Launch: records first, then pods, in parallel.
         if launches:
@@ -431,9 +432,9 @@ class Dispatcher:
             self._on_pod(cluster, event_type, obj)
         elif kind == "health":
             self._on_health(cluster)
-        # Any change may free capacity: let queued jobs try again.
-        if kind in ("node", "health", "capacity", "pod"):
-            self._wake.set()
+        # Every kind of event (pod, node, capacity, health) may free room: let queued
+        # jobs try again.
+        self._wake.set()
 
     def _on_health(self, cluster: str) -> None:
         health = self._cache.health(cluster)

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import conftest as e2e
-from tests.e2e.conftest import ServiceProcess
+from tests.support import ServiceProcess
 
 # The end-to-end suite's fixtures: a `dispatcher serve` process on the stack, with its
 # own task namespace.

@@ -15,8 +15,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from kubernetes import client
 
-from tests.e2e.conftest import ServiceProcess
 from tests.stack import Stack
+from tests.support import ServiceProcess
 
 
 @pytest.fixture

@@ -20,9 +20,8 @@ import yaml
 from kubernetes import client
 
 from dispatcher.client import ApiClientError, DispatcherClient
-from tests.e2e.conftest import ServiceProcess
 from tests.stack import Stack
-from tests.support import finish, succeed, task, wait_until
+from tests.support import ServiceProcess, finish, succeed, task, wait_until
 
 
 def pods(stack: Stack, cluster: str, namespace: str) -> list[Any]:

@@ -19,8 +19,7 @@ import yaml
 
 from dispatcher.clusters import HealthPolicy
 from tests.clusters.conftest import Outage
-from tests.e2e.conftest import ServiceProcess
-from tests.support import finish, succeed, task, wait_until
+from tests.support import ServiceProcess, finish, succeed, task, wait_until
 
 from .server import PrometheusServer, shortened_rules
 
