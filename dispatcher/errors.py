@@ -17,6 +17,9 @@ token, kubeconfig, Vault response body or certificate key may end up in a messag
     ├── ClusterError            talking to ``cluster`` failed
     │   ├── ClusterUnavailable  unreachable, timing out or marked down
     │   └── ApiError            the API server answered an error (``status``, ``reason``)
+    ├── StoreError              the job record store refused or failed a write
+    │   ├── StaleRecord         the record changed since it was read (re-read, re-decide)
+    │   └── Fenced              the writer is not the current leader (a newer term exists)
     └── JobError                about one ``job_id``
         ├── NotFound            no such job
         └── Conflict            the job exists in another state / with another spec
@@ -40,6 +43,7 @@ __all__ = [
     "Conflict",
     "CredentialError",
     "DispatcherError",
+    "Fenced",
     "InputError",
     "JobError",
     "KubeconfigRejected",
@@ -48,6 +52,8 @@ __all__ = [
     "RoutingError",
     "SnapshotError",
     "SpecError",
+    "StaleRecord",
+    "StoreError",
     "VaultError",
     "field_path",
 ]
@@ -227,6 +233,25 @@ class ApiError(ClusterError):
         self.status = status
         self.reason = reason
         super().__init__(message, cluster=cluster)
+
+
+class StoreError(DispatcherError):
+    """The job record store refused or failed a write (``job_id`` when about one record)."""
+
+    def __init__(self, message: str, *, job_id: str | None = None) -> None:
+        self.job_id = job_id
+        super().__init__(message)
+
+
+class StaleRecord(StoreError):
+    """The record's version is not the one the writer read: re-read it and decide again.
+
+    Never retried blindly: the other writer may have finished or cancelled the job.
+    """
+
+
+class Fenced(StoreError):
+    """The writer does not hold the current leader term: it must stop writing at once."""
 
 
 class JobError(DispatcherError):

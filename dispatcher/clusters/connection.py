@@ -163,8 +163,11 @@ class Connection:
         *,
         gated: bool = True,
         read_timeout: float | None = None,
+        api: Callable[[ApiClient], Any] = CoreV1Api,
     ) -> T:
         """Send ``call`` and ``consume`` its raw response; both inside the error handling.
+
+        ``call`` gets ``api(client)`` (a ``CoreV1Api`` unless told otherwise) and the timeout.
 
         ``consume`` returns what the caller gets; for streams it hands the open response
         over (and the caller must close it).
@@ -182,7 +185,7 @@ class Connection:
             client = self._provider.api_client(self.cluster)
             started = self._clock()
             try:
-                response = call(CoreV1Api(client), timeout)
+                response = call(api(client), timeout)
                 result = consume(response)
             except ApiException as exc:
                 status = int(exc.status or 0)
@@ -338,6 +341,24 @@ class Connection:
     def list_nodes(self, label_selector: str | None = None) -> list[dict[str, Any]]:
         return self.list_objects("nodes", label_selector=label_selector).items
 
+    # ----- any other API (job records, the Lease) ------------------------------------------
+    def request(
+        self,
+        verb: str,
+        what: str,
+        call: Callable[[ApiClient, tuple[float, float]], Any],
+        *,
+        gated: bool = True,
+    ) -> dict[str, Any]:
+        """Send any API call through this connection's pacing, timeouts, 401 retry, metrics
+        and error translation; returns the JSON body.
+
+        ``call(api_client, timeout)`` builds its own API class (``CustomObjectsApi``,
+        ``CoordinationV1Api``...) and must pass ``_preload_content=False`` and
+        ``_request_timeout=timeout``.
+        """
+        return self._send(verb, what, call, _read_json, gated=gated, api=_raw_client)
+
     # ----- list and watch (informers) ------------------------------------------------------
     def list_objects(
         self,
@@ -407,6 +428,10 @@ class Connection:
             gated=False,
             read_timeout=idle_timeout,
         )
+
+
+def _raw_client(client: ApiClient) -> ApiClient:
+    return client
 
 
 def _lister(api: Any, resource: Resource) -> Callable[..., Any]:
