@@ -200,6 +200,21 @@ class ClientSettings(_Section):
         return self
 
 
+class UnreachablePolicy(_Section):
+    """What happens to a job running on a cluster that stopped answering.
+
+    ``wait`` (the default): the job stays where it is, with a condition saying so, until
+    the cluster answers again; its task never runs twice. ``relaunch``: after
+    ``relaunch_after_seconds`` the job is launched elsewhere while its old pod may still
+    run there (at-least-once: the overlap is counted in
+    ``dispatcher_overlapping_attempts_total`` and the old pod deleted when the cluster
+    comes back).
+    """
+
+    action: Literal["wait", "relaunch"] = "wait"
+    relaunch_after_seconds: float = Field(default=600.0, gt=0, le=86400)
+
+
 class ClusterSettings(_Section):
     """One cluster of the inventory."""
 
@@ -212,6 +227,8 @@ class ClusterSettings(_Section):
     cost: CostTable = Field(default_factory=CostTable)
     client: ClientSettings = Field(default_factory=ClientSettings)
     pod_defaults: PodDefaults = Field(default_factory=PodDefaults)
+    #: A running job on this cluster when it stops answering: wait (default) or relaunch.
+    on_unreachable: UnreachablePolicy = Field(default_factory=UnreachablePolicy)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -329,10 +346,12 @@ class ServiceSettings(_Section):
     #: A pod still unschedulable this long moves to another cluster (a task's own
     #: ``schedule_timeout_seconds`` wins).
     schedule_timeout_seconds: float = Field(default=300.0, gt=0, le=86400)
-    #: A cluster down this long is declared lost: its jobs move elsewhere.
-    cluster_down_grace_seconds: float = Field(default=120.0, gt=0, le=86400)
     #: At most this many attempts per job (the first included): stops ping-pong.
     max_attempts: int = Field(default=3, ge=1, le=20)
+    #: A create whose outcome was unknown (timeout, 5xx, 429) and whose pod was then found
+    #: absent is sent again this many times, with capped exponential backoff, before the
+    #: job tries another cluster.
+    launch_retries: int = Field(default=5, ge=0, le=50)
     #: A finished job stays readable this long unless the client acknowledges it.
     finished_ttl_seconds: float = Field(default=7 * 24 * 3600.0, gt=0)
     #: A finished pod that its ``on_finish_action`` deletes stays this long, or until the
@@ -346,8 +365,53 @@ class ServiceSettings(_Section):
     leader_election: bool = False
     lease_name: DNSLabel = "kube-dispatcher"
     lease_duration_seconds: float = Field(default=15.0, gt=1, le=300)
+    #: The leader stops dispatching when it could not renew for this long; must be shorter
+    #: than the lease duration (the difference is the safety margin). Default: two thirds
+    #: of the lease duration (10 s of 15 s).
+    lease_renew_deadline_seconds: float | None = Field(default=None, gt=0, le=300)
+    #: Time between two election rounds (renewals, and candidates' reads); must be shorter
+    #: than the renew deadline. Default: 2 s, or a fifth of the renew deadline if shorter.
+    lease_retry_period_seconds: float | None = Field(default=None, gt=0, le=60)
     log_json: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def renew_deadline_seconds(self) -> float:
+        """``lease_renew_deadline_seconds`` or its default."""
+        if self.lease_renew_deadline_seconds is not None:
+            return self.lease_renew_deadline_seconds
+        return self.lease_duration_seconds * 2 / 3
+
+    @property
+    def retry_period_seconds(self) -> float:
+        """``lease_retry_period_seconds`` or its default."""
+        if self.lease_retry_period_seconds is not None:
+            return self.lease_retry_period_seconds
+        return min(2.0, self.renew_deadline_seconds / 5)
+
+    @model_validator(mode="after")
+    def _lease_timing(self) -> Self:
+        # client-go's rule: retry period < renew deadline < lease duration.
+        problems = []
+        if self.renew_deadline_seconds >= self.lease_duration_seconds:
+            problems.append(
+                Problem(
+                    "lease_renew_deadline_seconds",
+                    f"must be less than lease_duration_seconds ({self.lease_duration_seconds:g}"
+                    f"), or a second leader could start before the first one stops",
+                )
+            )
+        elif self.retry_period_seconds >= self.renew_deadline_seconds:
+            problems.append(
+                Problem(
+                    "lease_retry_period_seconds",
+                    f"must be less than the renew deadline ({self.renew_deadline_seconds:g}), "
+                    "so that a leader whose renew failed tries again before it gives up",
+                )
+            )
+        if problems:
+            raise ConfigError(problems)
+        return self
 
 
 # ----------------------------------------------------------------------------- settings

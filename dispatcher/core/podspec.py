@@ -4,13 +4,14 @@
 JSON-able dict in the API's camelCase shape. ``placement`` (from a routing ``Decision``)
 brings the cluster's pod defaults and, when the task asks for a GPU model, the node labels
 naming that model, which become required node affinity: the scheduler then keeps the pod on
-the nodes routing judged, not on any GPU node. The pod carries everything a restarted
-dispatcher needs to find and rebuild the job (reattach):
+the nodes routing judged, not on any GPU node. The pod carries what ties it to its job
+record after a restart (reattach):
 
 - labels ``kube-dispatcher.dev/managed-by``, ``/job-id`` and ``/attempt`` (a label selector
   lists our pods with one watch per cluster);
-- annotations ``/idempotency-key``, ``/task-spec`` (the spec as compact JSON) and
-  ``/submitted-at``.
+- annotations ``/idempotency-key`` and ``/submitted-at``. The task spec itself is not
+  copied onto the pod (its literal env values may be credentials): the job record, which
+  exists before the pod, holds it.
 
 The pod name is deterministic (task name, a hash of the job id, the attempt), so creating
 the same attempt twice fails with 409 Conflict instead of making a second pod.
@@ -37,7 +38,6 @@ __all__ = [
     "MANAGED_BY_LABEL",
     "MANAGED_BY_VALUE",
     "SUBMITTED_AT_ANNOTATION",
-    "TASK_SPEC_ANNOTATION",
     "TERMINATION_MESSAGE_PATH",
     "Placement",
     "build_pod",
@@ -50,7 +50,6 @@ MANAGED_BY_VALUE = "kube-dispatcher"
 JOB_ID_LABEL = "kube-dispatcher.dev/job-id"
 ATTEMPT_LABEL = "kube-dispatcher.dev/attempt"
 IDEMPOTENCY_KEY_ANNOTATION = "kube-dispatcher.dev/idempotency-key"
-TASK_SPEC_ANNOTATION = "kube-dispatcher.dev/task-spec"
 SUBMITTED_AT_ANNOTATION = "kube-dispatcher.dev/submitted-at"
 
 #: KubernetesPodOperator's container name; outcome messages name it.
@@ -176,7 +175,6 @@ def build_pod(
     annotations = {**defaults.annotations, **task.annotations}
     if task.idempotency_key is not None:
         annotations[IDEMPOTENCY_KEY_ANNOTATION] = task.idempotency_key
-    annotations[TASK_SPEC_ANNOTATION] = task.to_annotation()
     annotations[SUBMITTED_AT_ANNOTATION] = _rfc3339(submitted_at)
 
     spec: dict[str, Any] = {

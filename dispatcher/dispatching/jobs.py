@@ -1,36 +1,24 @@
-"""Jobs: one submitted task and everything that happened to it. No I/O.
+"""Jobs: one submitted task and everything that happened to it, as values. No I/O.
 
-A job is mutable, but only the dispatcher changes it, under its lock; readers get
-``JobView`` copies. ``to_record``/``from_record`` give the JSON kept in the job store so a
-restarted dispatcher loses nothing.
+A ``Job`` is replaced, never changed in place: the dispatcher computes the next value from
+the state machine's transition, writes its record, and only then publishes it, so readers
+always see a state that the record store also holds. ``to_record``/``from_record`` give
+the JSON kept in the record store (a ``DispatchJob`` object per job), from which a
+restarted or newly elected dispatcher rebuilds everything.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dispatcher.core import FailureClass, TaskSpec
+from dispatcher.core.lifecycle import State
 
-
-class JobState(StrEnum):
-    QUEUED = "queued"  # waiting for a cluster with room (or a launch retry)
-    PENDING = "pending"  # pod created, not running yet
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    REJECTED = "rejected"  # no cluster could ever run it
-
-    @property
-    def finished(self) -> bool:
-        return self in _FINISHED
-
-
-_FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.REJECTED})
+#: The job states are the state machine's (``queued``, ``launching``, ``pending``...).
+JobState = State
 
 
 def job_id_for(idempotency_key: str | None) -> str:
@@ -41,16 +29,19 @@ def job_id_for(idempotency_key: str | None) -> str:
     return "j" + uuid.uuid4().hex[:20]
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Attempt:
-    """One pod of a job on one cluster."""
+    """One pod of a job on one cluster, named before it is created."""
 
     number: int
     cluster: str
     pod: str
     namespace: str
     created_at: float
-    ended: str | None = None  # why this attempt ended: its outcome, "moved: ..." or "lost"
+    uid: str | None = None  # known once the API server answered the create or it was seen
+    ended: str | None = None  # why this attempt ended: "moved: ...", "abandoned: ..."
+    #: Abandoned on an unreachable cluster: its pod may still run there until deleted.
+    abandoned: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,22 +50,67 @@ class Attempt:
             "pod": self.pod,
             "namespace": self.namespace,
             "created_at": self.created_at,
+            "uid": self.uid,
             "ended": self.ended,
+            "abandoned": self.abandoned,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Attempt:
+        return cls(
+            number=int(data["number"]),
+            cluster=str(data["cluster"]),
+            pod=str(data["pod"]),
+            namespace=str(data["namespace"]),
+            created_at=float(data["created_at"]),
+            uid=data.get("uid"),
+            ended=data.get("ended"),
+            abandoned=bool(data.get("abandoned", False)),
+        )
 
-@dataclass
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A Kubernetes-shaped condition (``kubectl describe`` tells the story)."""
+
+    type: str
+    status: str  # "True" / "False"
+    reason: str
+    message: str
+    last_transition: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "status": self.status,
+            "reason": self.reason,
+            "message": self.message,
+            "lastTransitionTime": self.last_transition,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Condition:
+        return cls(
+            type=str(data["type"]),
+            status=str(data["status"]),
+            reason=str(data.get("reason", "")),
+            message=str(data.get("message", "")),
+            last_transition=float(data.get("lastTransitionTime", 0.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     id: str
     spec: TaskSpec
     submitted_at: float
-    state: JobState = JobState.QUEUED
+    state: State = State.QUEUED
     idempotency_key: str | None = None
-    #: The current attempt (the last pod), if one was launched.
+    #: The current attempt (the last pod named), if one was launched.
     attempt: Attempt | None = None
-    history: list[Attempt] = field(default_factory=list)
+    history: tuple[Attempt, ...] = ()
     #: Clusters this job moved away from: routing leaves them out.
-    excluded: set[str] = field(default_factory=set)
+    excluded: frozenset[str] = frozenset()
     reason: str = ""  # the latest routing explanation or status message
     failure: FailureClass | None = None
     message: str = ""
@@ -83,12 +119,17 @@ class Job:
     scheduled_at: float | None = None
     running_at: float | None = None
     finished_at: float | None = None
-    # Transient (not persisted): a failover or cancel waits for the old pod to go.
-    moving: str | None = None
-    cancel_requested: bool = False
+    conditions: tuple[Condition, ...] = ()
+    #: The record's resourceVersion this value was read or written with.
+    version: str = ""
+    # Not persisted: timers and retry counters of this process.
+    create_failures: int = 0
+    resolve_at: float | None = None
     unschedulable_since: float | None = None
+    waiting_since: float | None = None  # pod bound, container not started
     not_before: float = 0.0
     cleanup_due: float | None = None  # when a lingering finished pod is deleted
+    cleaned: bool = False  # the finished pod was deleted (or kept on purpose)
 
     @property
     def cluster(self) -> str | None:
@@ -97,6 +138,19 @@ class Job:
     @property
     def attempts(self) -> int:
         return len(self.history) + (1 if self.attempt else 0)
+
+    def with_condition(
+        self, type_: str, status: bool, reason: str, message: str, now: float
+    ) -> Job:
+        """This job with condition ``type_`` set (its transition time kept if unchanged)."""
+        value = "True" if status else "False"
+        kept = [c for c in self.conditions if c.type != type_]
+        old = next((c for c in self.conditions if c.type == type_), None)
+        since = old.last_transition if old is not None and old.status == value else now
+        return replace(self, conditions=(*kept, Condition(type_, value, reason, message, since)))
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
 
     def view(self) -> dict[str, Any]:
         """What the API returns about the job."""
@@ -117,6 +171,7 @@ class Job:
             "message": self.message,
             "exit_code": self.exit_code,
             "result": self.result,
+            "conditions": [c.to_dict() for c in self.conditions],
             "submitted_at": self.submitted_at,
             "scheduled_at": self.scheduled_at,
             "running_at": self.running_at,
@@ -139,29 +194,35 @@ class Job:
             "message": self.message,
             "exit_code": self.exit_code,
             "result": self.result,
+            "conditions": [c.to_dict() for c in self.conditions],
             "scheduled_at": self.scheduled_at,
             "running_at": self.running_at,
             "finished_at": self.finished_at,
         }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Job:
+    def from_record(cls, record: dict[str, Any], version: str = "") -> Job:
         attempt = record.get("attempt")
         return cls(
             id=record["id"],
             spec=TaskSpec.model_validate(record["spec"]),
             submitted_at=float(record["submitted_at"]),
-            state=JobState(record["state"]),
+            state=State(record["state"]),
             idempotency_key=record.get("idempotency_key"),
-            attempt=Attempt(**attempt) if attempt else None,
-            history=[Attempt(**a) for a in record.get("history", [])],
-            excluded=set(record.get("excluded", [])),
-            reason=record.get("reason", ""),
+            attempt=Attempt.from_dict(attempt) if attempt else None,
+            history=tuple(Attempt.from_dict(a) for a in record.get("history") or []),
+            excluded=frozenset(record.get("excluded") or []),
+            reason=record.get("reason") or "",
             failure=FailureClass(record["failure"]) if record.get("failure") else None,
-            message=record.get("message", ""),
+            message=record.get("message") or "",
             exit_code=record.get("exit_code"),
             result=record.get("result"),
+            conditions=tuple(Condition.from_dict(c) for c in record.get("conditions") or []),
             scheduled_at=record.get("scheduled_at"),
             running_at=record.get("running_at"),
             finished_at=record.get("finished_at"),
+            version=version,
         )
+
+
+__all__ = ["Attempt", "Condition", "Job", "JobState", "field", "job_id_for"]

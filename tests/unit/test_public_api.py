@@ -13,7 +13,6 @@ EXPECTED = {
     "MANAGED_BY_LABEL",
     "MANAGED_BY_VALUE",
     "SUBMITTED_AT_ANNOTATION",
-    "TASK_SPEC_ANNOTATION",
     # task specs
     "OnFinishAction",
     "PodDefaults",
@@ -71,5 +70,4 @@ def test_pod_identity_keys_are_stable() -> None:
     assert dispatcher.core.JOB_ID_LABEL == "kube-dispatcher.dev/job-id"
     assert dispatcher.core.ATTEMPT_LABEL == "kube-dispatcher.dev/attempt"
     assert dispatcher.core.IDEMPOTENCY_KEY_ANNOTATION == "kube-dispatcher.dev/idempotency-key"
-    assert dispatcher.core.TASK_SPEC_ANNOTATION == "kube-dispatcher.dev/task-spec"
     assert dispatcher.core.SUBMITTED_AT_ANNOTATION == "kube-dispatcher.dev/submitted-at"
