@@ -4,10 +4,22 @@
 ``Outcome``: the job phase, a ``FailureClass`` and a sentence a DAG author can act on
 ("OOMKilled: container base exceeded memory limit 3Gi (exit code 137)").
 
-A pending pod can already carry a failure class: it is *stuck* (image cannot be pulled,
-config missing, unschedulable). Whether that is final is the dispatcher's call, made with
-the task's startup and schedule timeouts; ``InvalidImageName`` never heals and is reported
-as failed straight away.
+A pending pod can already carry a failure class: it is *stuck*.
+
+- ``UNSCHEDULABLE``: no node fits (the scheduler's message). The dispatcher's schedule
+  timeout decides when to move it elsewhere.
+- ``IMAGE_PULL``: ``ImagePullBackOff``/``ErrImagePull`` stay pending (a registry can come
+  back); ``InvalidImageName`` and ``ErrImageNeverPull`` never heal for this pod and are
+  reported as failed at once.
+- ``CREATE_CONTAINER_CONFIG_ERROR``: ``CreateContainerConfigError`` (a referenced Secret or
+  ConfigMap key is missing), ``CreateContainerError``, ``RunContainerError``: the kubelet
+  retries, so the pod stays pending, with the kubelet's message. It is a failure of the
+  task, not of the cluster: another cluster would fail the same way.
+
+What a stuck pod may wait for is bounded by the task's ``startup_timeout_seconds``,
+counted from the moment it is bound to a node: ``Outcome.starting`` says the pod is in
+that window (bound, its container not started), ``Outcome.waiting_reason`` says on what
+(``ContainerCreating``, ``ImagePullBackOff``...). The clock is the dispatcher's.
 
 ``parse_result`` turns a termination message into the task's small JSON result.
 """
@@ -16,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -35,8 +47,14 @@ __all__ = [
 MAX_RESULT_BYTES = 4096
 _MAX_MESSAGE = 1000
 
-_IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName"})
-_CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+_IMAGE_PULL_REASONS = frozenset(
+    {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
+)
+#: Waiting reasons no retry of the kubelet can cure for this pod: its spec is at fault.
+_FINAL_REASONS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+_CONFIG_REASONS = frozenset(
+    {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+)
 _NODE_LOST_REASONS = frozenset({"NodeLost", "NodeShutdown", "Shutdown"})
 _EVICTION_DISRUPTIONS = frozenset(
     {
@@ -61,6 +79,8 @@ class JobPhase(StrEnum):
 
 
 class FailureClass(StrEnum):
+    """Why a job ended (or, while pending, what its pod is stuck on)."""
+
     SUCCEEDED = "succeeded"
     EXIT_CODE = "exit-code"
     OOM_KILLED = "oom-killed"
@@ -68,6 +88,9 @@ class FailureClass(StrEnum):
     UNSCHEDULABLE = "unschedulable"
     DEADLINE_EXCEEDED = "deadline-exceeded"
     EVICTED = "evicted"
+    #: The container cannot be created or started as specified (missing Secret/ConfigMap
+    #: key, runtime refusal): ``CreateContainerConfigError``, ``CreateContainerError``,
+    #: ``RunContainerError``.
     CREATE_CONTAINER_CONFIG_ERROR = "create-container-config-error"
     NODE_LOST = "node-lost"
     UNKNOWN = "unknown"
@@ -83,6 +106,12 @@ class Outcome:
     exit_code: int | None = None
     #: The task's JSON result from the termination message, when it wrote one.
     result: Any = None
+    #: Why the (first stuck, else the task's) container waits, as the kubelet says it:
+    #: ``ContainerCreating``, ``ImagePullBackOff``, ``CreateContainerConfigError``...
+    waiting_reason: str | None = None
+    #: Pending, bound to a node, container not started yet: the window the task's
+    #: ``startup_timeout_seconds`` bounds. ``False`` before scheduling and once running.
+    starting: bool = False
 
 
 def parse_result(message: str | None, *, max_bytes: int = MAX_RESULT_BYTES) -> Any:
@@ -123,11 +152,15 @@ def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None
     return None
 
 
-def _stuck_waiting(status: Mapping[str, Any], phase: JobPhase, image: str | None) -> Outcome | None:
-    for container in [
+def _container_statuses(status: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [
         *(status.get("initContainerStatuses") or ()),
         *(status.get("containerStatuses") or ()),
-    ]:
+    ]
+
+
+def _stuck_waiting(status: Mapping[str, Any], phase: JobPhase, image: str | None) -> Outcome | None:
+    for container in _container_statuses(status):
         waiting = (container.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")
         detail = waiting.get("message") or ""
@@ -138,12 +171,37 @@ def _stuck_waiting(status: Mapping[str, Any], phase: JobPhase, image: str | None
                 f"{reason}: cannot pull image {shown!r} for container {name}"
                 + (f": {detail}" if detail else "")
             )
-            final = JobPhase.FAILED if reason == "InvalidImageName" else phase
-            return Outcome(final, FailureClass.IMAGE_PULL, message)
+            final = JobPhase.FAILED if reason in _FINAL_REASONS else phase
+            return Outcome(final, FailureClass.IMAGE_PULL, message, waiting_reason=reason)
         if reason in _CONFIG_REASONS:
-            message = _clip(f"{reason}: container {name}" + (f": {detail}" if detail else ""))
-            return Outcome(phase, FailureClass.CREATE_CONTAINER_CONFIG_ERROR, message)
+            message = _clip(
+                f"{reason}: container {name}"
+                + (f": {detail}" if detail else " cannot be created (the kubelet gave no detail)")
+            )
+            return Outcome(
+                phase, FailureClass.CREATE_CONTAINER_CONFIG_ERROR, message, waiting_reason=reason
+            )
     return None
+
+
+def _waiting(status: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(container, reason, message) of the first container still waiting, if any."""
+    for container in _container_statuses(status):
+        waiting = (container.get("state") or {}).get("waiting")
+        if isinstance(waiting, Mapping):
+            return (
+                str(container.get("name", "?")),
+                str(waiting.get("reason") or "Waiting"),
+                str(waiting.get("message") or ""),
+            )
+    return None
+
+
+def _bound(pod: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    if (pod.get("spec") or {}).get("nodeName"):
+        return True
+    scheduled = _condition(status, "PodScheduled")
+    return scheduled is not None and scheduled.get("status") == "True"
 
 
 def _failed(pod: Mapping[str, Any], status: Mapping[str, Any]) -> Outcome:
@@ -252,7 +310,13 @@ def classify_pod(pod: Mapping[str, Any]) -> Outcome:
         return Outcome(
             JobPhase.PENDING, FailureClass.UNSCHEDULABLE, _clip(f"Unschedulable: {detail}")
         )
+    starting = _bound(pod, status)
     stuck = _stuck_waiting(status, JobPhase.PENDING, _image(pod))
     if stuck is not None:
-        return stuck
-    return Outcome(JobPhase.PENDING, None, "pending")
+        return replace(stuck, starting=starting and stuck.phase is JobPhase.PENDING)
+    waiting = _waiting(status)
+    if waiting is None:
+        return Outcome(JobPhase.PENDING, None, "pending", starting=starting)
+    name, reason, detail = waiting
+    message = _clip(f"{reason}: container {name}" + (f": {detail}" if detail else ""))
+    return Outcome(JobPhase.PENDING, None, message, waiting_reason=reason, starting=starting)

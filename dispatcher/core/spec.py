@@ -25,17 +25,32 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
 
 from dispatcher.core import quantity
+from dispatcher.core.kubeshapes import (
+    Affinity,
+    EnvVar,
+    JsonObject,
+    NodeAffinity,
+    NodeSelector,
+    NodeSelectorRequirement,
+    NodeSelectorTerm,
+    SelectorOperator,
+    StrictModel,
+    TaintEffect,
+    Toleration,
+    TolerationOperator,
+    Volume,
+    VolumeMount,
+    canonical,
+    check_image_reference,
+)
 from dispatcher.core.names import (
     DNSLabel,
     DNSSubdomain,
@@ -57,8 +72,11 @@ __all__ = [
     "PodDefaults",
     "Requirements",
     "ResourceRequirements",
+    "SelectorOperator",
+    "TaintEffect",
     "TaskSpec",
     "Toleration",
+    "TolerationOperator",
     "parse_task_spec",
 ]
 
@@ -76,32 +94,7 @@ MAX_SPEC_BYTES = 128 * 1024
 MAX_VOLUMES = 100
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 
-JsonObject = dict[str, Any]
-
-
-class _Model(BaseModel):
-    """Frozen, closed models: unknown fields are refused, not silently dropped."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy; with ``update``, validated like new input.
-
-        pydantic's own copy skips validation and would keep values derived from the old
-        fields (``TaskSpec.requests``), so a changed copy is built afresh instead.
-        """
-        if not update:
-            return super().model_copy(deep=deep)
-        return self.model_validate({**self.model_dump(), **update})
-
-
-class _K8sModel(_Model):
-    """A Kubernetes object: camelCase as the API writes it, snake_case accepted too."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-    def to_k8s(self) -> JsonObject:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+_Model = StrictModel
 
 
 #: Resource names are qualified names like label keys; the standard ones have no prefix.
@@ -124,8 +117,53 @@ def _is_extended(resource: str) -> bool:
     return "/" in resource and not resource.partition("/")[0].endswith("kubernetes.io")
 
 
+_HUGEPAGES = "hugepages-"
+_CONTAINER_RESOURCES = (quantity.CPU, quantity.MEMORY, quantity.EPHEMERAL_STORAGE)
+
+
+def _page_size(resource: str) -> int | None:
+    """The page size of ``hugepages-<size>`` in bytes, or ``None`` if it is not one."""
+    try:
+        size = quantity.parse_quantity(resource.removeprefix(_HUGEPAGES))
+    except ValueError:
+        return None
+    return int(size) if size > 0 and size.denominator == 1 else None
+
+
+def _resource_name_problem(name: str) -> str | None:
+    """Why the API server would refuse ``name`` as a container resource, if it would."""
+    if "/" not in name:
+        if name in _CONTAINER_RESOURCES:
+            return None
+        if name.startswith(_HUGEPAGES):
+            return None if _page_size(name) else f"{name!r} does not name a page size"
+        return (
+            "must be cpu, memory, ephemeral-storage, hugepages-<size> or an extended "
+            "resource with a domain, e.g. nvidia.com/gpu"
+        )
+    if not _is_extended(name):
+        return None
+    if name.startswith("requests."):
+        return "extended resource names must not start with 'requests.'"
+    try:
+        # The API server checks the name as it would appear in a quota.
+        check_label_key("requests." + name)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _not_overcommitted(resource: str) -> bool:
+    return _is_extended(resource) or resource.startswith(_HUGEPAGES)
+
+
 class ResourceRequirements(_Model):
-    """``container_resources``: ``requests`` and ``limits`` as Kubernetes quantities."""
+    """``container_resources``: ``requests`` and ``limits`` as Kubernetes quantities.
+
+    The API server's rules: standard or domain-qualified names; extended resources and
+    hugepages are not overcommitted (a limit, equal to any request), extended resources
+    are whole, hugepages a multiple of their page size and only next to cpu or memory.
+    """
 
     requests: dict[ResourceName, QuantityText] = Field(default_factory=dict)
     limits: dict[ResourceName, QuantityText] = Field(default_factory=dict)
@@ -140,6 +178,10 @@ class ResourceRequirements(_Model):
                 if name == quantity.PODS:
                     problems.append(Problem(field, "'pods' is not a container resource"))
                     continue
+                why = _resource_name_problem(name)
+                if why is not None:
+                    problems.append(Problem(field, why))
+                    continue
                 try:
                     parsed[name] = quantity.to_amount(name, text)
                 except ValueError as exc:
@@ -147,10 +189,15 @@ class ResourceRequirements(_Model):
                     continue
                 if _is_extended(name) and quantity.parse_quantity(text).denominator != 1:
                     problems.append(Problem(field, f"{name} must be a whole number"))
+                page = _page_size(name) if name.startswith(_HUGEPAGES) else None
+                if page and parsed[name] % page:
+                    problems.append(
+                        Problem(field, f"must be a multiple of the page size of {name}")
+                    )
         requests, limits = amounts["requests"], amounts["limits"]
         for name, request in requests.items():
             if name not in self.limits:
-                if _is_extended(name):
+                if _not_overcommitted(name):
                     problems.append(
                         Problem(
                             f"limits[{name}]",
@@ -165,10 +212,16 @@ class ResourceRequirements(_Model):
                         f"must not exceed limits[{name}] ({self.limits[name]})",
                     )
                 )
-            elif name in limits and _is_extended(name) and request != limits[name]:
+            elif name in limits and _not_overcommitted(name) and request != limits[name]:
                 problems.append(
                     Problem(f"requests[{name}]", f"{name} requests must equal its limits")
                 )
+        names = {*self.requests, *self.limits}
+        if any(n.startswith(_HUGEPAGES) for n in names) and not names & {
+            quantity.CPU,
+            quantity.MEMORY,
+        }:
+            problems.append(Problem("", "hugepages need a cpu or memory request or limit too"))
         if problems:
             raise SpecError(problems)
         return self
@@ -181,211 +234,6 @@ class ResourceRequirements(_Model):
             (name, quantity.to_amount(name, text)) for name, text in self.requests.items()
         )
         return merged
-
-
-class TolerationOperator(StrEnum):
-    EXISTS = "Exists"
-    EQUAL = "Equal"
-
-
-class TaintEffect(StrEnum):
-    NO_SCHEDULE = "NoSchedule"
-    PREFER_NO_SCHEDULE = "PreferNoSchedule"
-    NO_EXECUTE = "NoExecute"
-
-
-class Toleration(_K8sModel):
-    """A pod toleration; an empty ``key`` with ``Exists`` tolerates every taint."""
-
-    key: str = ""
-    operator: TolerationOperator = TolerationOperator.EQUAL
-    value: str = ""
-    effect: TaintEffect | Literal[""] = ""
-    toleration_seconds: int | None = None
-
-    @model_validator(mode="after")
-    def _kubernetes_rules(self) -> Self:
-        problems: list[Problem] = []
-        if self.key:
-            try:
-                check_label_key(self.key)
-            except ValueError as exc:
-                problems.append(Problem("key", str(exc)))
-        elif self.operator is not TolerationOperator.EXISTS:
-            problems.append(Problem("operator", "must be 'Exists' when key is empty"))
-        if self.operator is TolerationOperator.EXISTS and self.value:
-            problems.append(Problem("value", "must be empty when operator is 'Exists'"))
-        if self.toleration_seconds is not None and self.effect != TaintEffect.NO_EXECUTE:
-            problems.append(Problem("tolerationSeconds", "only allowed with effect 'NoExecute'"))
-        if problems:
-            raise SpecError(problems)
-        return self
-
-    def to_k8s(self) -> JsonObject:
-        out: JsonObject = {"operator": self.operator.value}
-        if self.key:
-            out["key"] = self.key
-        if self.value:
-            out["value"] = self.value
-        if self.effect:
-            out["effect"] = str(self.effect)
-        if self.toleration_seconds is not None:
-            out["tolerationSeconds"] = self.toleration_seconds
-        return out
-
-
-class SelectorOperator(StrEnum):
-    IN = "In"
-    NOT_IN = "NotIn"
-    EXISTS = "Exists"
-    DOES_NOT_EXIST = "DoesNotExist"
-    GT = "Gt"
-    LT = "Lt"
-
-
-class NodeSelectorRequirement(_K8sModel):
-    """One ``matchExpressions``/``matchFields`` entry of a node selector term."""
-
-    key: str
-    operator: SelectorOperator
-    values: tuple[str, ...] = ()
-
-    @model_validator(mode="after")
-    def _kubernetes_rules(self) -> Self:
-        op = self.operator
-        if op in (SelectorOperator.IN, SelectorOperator.NOT_IN) and not self.values:
-            raise ValueError(f"operator {op.value} needs at least one value")
-        if op in (SelectorOperator.EXISTS, SelectorOperator.DOES_NOT_EXIST) and self.values:
-            raise ValueError(f"operator {op.value} takes no values")
-        if op in (SelectorOperator.GT, SelectorOperator.LT) and (
-            len(self.values) != 1 or not re.fullmatch(r"-?[0-9]+", self.values[0])
-        ):
-            raise ValueError(f"operator {op.value} needs exactly one integer value")
-        return self
-
-
-class NodeSelectorTerm(_K8sModel):
-    """Requirements ANDed together; terms of a selector are ORed."""
-
-    match_expressions: tuple[NodeSelectorRequirement, ...] = ()
-    match_fields: tuple[NodeSelectorRequirement, ...] = ()
-
-    @field_validator("match_expressions")
-    @classmethod
-    def _label_keys(
-        cls, value: tuple[NodeSelectorRequirement, ...]
-    ) -> tuple[NodeSelectorRequirement, ...]:
-        for requirement in value:
-            check_label_key(requirement.key)
-        return value
-
-    @field_validator("match_fields")
-    @classmethod
-    def _node_name_only(
-        cls, value: tuple[NodeSelectorRequirement, ...]
-    ) -> tuple[NodeSelectorRequirement, ...]:
-        for requirement in value:
-            if requirement.key != "metadata.name":
-                raise ValueError("matchFields supports only the key 'metadata.name'")
-            if requirement.operator not in (SelectorOperator.IN, SelectorOperator.NOT_IN):
-                raise ValueError("matchFields supports only the operators In and NotIn")
-            if len(requirement.values) != 1:
-                raise ValueError("matchFields needs exactly one value")
-        return value
-
-    def to_k8s(self) -> JsonObject:
-        out: JsonObject = {}
-        if self.match_expressions:
-            out["matchExpressions"] = [r.to_k8s() for r in self.match_expressions]
-        if self.match_fields:
-            out["matchFields"] = [r.to_k8s() for r in self.match_fields]
-        return out
-
-
-class NodeSelector(_K8sModel):
-    node_selector_terms: tuple[NodeSelectorTerm, ...]
-
-    @field_validator("node_selector_terms")
-    @classmethod
-    def _not_empty(cls, value: tuple[NodeSelectorTerm, ...]) -> tuple[NodeSelectorTerm, ...]:
-        # A validator rather than min_length: pydantic would also report the length when an
-        # item is invalid, doubling the error.
-        if not value:
-            raise ValueError("needs at least one term")
-        return value
-
-
-class NodeAffinity(_K8sModel):
-    required_during_scheduling_ignored_during_execution: NodeSelector | None = None
-    preferred_during_scheduling_ignored_during_execution: tuple[JsonObject, ...] = ()
-
-
-class Affinity(_K8sModel):
-    """Pod affinity; only ``nodeAffinity``'s required terms take part in routing."""
-
-    node_affinity: NodeAffinity | None = None
-    pod_affinity: JsonObject | None = None
-    pod_anti_affinity: JsonObject | None = None
-
-    @property
-    def required_terms(self) -> tuple[NodeSelectorTerm, ...] | None:
-        """The required node selector terms, or ``None`` when there are none."""
-        if self.node_affinity is None:
-            return None
-        required = self.node_affinity.required_during_scheduling_ignored_during_execution
-        return None if required is None else required.node_selector_terms
-
-    def to_k8s(self) -> JsonObject:
-        out: JsonObject = {}
-        if self.node_affinity is not None:
-            node: JsonObject = {}
-            required = self.node_affinity.required_during_scheduling_ignored_during_execution
-            if required is not None:
-                node["requiredDuringSchedulingIgnoredDuringExecution"] = {
-                    "nodeSelectorTerms": [t.to_k8s() for t in required.node_selector_terms]
-                }
-            preferred = self.node_affinity.preferred_during_scheduling_ignored_during_execution
-            if preferred:
-                node["preferredDuringSchedulingIgnoredDuringExecution"] = list(preferred)
-            out["nodeAffinity"] = node
-        if self.pod_affinity is not None:
-            out["podAffinity"] = self.pod_affinity
-        if self.pod_anti_affinity is not None:
-            out["podAntiAffinity"] = self.pod_anti_affinity
-        return out
-
-
-_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
-_VALUE_FROM_KEYS = frozenset({"secretKeyRef", "configMapKeyRef", "fieldRef", "resourceFieldRef"})
-
-
-class EnvVar(_K8sModel):
-    """An environment variable: a ``value``, or ``valueFrom`` a secret/config map/field."""
-
-    name: str = Field(min_length=1, max_length=256)
-    value: str | None = None
-    value_from: JsonObject | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _c_identifier(cls, value: str) -> str:
-        if not _ENV_NAME.fullmatch(value):
-            raise ValueError(
-                f"{value!r} is not a valid variable name: letters, digits, '_', '-', '.'; "
-                "not starting with a digit"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Self:
-        if self.value is not None and self.value_from is not None:
-            raise ValueError("set either value or valueFrom, not both")
-        if self.value_from is not None and (
-            len(self.value_from) != 1 or not set(self.value_from) <= _VALUE_FROM_KEYS
-        ):
-            allowed = ", ".join(sorted(_VALUE_FROM_KEYS))
-            raise ValueError(f"valueFrom needs exactly one of: {allowed}")
-        return self
 
 
 def _env_vars_as_list(value: Any) -> Any:
@@ -453,8 +301,13 @@ class TaskSpec(_Model):
     node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
     affinity: Affinity | None = None
-    volumes: tuple[JsonObject, ...] = Field(default=(), max_length=MAX_VOLUMES)
-    volume_mounts: tuple[JsonObject, ...] = Field(default=(), max_length=MAX_VOLUMES)
+    #: Kept as JSON (what the pod gets), each checked by its Kubernetes shape.
+    volumes: tuple[Annotated[JsonObject, canonical(Volume)], ...] = Field(
+        default=(), max_length=MAX_VOLUMES
+    )
+    volume_mounts: tuple[Annotated[JsonObject, canonical(VolumeMount)], ...] = Field(
+        default=(), max_length=MAX_VOLUMES
+    )
     service_account_name: DNSSubdomain | None = None
     priority_class_name: DNSSubdomain | None = None
     active_deadline_seconds: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_SECONDS)
@@ -471,9 +324,7 @@ class TaskSpec(_Model):
     @field_validator("image")
     @classmethod
     def _image_reference(cls, value: str) -> str:
-        if not value or any(char.isspace() for char in value):
-            raise ValueError("needs an image reference without spaces, e.g. 'python:3.12'")
-        return value
+        return check_image_reference(value)
 
     @field_validator("labels", "annotations")
     @classmethod
@@ -495,6 +346,31 @@ class TaskSpec(_Model):
             )
         return value
 
+    @field_validator("annotations")
+    @classmethod
+    def _kubernetes_annotations(cls, value: dict[str, str]) -> dict[str, str]:
+        problems: list[Problem] = []
+        for key, text in value.items():
+            why = _annotation_problem(key, text)
+            if why is not None:
+                problems.append(Problem(key, why))
+        if problems:
+            raise SpecError(problems)
+        return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _every_problem(cls, data: Any, handler: Any) -> Any:
+        # pydantic skips cross-field rules once a field is invalid; the volume references
+        # are checked on the raw input then, so one answer still lists every fault.
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            problems = list(Problem.from_validation_error(exc))
+            if isinstance(data, Mapping):
+                problems += _volume_problems(data.get("volumes"), data.get("volume_mounts"))
+            raise SpecError(list(dict.fromkeys(problems))) from None
+
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Self:
         problems: list[Problem] = []
@@ -504,7 +380,7 @@ class TaskSpec(_Model):
         for index, env in enumerate(self.env_vars):
             if names.index(env.name) != index:
                 problems.append(Problem(f"env_vars[{index}].name", f"duplicate {env.name!r}"))
-        problems.extend(self._volume_problems())
+        problems.extend(_volume_problems(self.volumes, self.volume_mounts))
         problems.extend(self._gpu_problems())
         if not problems:
             size = len(self.model_dump_json(exclude_defaults=True))
@@ -515,36 +391,6 @@ class TaskSpec(_Model):
         if problems:
             raise SpecError(problems)
         return self
-
-    def _volume_problems(self) -> list[Problem]:
-        problems: list[Problem] = []
-        declared: set[str] = set()
-        for index, volume in enumerate(self.volumes):
-            name = volume.get("name")
-            if (
-                not isinstance(name, str)
-                or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name)
-                or len(name) > 63
-            ):
-                problems.append(Problem(f"volumes[{index}].name", "needs an RFC 1123 name"))
-            elif name in declared:
-                problems.append(Problem(f"volumes[{index}].name", f"duplicate {name!r}"))
-            else:
-                declared.add(name)
-            if len(volume) < 2:
-                problems.append(Problem(f"volumes[{index}]", "needs a volume source"))
-        for index, mount in enumerate(self.volume_mounts):
-            name = mount.get("name")
-            path = mount.get("mountPath", mount.get("mount_path"))
-            if name not in declared:
-                problems.append(
-                    Problem(f"volume_mounts[{index}].name", f"no volume named {name!r}")
-                )
-            if not isinstance(path, str) or not path.startswith("/"):
-                problems.append(
-                    Problem(f"volume_mounts[{index}].mountPath", "needs an absolute path")
-                )
-        return problems
 
     def _gpu_problems(self) -> list[Problem]:
         problems: list[Problem] = []
@@ -593,6 +439,62 @@ class TaskSpec(_Model):
     @classmethod
     def from_annotation(cls, text: str) -> TaskSpec:
         return parse_task_spec(json.loads(text))
+
+
+def _volume_problems(volumes: Any, mounts: Any) -> list[Problem]:
+    """Names across volumes and mounts: unique volumes, mounts of declared volumes, at
+    distinct paths. Reads raw input too (items that are not objects are skipped)."""
+    problems: list[Problem] = []
+    declared: set[str] = set()
+    for index, volume in enumerate(volumes if isinstance(volumes, list | tuple) else ()):
+        name = volume.get("name") if isinstance(volume, Mapping) else None
+        if isinstance(name, str) and name in declared:
+            problems.append(Problem(f"volumes[{index}].name", f"duplicate {name!r}"))
+        elif isinstance(name, str):
+            declared.add(name)
+    paths: set[str] = set()
+    for index, mount in enumerate(mounts if isinstance(mounts, list | tuple) else ()):
+        if not isinstance(mount, Mapping):
+            continue
+        name = mount.get("name")
+        if isinstance(name, str) and name not in declared:
+            problems.append(Problem(f"volume_mounts[{index}].name", f"no volume named {name!r}"))
+        path = mount.get("mountPath", mount.get("mount_path"))
+        if isinstance(path, str) and path in paths:
+            problems.append(
+                Problem(f"volume_mounts[{index}].mountPath", f"{path!r} is mounted twice")
+            )
+        elif isinstance(path, str):
+            paths.add(path)
+    return problems
+
+
+#: Annotations the API server reads (and validates) on a pod; a task may not set them.
+_RESERVED_ANNOTATIONS = (
+    "kubernetes.io/config.mirror",
+    "scheduler.alpha.kubernetes.io/tolerations",
+    "seccomp.security.alpha.kubernetes.io/pod",
+)
+_RESERVED_ANNOTATION_PREFIXES = (
+    "container.seccomp.security.alpha.kubernetes.io/",
+    "container.apparmor.security.beta.kubernetes.io/",
+)
+_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+
+
+def _annotation_problem(key: str, value: str) -> str | None:
+    if key in _RESERVED_ANNOTATIONS or key.startswith(_RESERVED_ANNOTATION_PREFIXES):
+        return (
+            "set by Kubernetes or the cluster's security settings, not by a task "
+            "(the API server validates it against the pod)"
+        )
+    if key == _DELETION_COST and not _is_int32(value):
+        return "must be a 32-bit integer"
+    return None
+
+
+def _is_int32(text: str) -> bool:
+    return bool(re.fullmatch(r"[+-]?[0-9]{1,10}", text)) and -(2**31) <= int(text) < 2**31
 
 
 class PodDefaults(_Model):
