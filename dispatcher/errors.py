@@ -14,15 +14,24 @@ token, kubeconfig, Vault response body or certificate key may end up in a messag
     ├── CredentialError         getting credentials for ``cluster`` failed
     │   ├── VaultError          Vault refused or failed (``status``; never the body)
     │   └── KubeconfigRejected  a kubeconfig breaks a safety rule (``reason``)
-    ├── ClusterError            talking to ``cluster`` failed
-    │   ├── ClusterUnavailable  unreachable, timing out or marked down
-    │   └── ApiError            the API server answered an error (``status``, ``reason``)
+    ├── ClusterError            talking to ``cluster`` failed; ``kind`` says what to do
+    │   ├── ClusterUnavailable  no answer; ``cause``: transport, breaker or credentials
+    │   └── ApiError            the API server answered an error (``status``, ``reason``,
+    │                           ``kind`` from ``classify_status``, ``retry_after``)
     ├── StoreError              the job record store refused or failed a write
     │   ├── StaleRecord         the record changed since it was read (re-read, re-decide)
     │   └── Fenced              the writer is not the current leader (a newer term exists)
     └── JobError                about one ``job_id``
         ├── NotFound            no such job
         └── Conflict            the job exists in another state / with another spec
+
+A ``ClusterError``'s ``kind`` (``ErrorKind``) tells a caller what to do about it, the same
+way everywhere (the dispatcher and the simulation): give up on ``PERMANENT``, re-read on
+``CONFLICT``, list again on ``GONE``, wait ``retry_after`` on ``THROTTLED``, back off and
+retry on ``TRANSIENT``. ``ClusterUnavailable`` is always ``TRANSIENT``; its ``cause`` says
+whether the API server could not be reached (``TRANSPORT``), the circuit breaker refused to
+try (``BREAKER``) or no credentials could be had (``CREDENTIALS``: Vault, a kubeconfig), in
+which case the cluster itself may be fine.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -43,6 +53,7 @@ __all__ = [
     "Conflict",
     "CredentialError",
     "DispatcherError",
+    "ErrorKind",
     "Fenced",
     "InputError",
     "JobError",
@@ -54,7 +65,9 @@ __all__ = [
     "SpecError",
     "StaleRecord",
     "StoreError",
+    "UnavailableCause",
     "VaultError",
+    "classify_status",
     "field_path",
 ]
 
@@ -212,26 +225,108 @@ class KubeconfigRejected(CredentialError):
         super().__init__(f"kubeconfig rejected: {reason}", cluster=cluster)
 
 
+class ErrorKind(StrEnum):
+    """What a failed Kubernetes request means for the caller; see ``classify_status``."""
+
+    #: The request itself is wrong (400, 403, 404, 422, other 4xx): retrying cannot help;
+    #: report the API server's message.
+    PERMANENT = "permanent"
+    #: 409: the object exists already or changed since it was read: re-read, decide again.
+    CONFLICT = "conflict"
+    #: 401 even after one re-authentication: the credential is refused.
+    UNAUTHORIZED = "unauthorized"
+    #: 429: the API server sheds load; retry after ``retry_after``. Not a sign of an outage.
+    THROTTLED = "throttled"
+    #: 5xx, timeouts, connection errors: retry with backoff.
+    TRANSIENT = "transient"
+    #: 410: a resourceVersion or continue token is too old: list again.
+    GONE = "gone"
+
+
+def classify_status(status: int) -> ErrorKind:
+    """The kind of an HTTP error status from a Kubernetes API server; pure.
+
+    The one rule, shared by the cluster connection, the informers and the simulation.
+    Any status that is not an error (below 400) or not HTTP at all (0) counts as transient:
+    the answer could not be understood, which says nothing about the request.
+    """
+    if status == 401:
+        return ErrorKind.UNAUTHORIZED
+    if status == 409:
+        return ErrorKind.CONFLICT
+    if status == 410:
+        return ErrorKind.GONE
+    if status == 429:
+        return ErrorKind.THROTTLED
+    if 400 <= status < 500:
+        return ErrorKind.PERMANENT
+    return ErrorKind.TRANSIENT
+
+
+class UnavailableCause(StrEnum):
+    """Why a cluster gave no answer."""
+
+    #: Connection refused, timed out, TLS failed, the stream broke: the API server or the
+    #: network is in trouble.
+    TRANSPORT = "transport"
+    #: Not sent: the cluster's circuit breaker is open after repeated failures.
+    BREAKER = "breaker"
+    #: Not sent: no usable credentials (Vault unreachable or refusing, a kubeconfig
+    #: rejected). Says nothing about the cluster itself.
+    CREDENTIALS = "credentials"
+
+
 class ClusterError(DispatcherError):
-    """Talking to ``cluster`` failed."""
+    """Talking to ``cluster`` failed; ``kind`` says what a caller should do about it.
+
+    ``detail`` is the message without the cluster's name in front.
+    """
+
+    kind: ErrorKind = ErrorKind.TRANSIENT
 
     def __init__(self, message: str, *, cluster: str) -> None:
         self.cluster = cluster
+        self.detail = message
         super().__init__(f"{cluster}: {message}")
 
 
 class ClusterUnavailable(ClusterError):
-    """The cluster is unreachable, timing out, or currently marked down."""
+    """No answer from the cluster: unreachable, timing out, refused by the breaker, or no
+    credentials to ask with (``cause``). Always ``TRANSIENT``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cluster: str,
+        cause: UnavailableCause = UnavailableCause.TRANSPORT,
+    ) -> None:
+        self.cause = cause
+        super().__init__(message, cluster=cluster)
 
 
 class ApiError(ClusterError):
-    """The cluster's API server answered with an error status."""
+    """The cluster's API server answered with an error status.
+
+    ``kind`` defaults to ``classify_status(status)``; ``retry_after`` is the wait in seconds
+    the server asked for (``Retry-After``), if any. The message carries the API server's
+    own words, minus anything that may echo request values (``dispatcher.core.apierrors``).
+    """
 
     def __init__(
-        self, message: str, *, cluster: str, status: int, reason: str | None = None
+        self,
+        message: str,
+        *,
+        cluster: str,
+        status: int,
+        reason: str | None = None,
+        kind: ErrorKind | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.status = status
         self.reason = reason
+        self.kind = kind if kind is not None else classify_status(status)
+        self.retry_after = retry_after
         super().__init__(message, cluster=cluster)
 
 

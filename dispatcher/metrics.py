@@ -114,14 +114,22 @@ FAILOVERS = Counter(
 # ---- clusters ------------------------------------------------------------------------------
 CLUSTER_UP = Gauge(
     "dispatcher_cluster_up",
-    "1 when the cluster is up or degraded (routable), 0 when down.",
+    "0 when the cluster's API server is down (unreachable, timing out, 5xx), else 1 "
+    "(up, degraded, or credentials unavailable: see dispatcher_cluster_health).",
     ["cluster"],
     registry=REGISTRY,
 )
 CLUSTER_HEALTH = Gauge(
     "dispatcher_cluster_health",
-    "Cluster health as a one-hot state set (up, degraded, down).",
+    "Cluster health as a one-hot state set (up, degraded, down, credentials-unavailable).",
     ["cluster", "state"],
+    registry=REGISTRY,
+)
+CLUSTER_HEALTH_REASON = Gauge(
+    "dispatcher_cluster_health_reason",
+    "Why the cluster has its health, one-hot (ok, throttled, watch-disconnected, errors, "
+    "slow, unreachable, credentials).",
+    ["cluster", "reason"],
     registry=REGISTRY,
 )
 CLUSTER_ALLOCATABLE = Gauge(
@@ -187,13 +195,27 @@ LEADER = Gauge(
     registry=REGISTRY,
 )
 
-HEALTH_STATES = ("up", "degraded", "down")
+#: ``dispatcher.core.Health`` and ``dispatcher.clusters.HealthReason`` values (a test checks).
+HEALTH_STATES = ("up", "degraded", "down", "credentials-unavailable")
+HEALTH_REASONS = (
+    "ok",
+    "throttled",
+    "watch-disconnected",
+    "errors",
+    "slow",
+    "unreachable",
+    "credentials",
+)
 
 
-def record_cluster_health(cluster: str, state: str) -> None:
-    """Set the one-hot health state and the up gauge of ``cluster``."""
+def record_cluster_health(cluster: str, state: str, reason: str) -> None:
+    """Set the one-hot health state and reason and the up gauge of ``cluster``."""
     for candidate in HEALTH_STATES:
         CLUSTER_HEALTH.labels(cluster=cluster, state=candidate).set(1 if candidate == state else 0)
+    for candidate in HEALTH_REASONS:
+        CLUSTER_HEALTH_REASON.labels(cluster=cluster, reason=candidate).set(
+            1 if candidate == reason else 0
+        )
     CLUSTER_UP.labels(cluster=cluster).set(0 if state == "down" else 1)
 
 

@@ -11,7 +11,14 @@ The names below are the public API; modules are importable for their finer detai
 
 from dispatcher.clusters.cache import CacheOptions, ClusterCache, Listener
 from dispatcher.clusters.connection import ClientProvider, Connection, ListResult
-from dispatcher.clusters.health import Breaker, ClusterHealth, HealthMachine, HealthPolicy
+from dispatcher.clusters.health import (
+    Breaker,
+    ClusterHealth,
+    HealthMachine,
+    HealthPolicy,
+    HealthReason,
+    HealthStatus,
+)
 from dispatcher.clusters.pacing import TokenBucket, backoff_delay
 from dispatcher.clusters.watching import Informer, WatchOptions, diff_lists, object_key
 
@@ -24,6 +31,8 @@ __all__ = [
     "Connection",
     "HealthMachine",
     "HealthPolicy",
+    "HealthReason",
+    "HealthStatus",
     "Informer",
     "ListResult",
     "Listener",

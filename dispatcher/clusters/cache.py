@@ -30,7 +30,15 @@ Listeners get ``(cluster, kind, event_type, obj)``:
   anything routing looks at (not on status heartbeats);
 - ``("capacity", ADDED|MODIFIED|DELETED, None)`` when someone else's pod takes or frees
   resources (DELETED: it freed them), or an assumption expired (DELETED);
-- ``("health", "up"|"degraded"|"down", None)`` when the cluster's health changes.
+- ``("health", "up"|"degraded"|"down"|"credentials-unavailable", None)`` when the
+  cluster's health changes (``status(cluster)`` says why).
+
+Health: ``health(cluster)`` is ``Health.DOWN`` only when the cluster's API server is in
+trouble (``dispatcher.clusters.health``); ``Health.CREDENTIALS_UNAVAILABLE`` when we cannot
+get or use credentials for it, which must not move its running work elsewhere.
+``status(cluster)`` adds the machine reason and a message for an SRE. When a request finds
+credentials unavailable, the cluster's open watches are reconnected: their reconnection
+(with fresh credentials, or failing for want of them) is what tells when they are back.
 
 They run on informer and timer threads, outside the cache's locks: keep them short.
 
@@ -52,7 +60,7 @@ import structlog
 
 from dispatcher import metrics
 from dispatcher.clusters.connection import ClientProvider, Connection
-from dispatcher.clusters.health import ClusterHealth, HealthPolicy
+from dispatcher.clusters.health import ClusterHealth, HealthPolicy, HealthStatus
 from dispatcher.clusters.watching import DELETED, Informer, WatchOptions, object_key
 from dispatcher.core import (
     MANAGED_BY_LABEL,
@@ -75,6 +83,7 @@ from dispatcher.core.scheduling import (
 from dispatcher.core.snapshot import is_terminated
 from dispatcher.core.spec import Affinity, Toleration
 from dispatcher.settings import ClusterSettings, Settings
+from dispatcher.supervise import Supervisor
 
 __all__ = ["CacheOptions", "ClusterCache", "Listener"]
 
@@ -317,7 +326,8 @@ class ClusterCache:
     """Nodes, pods and health of every cluster; produces ``Snapshot``\\ s for routing.
 
     ``clock`` (monotonic seconds) drives health timeouts, rate limiters and assumption
-    expiry; ``draw`` the backoff jitter (``# fakes for tests``).
+    expiry; ``draw`` the backoff jitter (``# fakes for tests``); ``supervisor`` runs the
+    informers' threads (its ``healthy()`` answers for them).
     """
 
     def __init__(
@@ -328,8 +338,10 @@ class ClusterCache:
         options: CacheOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
         draw: Callable[[], float] = random.random,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.options = options or CacheOptions()
+        self.supervisor = supervisor or Supervisor()
         self._clock = clock
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
@@ -381,6 +393,7 @@ class ClusterCache:
                 field_selector=fields,
                 options=self.options.watch,
                 health=health,
+                supervisor=self.supervisor,
                 draw=draw,
             )
 
@@ -448,7 +461,9 @@ class ClusterCache:
                 versions.extend((cluster.version, synced))
             # Until its first list, a cluster's nodes are unknown: routing must wait for
             # it rather than conclude it has no nodes.
-            states.append(state if synced else dataclasses.replace(state, health=Health.DOWN))
+            if not synced and state.health.routable:
+                state = dataclasses.replace(state, health=Health.DOWN)
+            states.append(state)
         if queue_depths:
             states = [
                 dataclasses.replace(s, queue_depth=s.queue_depth + queue_depths[s.name])
@@ -471,7 +486,13 @@ class ClusterCache:
             return view.state()
 
     def health(self, cluster: str) -> Health:
+        """``DOWN`` only when the cluster's API server is in trouble; see ``status``."""
         return self._cluster(cluster).health.current()
+
+    def status(self, cluster: str) -> HealthStatus:
+        """The cluster's health with its reason and a message (``credentials unavailable:
+        ...``, ``3 consecutive failures, last: ...``)."""
+        return self._cluster(cluster).health.status()
 
     def connection(self, cluster: str) -> Connection:
         return self._cluster(cluster).connection
@@ -605,6 +626,13 @@ class ClusterCache:
     def _on_health(self, cluster: _Cluster, new: Health) -> None:
         with cluster.lock:
             cluster.changed()
+        if new is Health.CREDENTIALS_UNAVAILABLE:
+            # Streams opened earlier may still flow on an old credential; reopening them
+            # finds out whether credentials can be had, and keeps finding out (backoff).
+            disconnected = cluster.health.disconnected_watches()
+            for name, informer in cluster.informers.items():
+                if name not in disconnected:
+                    informer.reconnect()
         self._emit(cluster.name, "health", new.value, None)
 
     # ----- timer -----------------------------------------------------------------------

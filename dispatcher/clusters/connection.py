@@ -6,14 +6,20 @@ Every request
 - carries ``_request_timeout=(connect, read)``, so no socket ever waits forever (watches use
   their own, longer read timeout as an idle watchdog);
 - is counted in ``dispatcher_kube_api_requests_total{cluster, verb, code}``;
-- is refused at once with ``ClusterUnavailable`` while the cluster's circuit breaker is open
-  (informers are exempt: their reconnects are the probes);
-- on 401 asks the ``ClientProvider`` to invalidate the client and retries once with a new one.
+- is refused at once with ``ClusterUnavailable`` (cause ``BREAKER``) while the cluster's
+  circuit breaker is open (informers are exempt: their reconnects are the probes);
+- on 401 asks the ``ClientProvider`` to invalidate the client and retries once with a new one;
+- tells the cluster's health what its outcome says about the API server
+  (``dispatcher.core.apierrors.health_signal``): transport errors and 5xx count against it;
+  a 429 is an answer (``ApiError`` kind ``THROTTLED`` with ``retry_after``); a
+  ``CredentialError`` from the provider (Vault unavailable, a kubeconfig rejected) becomes
+  ``ClusterUnavailable`` with cause ``CREDENTIALS`` and never counts against the cluster.
 
 Responses stay raw JSON dicts (``_preload_content=False`` then ``json.loads``): cheaper than
 the client's model classes, and what ``dispatcher.core`` reads. Library errors are
-translated into ``ClusterUnavailable`` (no answer) and ``ApiError`` (an error status), with
-the original chained and messages free of credentials and of request values.
+translated into ``ClusterUnavailable`` (no answer) and ``ApiError`` (an error status, built
+by ``dispatcher.core.apierrors.api_error``: its kind, Retry-After, and the API server's
+message with every echoed request value cut out), with the original chained.
 
 I/O: HTTP to one cluster's API server through the provider's ``ApiClient``.
 """
@@ -34,7 +40,8 @@ from kubernetes.client.exceptions import ApiException
 
 from dispatcher.clusters.health import ClusterHealth
 from dispatcher.clusters.pacing import TokenBucket
-from dispatcher.errors import ApiError, ClusterUnavailable
+from dispatcher.core.apierrors import api_error
+from dispatcher.errors import ApiError, ClusterUnavailable, CredentialError, UnavailableCause
 from dispatcher.metrics import KUBE_API_REQUESTS
 from dispatcher.settings import ClientSettings
 
@@ -45,9 +52,6 @@ log = structlog.get_logger(__name__)
 Resource = Literal["pods", "nodes"]
 T = TypeVar("T")
 
-_MESSAGE_LIMIT = 300
-#: Status codes whose message may quote request values (env, args): never shown.
-_ECHOING_STATUSES = frozenset({400, 422})
 _CHUNK = 64 * 1024
 
 
@@ -71,6 +75,14 @@ class ListResult:
     resource_version: str
 
 
+def _header(exc: ApiException, name: str) -> str | None:
+    headers = getattr(exc, "headers", None)
+    if headers is None:
+        return None
+    value = headers.get(name)
+    return value if isinstance(value, str) else None
+
+
 def _status_body(raw: bytes | str | None) -> dict[str, Any]:
     if not raw:
         return {}
@@ -79,24 +91,6 @@ def _status_body(raw: bytes | str | None) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
-
-
-def _api_error(cluster: str, what: str, status: int, body: Mapping[str, Any]) -> ApiError:
-    """An ``ApiError`` from a ``Status`` body, leaving out anything that may echo input."""
-    reason = body.get("reason") if isinstance(body.get("reason"), str) else None
-    if status in _ECHOING_STATUSES:
-        causes = (body.get("details") or {}).get("causes") or []
-        fields = sorted({str(c.get("field")) for c in causes if c.get("field")})
-        detail = f"invalid fields: {', '.join(fields)}" if fields else ""
-    else:
-        message = body.get("message")
-        detail = message if isinstance(message, str) else ""
-    if len(detail) > _MESSAGE_LIMIT:
-        detail = detail[: _MESSAGE_LIMIT - 3] + "..."
-    text = f"{what}: HTTP {status}" + (f" {reason}" if reason else "")
-    if detail:
-        text += f": {detail}"
-    return ApiError(text, cluster=cluster, status=status, reason=reason)
 
 
 def _transport_problem(exc: BaseException) -> str:
@@ -115,11 +109,6 @@ def _transport_problem(exc: BaseException) -> str:
     if isinstance(exc, urllib3.exceptions.ProtocolError):
         return "connection broken"
     return type(exc).__name__
-
-
-def _counts_against_health(status: int) -> bool:
-    """Answers that say the API server is in trouble, as opposed to refusing a request."""
-    return status >= 500 or status == 429
 
 
 class Connection:
@@ -178,11 +167,12 @@ class Connection:
                 f"{what}: refused, the cluster is marked down after repeated failures "
                 f"(next probe in {wait:.0f}s)",
                 cluster=self.cluster,
+                cause=UnavailableCause.BREAKER,
             )
         self._limiter.acquire()
         timeout = (self.settings.connect_timeout_seconds, read_timeout or self.timeout[1])
         for attempt in (1, 2):
-            client = self._provider.api_client(self.cluster)
+            client = self._client(what)
             started = self._clock()
             try:
                 response = call(api(client), timeout)
@@ -191,21 +181,31 @@ class Connection:
                 status = int(exc.status or 0)
                 if status == 0:
                     # The client reports TLS failures as status 0.
-                    self._failed(verb, "error")
-                    raise ClusterUnavailable(
-                        f"{what}: TLS or request setup failed", cluster=self.cluster
+                    self._count(verb, "error")
+                    raise self._unanswered(
+                        ClusterUnavailable(
+                            f"{what}: TLS or request setup failed", cluster=self.cluster
+                        )
                     ) from exc
                 self._count(verb, str(status))
                 if status == 401 and attempt == 1:
                     log.info("cluster.unauthorized_retry", cluster=self.cluster, verb=verb)
                     self._provider.invalidate(self.cluster, client)
                     continue
-                self._judge(status, self._clock() - started)
-                raise _api_error(self.cluster, what, status, _status_body(exc.body)) from exc
+                error = api_error(
+                    self.cluster,
+                    what,
+                    status,
+                    _status_body(exc.body),
+                    retry_after_header=_header(exc, "Retry-After"),
+                )
+                if self._health is not None:
+                    self._health.request_failed(error, self._clock() - started)
+                raise error from exc
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                self._failed(verb, "error")
-                raise ClusterUnavailable(
-                    f"{what}: {_transport_problem(exc)}", cluster=self.cluster
+                self._count(verb, "error")
+                raise self._unanswered(
+                    ClusterUnavailable(f"{what}: {_transport_problem(exc)}", cluster=self.cluster)
                 ) from exc
             self._count(verb, str(getattr(response, "status", 200)))
             if self._health is not None:
@@ -213,21 +213,27 @@ class Connection:
             return result
         raise AssertionError("unreachable: the second attempt returns or raises")
 
+    def _client(self, what: str) -> ApiClient:
+        """The provider's current client; a credential failure is not the cluster's."""
+        try:
+            return self._provider.api_client(self.cluster)
+        except CredentialError as exc:
+            words = str(exc).removeprefix(f"{self.cluster}: ")
+            raise self._unanswered(
+                ClusterUnavailable(
+                    f"{what}: credentials unavailable: {words}",
+                    cluster=self.cluster,
+                    cause=UnavailableCause.CREDENTIALS,
+                )
+            ) from exc
+
+    def _unanswered(self, error: ClusterUnavailable) -> ClusterUnavailable:
+        if self._health is not None:
+            self._health.request_failed(error)
+        return error
+
     def _count(self, verb: str, code: str) -> None:
         KUBE_API_REQUESTS.labels(cluster=self.cluster, verb=verb, code=code).inc()
-
-    def _failed(self, verb: str, code: str) -> None:
-        self._count(verb, code)
-        if self._health is not None:
-            self._health.failed()
-
-    def _judge(self, status: int, latency: float) -> None:
-        if self._health is None:
-            return
-        if _counts_against_health(status):
-            self._health.failed()
-        else:
-            self._health.succeeded(latency)
 
     # ----- pods --------------------------------------------------------------------------
     def create_pod(self, namespace: str, manifest: Mapping[str, Any]) -> dict[str, Any]:

@@ -85,6 +85,7 @@ class Reason(StrEnum):
     OUTRANKED = "outranked"
     # WAIT: could run the task, not now
     CLUSTER_DOWN = "cluster-down"
+    CREDENTIALS_UNAVAILABLE = "credentials-unavailable"
     NODES_NOT_READY = "nodes-not-ready"
     INSUFFICIENT_FREE = "insufficient-free-resources"
     # REJECT: can never run the task as configured
@@ -497,6 +498,12 @@ def _outranked_message(loser: _Candidate, winner: _Candidate, policy: RoutingPol
     return f"fits, {winner.state.name} is as good and comes first by name"
 
 
+def _unusable(health: Health) -> tuple[Reason, str]:
+    if health is Health.CREDENTIALS_UNAVAILABLE:
+        return Reason.CREDENTIALS_UNAVAILABLE, "its credentials are unavailable"
+    return Reason.CLUSTER_DOWN, "is down"
+
+
 def _judge_cluster(
     task: TaskSpec,
     state: ClusterState,
@@ -507,13 +514,14 @@ def _judge_cluster(
     if refused is not None:
         return ClusterVerdict(state.name, Verdict.REJECT, *refused)
     if not state.shapes:
-        if state.health is Health.DOWN:
+        if not state.health.routable:
             # A down cluster's nodes may just be unknown (never listed): wait for it.
+            reason, why = _unusable(state.health)
             return ClusterVerdict(
                 state.name,
                 Verdict.WAIT,
-                Reason.CLUSTER_DOWN,
-                "is down and its nodes are unknown; waiting for it to recover",
+                reason,
+                f"{why} and its nodes are unknown; waiting for it to recover",
             )
         return ClusterVerdict(state.name, Verdict.REJECT, Reason.NO_NODES, "has no nodes")
     static = _static_filters(task, state, constraints, requests)
@@ -538,12 +546,13 @@ def _judge_cluster(
             f"would cost {_money(cost)}, over the task's cap of {_money(cap)}",
             cost,
         )
-    if state.health is Health.DOWN:
+    if not state.health.routable:
+        reason, why = _unusable(state.health)
         return ClusterVerdict(
             state.name,
             Verdict.WAIT,
-            Reason.CLUSTER_DOWN,
-            "could run the task but is down; waiting for it to recover",
+            reason,
+            f"could run the task but {why}; waiting for it to recover",
             cost,
         )
     for feasible in static.feasible:

@@ -71,10 +71,20 @@ class Health(StrEnum):
     """How reachable a cluster is, as the edge layer last saw it."""
 
     UP = "up"
-    #: Reachable but misbehaving (slow, errors); still routed to, after healthy clusters.
+    #: Reachable but misbehaving (slow, errors, throttling); still routed to, after
+    #: healthy clusters.
     DEGRADED = "degraded"
-    #: Unreachable; tasks that could run there wait rather than fail.
+    #: Its API server is in trouble (unreachable, timing out, 5xx); tasks that could run
+    #: there wait rather than fail. Only this state may move running work elsewhere.
     DOWN = "down"
+    #: We have no usable credentials for it (Vault unavailable, credential refused); the
+    #: cluster itself may be fine and its pods keep running. Tasks wait, as for DOWN.
+    CREDENTIALS_UNAVAILABLE = "credentials-unavailable"
+
+    @property
+    def routable(self) -> bool:
+        """Whether pods may be created there now."""
+        return self in (Health.UP, Health.DEGRADED)
 
 
 class ClusterRole(StrEnum):

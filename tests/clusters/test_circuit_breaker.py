@@ -1,11 +1,16 @@
-"""The health state machine: breaker, probes, watch timeouts, degradation; pure."""
+"""The health state machine: breaker, probes, watch timeouts, degradation; pure.
+
+"Down" is the API server's trouble only: transport errors, timeouts and 5xx. A 429 is an
+answer; a credential problem is ours, not the cluster's.
+"""
 
 from __future__ import annotations
 
 import pytest
 
-from dispatcher.clusters import Breaker, HealthMachine, HealthPolicy
+from dispatcher.clusters import Breaker, HealthMachine, HealthPolicy, HealthReason, HealthStatus
 from dispatcher.core import Health
+from dispatcher.core.apierrors import HealthSignal
 
 POLICY = HealthPolicy(
     failure_threshold=3,
@@ -15,6 +20,7 @@ POLICY = HealthPolicy(
     window=10,
     degraded_error_ratio=0.3,
     slow_request_seconds=2,
+    throttled_seconds=5,
 )
 WATCHES = {"nodes": True, "pods-managed": True, "pods-other": False}
 
@@ -156,3 +162,135 @@ def test_slow_requests_degrade_the_cluster() -> None:
 def test_the_policy_refuses_nonsense() -> None:
     with pytest.raises(ValueError, match="max_probe_after_seconds"):
         HealthPolicy(probe_after_seconds=10, max_probe_after_seconds=1)
+    with pytest.raises(ValueError, match="throttled_seconds"):
+        HealthPolicy(throttled_seconds=-1)
+
+
+# ----- 429: the server answered ------------------------------------------------------------
+def test_429s_never_open_the_breaker_and_only_degrade_the_cluster() -> None:
+    machine = connected()
+    for now in range(100):
+        machine.throttled(now, retry_after=1, message="list nodes: HTTP 429 TooManyRequests")
+        assert machine.allow_request(now)
+    assert machine.breaker is Breaker.CLOSED
+    assert machine.status(100) == HealthStatus(
+        Health.DEGRADED, HealthReason.THROTTLED, "list nodes: HTTP 429 TooManyRequests"
+    )
+
+
+def test_throttling_degrades_for_the_longer_of_the_policy_and_the_retry_after() -> None:
+    machine = connected()
+    machine.throttled(10, retry_after=1)
+    assert machine.health(14.9) is Health.DEGRADED  # throttled_seconds=5
+    assert machine.health(15) is Health.UP
+    machine.throttled(20, retry_after=30)
+    assert machine.health(49.9) is Health.DEGRADED
+    assert machine.health(50) is Health.UP
+
+
+def test_429s_reset_the_consecutive_failures() -> None:
+    machine = connected()
+    machine.failed(1)
+    machine.failed(2)
+    machine.throttled(3)
+    machine.failed(4)
+    machine.failed(5)
+    assert machine.breaker is Breaker.CLOSED
+
+
+def test_a_429_to_a_probe_closes_the_breaker() -> None:
+    machine = connected()
+    for now in (1, 2, 3):
+        machine.failed(now)
+    assert machine.allow_request(4)
+    machine.throttled(4.1, retry_after=2)
+    assert machine.breaker is Breaker.CLOSED
+    assert machine.health(4.2) is Health.DEGRADED
+
+
+def test_an_essential_watch_throttled_for_long_is_degraded_not_down() -> None:
+    machine = connected()
+    machine.watch_disconnected("nodes", 0, HealthSignal.THROTTLED, "watch nodes: HTTP 429")
+    assert machine.status(1000) == HealthStatus(
+        Health.DEGRADED, HealthReason.THROTTLED, "watch nodes: HTTP 429"
+    )
+
+
+# ----- other error answers: about the request ---------------------------------------------
+def test_an_essential_watch_refused_with_a_4xx_is_degraded_not_down() -> None:
+    machine = connected()
+    machine.watch_disconnected("nodes", 0, HealthSignal.ANSWERED, "list nodes: HTTP 403")
+    status = machine.status(1000)
+    assert (status.health, status.reason) == (Health.DEGRADED, HealthReason.WATCH_DISCONNECTED)
+    assert "HTTP 403" in status.message
+
+
+def test_a_watch_failing_first_for_the_server_then_for_a_4xx_is_not_down() -> None:
+    machine = connected()
+    machine.watch_disconnected("nodes", 0, HealthSignal.FAILED, "connection refused")
+    machine.watch_disconnected("nodes", 5, HealthSignal.ANSWERED, "HTTP 404")
+    assert machine.health(100) is Health.DEGRADED
+
+
+# ----- credentials: ours, not the cluster's ---------------------------------------------
+def test_credentials_unavailable_is_its_own_state_and_says_why() -> None:
+    machine = connected()
+    machine.credentials_failed(1, "create pod ns/p: credentials unavailable: Vault is down")
+    assert machine.status(1) == HealthStatus(
+        Health.CREDENTIALS_UNAVAILABLE,
+        HealthReason.CREDENTIALS,
+        "credentials unavailable: create pod ns/p: credentials unavailable: Vault is down",
+    )
+    assert not machine.health(1).routable
+    assert machine.breaker is Breaker.CLOSED
+    assert machine.consecutive_failures == 0
+
+
+def test_watches_failing_for_credentials_never_make_the_cluster_down() -> None:
+    machine = HealthMachine(POLICY, WATCHES, now=0)  # never connected
+    for now in range(0, 1000, 7):
+        for name in WATCHES:
+            machine.watch_disconnected(name, now, HealthSignal.CREDENTIALS, "vault: refused")
+        assert machine.health(now) is Health.CREDENTIALS_UNAVAILABLE
+    assert machine.breaker is Breaker.CLOSED
+
+
+def test_a_request_or_a_watch_reconnection_that_gets_through_ends_a_credential_failure() -> None:
+    machine = connected()
+    machine.credentials_failed(1, "vault down")
+    machine.succeeded(2, latency=0.01)
+    assert machine.health(2) is Health.UP
+    machine.credentials_failed(3, "vault down")
+    machine.watch_connected("nodes", 4)
+    assert machine.health(4) is Health.UP
+    machine.credentials_failed(5, "vault down")
+    machine.throttled(6)
+    assert machine.health(6) is Health.DEGRADED
+    machine.credentials_failed(7, "vault down")
+    machine.failed(8, "connection refused")  # it was sent, so credentials were there
+    assert machine.health(8) is Health.DEGRADED
+
+
+def test_data_on_an_old_stream_does_not_end_a_credential_failure() -> None:
+    machine = connected()
+    machine.credentials_failed(1, "token expired and Vault is down")
+    machine.watch_data("nodes", 2)
+    assert machine.health(2) is Health.CREDENTIALS_UNAVAILABLE
+
+
+def test_a_down_cluster_says_how_it_failed() -> None:
+    machine = connected()
+    for now in (1, 2, 3):
+        machine.failed(now, "read pod ns/p: HTTP 503 ServiceUnavailable")
+    assert machine.status(3) == HealthStatus(
+        Health.DOWN,
+        HealthReason.UNREACHABLE,
+        "3 consecutive failures, last: read pod ns/p: HTTP 503 ServiceUnavailable",
+    )
+    machine = connected()
+    machine.watch_disconnected("nodes", 0, HealthSignal.FAILED, "watch nodes: connection broken")
+    assert machine.status(12) == HealthStatus(
+        Health.DOWN,
+        HealthReason.UNREACHABLE,
+        "watch nodes failing for 12s: watch nodes: connection broken",
+    )

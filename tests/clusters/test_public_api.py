@@ -5,7 +5,9 @@ from __future__ import annotations
 import inspect
 
 import dispatcher.clusters
-from dispatcher.clusters import ClientProvider, ClusterCache, Connection
+from dispatcher import metrics
+from dispatcher.clusters import ClientProvider, ClusterCache, Connection, HealthReason
+from dispatcher.core import Health
 
 EXPECTED = {
     "Breaker",
@@ -16,6 +18,8 @@ EXPECTED = {
     "Connection",
     "HealthMachine",
     "HealthPolicy",
+    "HealthReason",
+    "HealthStatus",
     "Informer",
     "ListResult",
     "Listener",
@@ -49,6 +53,7 @@ def test_the_cache_and_connection_offer_what_the_dispatcher_uses() -> None:
         "forget",
         "add_listener",
         "health",
+        "status",
         "connection",
         "managed_pods",
         "start",
@@ -67,3 +72,8 @@ def test_the_cache_and_connection_offer_what_the_dispatcher_uses() -> None:
         "since_seconds",
         "tail_lines",
     ]
+
+
+def test_the_health_metrics_know_every_health_and_reason() -> None:
+    assert tuple(h.value for h in Health) == metrics.HEALTH_STATES
+    assert tuple(r.value for r in HealthReason) == metrics.HEALTH_REASONS

@@ -63,6 +63,21 @@ def test_task_waits_for_a_down_cluster_that_could_run_it() -> None:
     assert verdict.reason is Reason.CLUSTER_DOWN
 
 
+def test_task_waits_for_a_cluster_whose_credentials_are_unavailable_and_says_so() -> None:
+    # Not down (its pods keep running), but nothing can be created there now.
+    unusable = cluster(info("gpu-a100"), [gpu_node("a-0")], health=Health.CREDENTIALS_UNAVAILABLE)
+    unknown = cluster(info("gpu-h100"), [], health=Health.CREDENTIALS_UNAVAILABLE)
+    decision = route(gpu_task(1), snapshot(unusable, unknown))
+
+    assert decision.verdict is Verdict.WAIT
+    for name in ("gpu-a100", "gpu-h100"):
+        verdict = decision.explain(name)
+        assert verdict is not None
+        assert verdict.verdict is Verdict.WAIT
+        assert verdict.reason is Reason.CREDENTIALS_UNAVAILABLE
+        assert "credentials are unavailable" in verdict.message
+
+
 def test_task_is_rejected_by_a_down_cluster_that_could_never_run_it() -> None:
     down = cluster(info("plane"), [node("cpu-0")], health=Health.DOWN)
     decision = route(gpu_task(1), snapshot(down))
