@@ -1,0 +1,51 @@
+"""A CI-sized fault campaign on the session stack: two leader-elected replicas, a seeded
+stream of tasks, a seeded fault schedule, an admin watch's history, and the checker's verdict.
+
+Two runs: a fixed seed, and a random one (printed, in the test id and in the output) so CI
+keeps exploring. A failing random seed becomes a fixed regression case in
+``REGRESSION_SEEDS``, with the violation it showed.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from benchmarks.fault_campaign.campaign import CampaignConfig, run_campaign
+from tests.stack import Stack
+
+FIXED_SEED = 20261202
+RANDOM_SEED = random.SystemRandom().randrange(1, 2**31)
+#: Seeds that once made the checker fail: (seed, the violation it named).
+REGRESSION_SEEDS: list[tuple[int, str]] = []
+
+SEEDS = [
+    pytest.param(FIXED_SEED, id=f"fixed-seed-{FIXED_SEED}"),
+    pytest.param(RANDOM_SEED, id=f"random-seed-{RANDOM_SEED}"),
+    *(pytest.param(seed, id=f"regression-{seed}-{name}") for seed, name in REGRESSION_SEEDS),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.stack
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_short_fault_campaign_leaves_a_history_the_checker_passes(
+    stack: Stack, seed: int, tmp_path: Path
+) -> None:
+    print(f"fault campaign seed: {seed}")
+    result = run_campaign(
+        stack,
+        CampaignConfig(
+            seed=seed,
+            minutes=1.25,
+            out=tmp_path / "history",
+            fault_scale=0.5,
+            drain_seconds=120,
+        ),
+    )
+    table = result.report.table()
+    print(table)
+    assert result.report.ok, f"seed {seed}, history {result.folder}:\n{table}"
