@@ -194,6 +194,21 @@ LEADER = Gauge(
     "1 on the replica that holds the leader lease and runs the dispatch loop.",
     registry=REGISTRY,
 )
+LEADER_ELECTION_ERRORS = Counter(
+    "dispatcher_leader_election_errors_total",
+    "Failed leader-election rounds and callbacks by reason (unreachable, api_error, "
+    "credentials, on_started, on_stopped, other).",
+    ["reason"],
+    registry=REGISTRY,
+)
+
+# ---- threads -------------------------------------------------------------------------------
+THREAD_RESTARTS = Counter(
+    "dispatcher_thread_restarts_total",
+    "Supervised threads restarted after an exception escaped their loop, by thread name.",
+    ["thread"],
+    registry=REGISTRY,
+)
 
 #: ``dispatcher.core.Health`` and ``dispatcher.clusters.HealthReason`` values (a test checks).
 HEALTH_STATES = ("up", "degraded", "down", "credentials-unavailable")

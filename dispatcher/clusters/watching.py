@@ -11,7 +11,11 @@ pods, other pods) and reports every change to a handler, on its own daemon threa
   resourceVersion is too old: the informer lists again and ``diff_lists`` turns the
   difference between what it had and what it got into ADDED / MODIFIED / DELETED events, so
   no change made while the watch was broken is lost;
-- other failures reconnect after an exponential backoff with jitter (``backoff_delay``).
+- other failures reconnect after an exponential backoff with jitter (``backoff_delay``);
+- the loop runs under a ``Supervisor``: anything it does not expect (a bug, a health
+  callback that raises) is logged and counted there, the watch is reported disconnected,
+  and the loop starts again from the last resourceVersion after the supervisor's backoff
+  (the watch options' base and cap); failing again and again makes ``/healthz`` fail.
 
 ``diff_lists`` and ``object_key`` are pure. ``Informer`` does I/O through its connection.
 """
@@ -38,6 +42,7 @@ from dispatcher.clusters.health import ClusterHealth
 from dispatcher.clusters.pacing import backoff_delay
 from dispatcher.errors import ApiError, ClusterUnavailable, DispatcherError
 from dispatcher.metrics import WATCH_RESTARTS
+from dispatcher.supervise import SupervisedThread, Supervisor, SupervisorPolicy
 
 __all__ = [
     "ADDED",
@@ -148,8 +153,9 @@ class Informer:
     """List+watch of one resource of one cluster, on its own daemon thread.
 
     ``name`` labels the thread, logs and metrics (``nodes``, ``pods-managed``...);
-    ``health`` learns whether the watch is connected; ``draw`` feeds the backoff jitter and
-    the timeout spread (``# fixed for tests``).
+    ``health`` learns whether the watch is connected; ``supervisor`` runs the thread (a
+    private one unless given, whose health nobody asks); ``draw`` feeds the backoff jitter
+    and the timeout spread (``# fixed for tests``).
     """
 
     def __init__(
@@ -163,6 +169,7 @@ class Informer:
         field_selector: str | None = None,
         options: WatchOptions | None = None,
         health: ClusterHealth | None = None,
+        supervisor: Supervisor | None = None,
         draw: Callable[[], float] = random.random,
     ) -> None:
         self.source = source
@@ -173,13 +180,14 @@ class Informer:
         self.options = options or WatchOptions()
         self._handler = handler
         self._health = health
+        self._supervisor = supervisor or Supervisor()
         self._draw = draw
         self._lock = threading.Lock()
         self._items: dict[str, dict[str, Any]] = {}
         self._resource_version: str | None = None
         self._stop = threading.Event()
         self._synced = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self._response: Any = None
         self._interrupted = False
 
@@ -212,10 +220,18 @@ class Informer:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._thread = threading.Thread(
-            target=self._run, name=f"kd-informer-{self.cluster}-{self.name}", daemon=True
+        policy = SupervisorPolicy(
+            max_failures=self._supervisor.policy.max_failures,
+            backoff_base_seconds=self.options.backoff_base_seconds,
+            backoff_max_seconds=self.options.backoff_max_seconds,
+            backoff_jitter=self.options.backoff_jitter,
         )
-        self._thread.start()
+        self._thread = self._supervisor.spawn(
+            f"kd-informer-{self.cluster}-{self.name}",
+            self._supervised,
+            stop=self._stop,
+            policy=policy,
+        )
 
     def stop(self) -> None:
         """Ask the thread to end and unblock it; see ``join``."""
@@ -224,8 +240,7 @@ class Informer:
 
     def join(self, timeout: float | None = None) -> bool:
         if self._thread is not None:
-            self._thread.join(timeout)
-            return not self._thread.is_alive()
+            return self._thread.join(timeout)
         return True
 
     def reconnect(self) -> None:
@@ -239,15 +254,29 @@ class Informer:
             close_response(response)
 
     # ----- the loop --------------------------------------------------------------------
-    def _run(self) -> None:
+    def _supervised(self, thread: SupervisedThread) -> None:
+        try:
+            self._run(thread)
+        except Exception:
+            # Expected failures are handled in the loop; whatever else broke it, the watch
+            # is gone. The supervisor logs, counts and restarts the loop.
+            self._response = None
+            WATCH_RESTARTS.labels(cluster=self.cluster, resource=self.name, reason="error").inc()
+            self._health_call("watch_disconnected")
+            raise
+
+    def _run(self, thread: SupervisedThread) -> None:
         failures = 0
         while not self._stop.is_set():
             reason = "closed"
+            asked = 0.0  # a 429's Retry-After: back off at least that long
             try:
                 if self._resource_version is None:
                     self._relist()
+                    thread.ok()
                 if self._watch():
                     failures = 0
+                    thread.ok()
             except _Expired:
                 reason = "expired"
                 self._resource_version = None
@@ -257,14 +286,9 @@ class Informer:
                     break
                 failures += 1
                 reason = "timeout" if _is_timeout(exc) else "error"
+                if isinstance(exc, ApiError) and exc.retry_after:
+                    asked = exc.retry_after
                 self._disconnected(exc, failures)
-            except Exception:  # a bug in a handler must not end the watch
-                if self._stop.is_set():
-                    break
-                failures += 1
-                reason = "error"
-                log.exception("informer.failed", cluster=self.cluster, informer=self.name)
-                self._health_call("watch_disconnected")
             finally:
                 self._response = None
             if self._stop.is_set():
@@ -281,10 +305,12 @@ class Informer:
                     jitter=self.options.backoff_jitter,
                     draw=self._draw(),
                 )
-                self._stop.wait(delay)
+                thread.wait(max(delay, asked))
 
     def _disconnected(self, exc: BaseException, failures: int) -> None:
-        self._health_call("watch_disconnected")
+        if self._health is not None:
+            # The error says whose trouble it is: the API server's, or our credentials'.
+            self._health.watch_disconnected(self.name, exc)
         log.warning(
             "informer.disconnected",
             cluster=self.cluster,
