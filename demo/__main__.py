@@ -164,7 +164,12 @@ def main() -> int:
         stack,
         folder,
         namespace=namespace,
-        service={"cluster_down_grace_seconds": 6, "log_json": True},
+        service={"log_json": True},
+        # The demo shows a failover: gpu-a100's running jobs are relaunched elsewhere 6 s
+        # after it stops answering (at-least-once; the default policy waits for it).
+        clusters={
+            "gpu-a100": {"on_unreachable": {"action": "relaunch", "relaunch_after_seconds": 6}}
+        },
     )
     console.print(f"2. starting `dispatcher serve --config {config}`")
     service = ServiceProcess(config, folder / "dispatcher.log")

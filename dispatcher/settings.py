@@ -359,6 +359,9 @@ class ServiceSettings(_Section):
     finished_pod_linger_seconds: float = Field(default=30.0, ge=0, le=86400)
     #: Grace period given to a cancelled job's pod.
     cancel_grace_seconds: int = Field(default=30, ge=0, le=3600)
+    #: A cancel request waits this long for the pod to be gone before it answers
+    #: (``cancelled``); after it, the answer is ``cancelling`` and the deletion goes on.
+    cancel_answer_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     #: Upper bound of the wait between dispatch cycles when nothing wakes the loop.
     cycle_interval_seconds: float = Field(default=5.0, gt=0, le=300)
     #: Leader election (a coordination.k8s.io Lease in the state cluster and namespace).

@@ -30,6 +30,7 @@ from dispatcher.errors import (
     ClusterUnavailable,
     Conflict,
     DispatcherError,
+    Fenced,
     InputError,
     NotFound,
     Problem,
@@ -44,6 +45,7 @@ class Runtime(Protocol):
     dispatcher: Dispatcher
 
     def ready(self) -> tuple[bool, str]: ...
+    def healthy(self) -> tuple[bool, str]: ...
     def leading(self) -> bool: ...
     def snapshot(self) -> Snapshot: ...
     def api_tokens(self) -> tuple[str, ...]: ...
@@ -179,6 +181,10 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
     def _not_leader(_: Request, exc: NotLeader) -> JSONResponse:
         return _error(503, "not_leader", "this replica is not the leader; retry")
 
+    @app.exception_handler(Fenced)
+    def _fenced(_: Request, exc: Fenced) -> JSONResponse:
+        return _error(503, "not_leader", "this replica no longer holds the leader lease; retry")
+
     @app.exception_handler(InputError)
     def _input_error(_: Request, exc: InputError) -> JSONResponse:
         return _error(422, "invalid", str(exc), list(exc.problems))
@@ -215,7 +221,9 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> PlainTextResponse:
-        return PlainTextResponse("ok")
+        # Fails when a supervised thread cannot go on: restarting the process is the cure.
+        healthy, why = runtime.healthy()
+        return PlainTextResponse(why, status_code=200 if healthy else 503)
 
     @app.get("/readyz", include_in_schema=False)
     def readyz() -> PlainTextResponse:

@@ -10,6 +10,7 @@ I/O: everything, through the layers it wires.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 import socket
 import threading
 import time
@@ -23,11 +24,12 @@ from dispatcher.api.app import create_app
 from dispatcher.clusters import ClusterCache
 from dispatcher.core import ClusterRole, Snapshot
 from dispatcher.credentials import CredentialProvider, VaultSession
-from dispatcher.dispatching import ConfigMapStore, Dispatcher, JobStore
+from dispatcher.dispatching import Dispatcher, Fence, KubernetesRecords, RecordStore
 from dispatcher.dispatching.leader import LeaderElector
 from dispatcher.errors import ConfigError, Problem
 from dispatcher.logging import configure_logging
 from dispatcher.settings import Settings
+from dispatcher.supervise import Supervisor
 
 log = structlog.get_logger("dispatcher.service")
 
@@ -35,37 +37,59 @@ log = structlog.get_logger("dispatcher.service")
 class Service:
     """Everything one dispatcher process runs."""
 
-    def __init__(self, settings: Settings, *, store: JobStore | None = None) -> None:
+    def __init__(self, settings: Settings, *, store: RecordStore | None = None) -> None:
         self.settings = settings
         self.vault = VaultSession(settings.vault) if settings.vault else None
         self.provider = CredentialProvider(settings, self.vault)
-        self.cache = ClusterCache(settings, self.provider)
+        # Runs the informer and election threads; /healthz is its healthy().
+        self.supervisor = Supervisor()
+        self.cache = ClusterCache(settings, self.provider, supervisor=self.supervisor)
         state_cluster = settings.service.state_cluster or _in_plane(settings)
-        self.store = store or ConfigMapStore(
-            lambda fn: self.provider.call(state_cluster, fn),
-            settings.service.state_namespace,
-            state_cluster,
+        state = self.cache.connection(state_cluster)
+        # Records and the Lease go through the state cluster's one Connection (paced,
+        # timed, counted, errors translated), like every other Kubernetes call.
+        self.store: RecordStore = store or KubernetesRecords(
+            state, settings.service.state_namespace
         )
+        self._started = threading.Event()
+        self._stopping = threading.Event()
+        self._failure: str | None = None
+        self.elector: LeaderElector | None = None
+        fence: Callable[[], Fence | None] = _single_replica
+        if settings.service.leader_election:
+            self.elector = LeaderElector(
+                state,
+                namespace=settings.service.state_namespace,
+                name=settings.service.lease_name,
+                identity=_identity(),
+                lease_duration=settings.service.lease_duration_seconds,
+                renew_deadline=settings.service.renew_deadline_seconds,
+                retry_period=settings.service.retry_period_seconds,
+                on_started=self._lead,
+                on_stopped=self._stopped_leading,
+                supervisor=self.supervisor,
+            )
+            fence = self.elector.fence
         self.dispatcher = Dispatcher(
             self.cache,
             self.store,
             clusters=tuple(c.name for c in settings.clusters),
             policy=settings.routing,
             service=settings.service,
+            unreachable={c.name: c.on_unreachable for c in settings.clusters},
+            fence=fence,
+            on_fenced=_step_down if settings.service.leader_election else None,
         )
-        self._started = threading.Event()
-        self._failure: str | None = None
-        self.elector: LeaderElector | None = None
-        if settings.service.leader_election:
-            self.elector = LeaderElector(
-                lambda fn: self.provider.call(state_cluster, fn),
-                namespace=settings.service.state_namespace,
-                name=settings.service.lease_name,
-                identity=_identity(),
-                lease_duration=settings.service.lease_duration_seconds,
-                on_started=self.dispatcher.start,
-                on_stopped=_step_down,
-            )
+
+    def _lead(self) -> None:
+        self.dispatcher.start()
+
+    def _stopped_leading(self) -> None:
+        # Called before the Lease is released: at shutdown, stop dispatching first.
+        if self._stopping.is_set():
+            self.dispatcher.stop()
+        else:
+            _step_down()
 
     def start(self, sync_timeout: float = 30.0) -> None:
         metrics.BUILD_INFO.info({"version": __version__})
@@ -84,6 +108,7 @@ class Service:
         log.info("service.started", seconds=round(time.monotonic() - started, 2))
 
     def stop(self) -> None:
+        self._stopping.set()
         if self.elector is not None:
             self.elector.stop()
         self.dispatcher.stop()
@@ -103,6 +128,9 @@ class Service:
             return False, "starting"
         return True, "ready"
 
+    def healthy(self) -> tuple[bool, str]:
+        return self.supervisor.healthy()
+
     def leading(self) -> bool:
         return self.elector is None or self.elector.leading
 
@@ -117,6 +145,12 @@ def _identity() -> str:
     """This replica's name in the Lease: the pod name when the chart sets it."""
     base = os.environ.get("POD_NAME") or socket.gethostname()
     return f"{base}-{uuid.uuid4().hex[:6]}"
+
+
+def _single_replica() -> Fence:
+    # Without leader election there is no Lease; the store's fencing policy allows writes
+    # when no Lease exists (one replica by configuration).
+    return Fence(holder="", term=0)
 
 
 def _step_down() -> None:

@@ -87,6 +87,7 @@ class Event(StrEnum):
     MOVE = "move"  # unschedulable too long: delete the pod, then queue again
     ABANDON = "abandon"  # its cluster is unreachable and the policy allows a relaunch
     FAIL = "fail"  # a timer or an observation ends the job as failed (startup timeout...)
+    NOTE = "note"  # a condition changed (its cluster unreachable, back): recorded, no move
     # the client
     CANCEL = "cancel"
     FORGET = "forget"  # acknowledged or expired: remove what is left
@@ -159,6 +160,7 @@ def _table() -> dict[tuple[State, Event], Transition]:
     put((State.PENDING,), Event.MOVE, State.MOVING, _W, Action.DELETE_POD)
     put((*_LAUNCHED, State.MOVING), Event.ABANDON, State.QUEUED, Action.END_ATTEMPT, _W)
     put(_LAUNCHED, Event.FAIL, State.FAILED, _W, Action.CLEANUP_POD)
+    put(tuple(LIVE), Event.NOTE, None, _W)
     # The client.
     put((State.QUEUED,), Event.CANCEL, State.CANCELLED, _W)
     put((*_LAUNCHED, State.MOVING), Event.CANCEL, State.CANCELLING, _W, Action.DELETE_POD)

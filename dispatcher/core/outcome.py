@@ -93,6 +93,9 @@ class FailureClass(StrEnum):
     #: ``RunContainerError``.
     CREATE_CONTAINER_CONFIG_ERROR = "create-container-config-error"
     NODE_LOST = "node-lost"
+    #: The API server refused to create the pod (400, 403, 404 namespace, 422): the spec or
+    #: the cluster's policy is at fault; retrying cannot help. The message is the server's.
+    LAUNCH_REFUSED = "launch-refused"
     UNKNOWN = "unknown"
 
 

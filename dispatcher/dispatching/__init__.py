@@ -1,23 +1,36 @@
 """The dispatch cycle and job lifecycle (layer 3: may use the core and the edges).
 
-``Dispatcher`` takes queued jobs, routes them on a snapshot, assumes the placement,
-creates the pod, tracks it from informer events, cleans up, fails over and re-attaches
-after a restart. ``JobStore`` keeps job records where a restart finds them.
+``Dispatcher`` routes queued jobs on a snapshot, writes each attempt ahead into the job's
+record, creates the pod, tracks it from informer events through the state machine of
+``dispatcher.core.lifecycle``, cleans up, fails over and re-attaches after a restart.
+``KubernetesRecords`` keeps job records (``DispatchJob`` objects) where a restart or the
+next leader finds them; ``LeaderElector`` holds the Lease whose term fences every write.
 """
 
 from dispatcher.dispatching.dispatcher import Cache, Connection, Dispatcher
 from dispatcher.dispatching.jobs import Attempt, Job, JobState, job_id_for
-from dispatcher.dispatching.store import ConfigMapStore, JobStore, MemoryStore
+from dispatcher.dispatching.records import (
+    Fence,
+    KubernetesRecords,
+    MemoryRecords,
+    RecordStore,
+    Stored,
+)
+from dispatcher.dispatching.runner import Runner, ThreadRunner
 
 __all__ = [
     "Attempt",
     "Cache",
-    "ConfigMapStore",
     "Connection",
     "Dispatcher",
+    "Fence",
     "Job",
     "JobState",
-    "JobStore",
-    "MemoryStore",
+    "KubernetesRecords",
+    "MemoryRecords",
+    "RecordStore",
+    "Runner",
+    "Stored",
+    "ThreadRunner",
     "job_id_for",
 ]

@@ -70,6 +70,7 @@ from dispatcher.errors import (
     ClusterError,
     Conflict,
     DispatcherError,
+    ErrorKind,
     Fenced,
     NotFound,
     StaleRecord,
@@ -127,14 +128,33 @@ _ROUTING_FIELDS = frozenset(
         "priority_class_name",
     }
 )
-#: API statuses that say the create was refused and will be refused again.
-_PERMANENT = frozenset({400, 403, 404, 422})
 #: While the outcome of a create is unknown (or a delete was sent), the pod is read again
 #: after this long at the latest: a dropped watch event cannot leave a job waiting.
 _RESOLVE_SAFETY_SECONDS = 15.0
 #: States that wait for a pod to appear or go: read again if nothing was heard.
 _UNRESOLVED = frozenset({State.LAUNCHING, State.CANCELLING, State.MOVING})
 _RESOLVE = "resolve"  # a mailbox item that reads the attempt's pod; not a state change
+
+
+#: The condition a job carries while its attempt's cluster does not answer.
+UNREACHABLE = "ClusterUnreachable"
+
+
+def _unreachable_condition(attempt: Attempt, since: float | None, now: float) -> dict[str, Any]:
+    if since is None:
+        return {
+            "type": UNREACHABLE,
+            "status": False,
+            "reason": "ClusterBack",
+            "message": f"{attempt.cluster} answers again",
+        }
+    return {
+        "type": UNREACHABLE,
+        "status": True,
+        "reason": "ClusterUnreachable",
+        "message": f"{attempt.cluster} has not answered for {now - since:.0f}s; the job "
+        "waits for it (its pod may still be running there)",
+    }
 
 
 def _no_election() -> Fence:
@@ -422,7 +442,8 @@ class Dispatcher:
         return self._post(job_id, _Mail(Event.CANCEL)).done
 
     def cancel(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
-        """Cancel and answer once the record says cancelling (or the job had finished)."""
+        """Cancel; answer once the record says cancelling, or cancelled if the pod went
+        within ``cancel_answer_wait_seconds`` (or the job had already finished)."""
         with self._lock:
             self._job(job_id)
         mail = self._post(job_id, _Mail(Event.CANCEL))
@@ -430,7 +451,8 @@ class Dispatcher:
             raise StoreError(f"cancel of {job_id} not recorded within {timeout:.0f}s; retry")
         if mail.error is not None:
             raise mail.error
-        return self.get(job_id)
+        # Usually the pod is gone a moment later; a long grace period answers "cancelling".
+        return self.wait(job_id, timeout=self._service.cancel_answer_wait_seconds)
 
     def request_acknowledge(self, job_id: str) -> threading.Event:
         with self._lock:
@@ -644,6 +666,10 @@ class Dispatcher:
             new = replace(
                 new, create_failures=failures, resolve_at=now + delay, reason=payload["message"]
             )
+        elif event is Event.NOTE:
+            new = new.with_condition(
+                payload["type"], payload["status"], payload["reason"], payload["message"], now
+            )
         elif event is Event.POD_ABSENT and target is State.LAUNCHING:
             new = replace(new, resolve_at=None)
         elif isinstance(outcome, Observation):
@@ -681,9 +707,14 @@ class Dispatcher:
             new = replace(
                 new,
                 unschedulable_since=(new.unschedulable_since or now) if unschedulable else None,
-                waiting_since=(new.waiting_since or now) if observation.bound else None,
+                # startup_timeout_seconds counts from the bind (``Outcome.starting``).
+                waiting_since=(new.waiting_since or now) if outcome.starting else None,
+                # While pending, ``failure`` says what the pod is stuck on (if anything).
+                failure=outcome.failure,
                 reason=outcome.message or new.reason,
             )
+        elif outcome.phase is JobPhase.RUNNING:
+            new = replace(new, failure=None)
         if outcome.phase.finished:
             new = replace(new, exit_code=outcome.exit_code, result=outcome.result)
         return new
@@ -873,10 +904,10 @@ class Dispatcher:
         try:
             pod = self._cache.connection(attempt.cluster).create_pod(attempt.namespace, manifest)
         except ApiError as exc:
-            if exc.status == 409:  # the name exists: this attempt's pod, created before
+            if exc.kind is ErrorKind.CONFLICT:  # the name exists: this attempt's pod
                 self._post(job.id, _Mail(Event.CREATED, {}))
                 return
-            if exc.status in _PERMANENT:
+            if exc.kind is ErrorKind.PERMANENT:
                 metrics.LAUNCH_ERRORS.labels(cluster=attempt.cluster, kind="refused").inc()
                 self._cache.forget(attempt.cluster, attempt.pod)
                 self._post(
@@ -884,14 +915,14 @@ class Dispatcher:
                     _Mail(
                         Event.CREATE_REFUSED,
                         {
-                            "failure": FailureClass.UNKNOWN,
+                            "failure": FailureClass.LAUNCH_REFUSED,
                             "message": f"the API server of {attempt.cluster} refused the "
-                            f"pod: {exc}",
+                            f"pod ({exc.status}): {exc}",
                         },
                     ),
                 )
                 return
-            self._uncertain(job, attempt, exc, retry_after=getattr(exc, "retry_after", None))
+            self._uncertain(job, attempt, exc, retry_after=exc.retry_after)
             return
         except DispatcherError as exc:
             self._uncertain(job, attempt, exc, retry_after=None)
@@ -1134,6 +1165,9 @@ class Dispatcher:
         if job.state in _UNRESOLVED and job.resolve_at is None:
             self._commit(replace(job, resolve_at=now + _RESOLVE_SAFETY_SECONDS))
         since = down.get(attempt.cluster)
+        noted = job.condition(UNREACHABLE)
+        if (since is not None) != (noted is not None and noted.status == "True"):
+            self._post(job.id, _Mail(Event.NOTE, _unreachable_condition(attempt, since, now)))
         if since is not None:
             policy = self._unreachable.get(attempt.cluster) or UnreachablePolicy()
             relaunch = policy.action == "relaunch" and job.attempts < self._service.max_attempts
@@ -1177,11 +1211,9 @@ class Dispatcher:
                 _Mail(
                     Event.FAIL,
                     {
-                        "failure": FailureClass.CREATE_CONTAINER_CONFIG_ERROR
-                        if "config" in job.reason.lower()
-                        else FailureClass.UNKNOWN,
-                        "message": f"container did not start within {startup}s"
-                        + (f": {job.reason}" if job.reason else ""),
+                        "failure": job.failure or FailureClass.DEADLINE_EXCEEDED,
+                        "message": f"container did not start within {startup}s of being "
+                        "scheduled" + (f": {job.reason}" if job.reason else ""),
                     },
                 ),
             )

@@ -18,9 +18,15 @@ from tests.support import ServiceProcess
 def service_factory(stack: Stack, namespace: str, tmp_path: Path) -> Iterator[Any]:
     started: list[ServiceProcess] = []
 
-    def make(**service_settings: Any) -> ServiceProcess:
+    def make(
+        clusters: dict[str, dict[str, Any]] | None = None, **service_settings: Any
+    ) -> ServiceProcess:
         config = dispatcher_settings(
-            stack, tmp_path / f"svc{len(started)}", namespace=namespace, service=service_settings
+            stack,
+            tmp_path / f"svc{len(started)}",
+            namespace=namespace,
+            service=service_settings,
+            clusters=clusters,
         )
         svc = ServiceProcess(config, tmp_path / f"svc{len(started)}.log")
         svc.start()

@@ -70,8 +70,9 @@ def test_prometheus_scrapes_the_dispatcher_and_fires_cluster_down_for_the_dead_c
     record_property: Callable[[str, object], None],
 ) -> None:
     timings: dict[str, float] = {}
-    # A long grace period: the outage must not move jobs, only show in metrics and alerts.
-    service = service_factory(cluster_down_grace_seconds=3600)
+    # The default unreachable policy (wait): the outage must not move jobs, only show in
+    # metrics and alerts.
+    service = service_factory()
     rules = shortened_rules(RULES, tmp_path / "rules.yaml", SHORT_FOR)
     prom = prometheus_factory(
         target=service.url.removeprefix("http://"),

@@ -25,8 +25,12 @@ def dispatcher_settings(
     namespace: str = "dispatch",
     service: dict[str, Any] | None = None,
     client: dict[str, Any] | None = None,
+    clusters: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """Write a settings file (and the Vault login JWT) into ``folder``; return its path."""
+    """Write a settings file (and the Vault login JWT) into ``folder``; return its path.
+
+    ``clusters`` adds settings to the named clusters (e.g. an ``on_unreachable`` policy).
+    """
     env = stack.env()
     folder.mkdir(parents=True, exist_ok=True)
     jwt = folder / "vault-jwt"
@@ -111,6 +115,7 @@ def dispatcher_settings(
     }
     for cluster in settings["clusters"]:
         cluster["client"] = dict(client or {})
+        cluster.update((clusters or {}).get(cluster["name"], {}))
     path = folder / "dispatcher.yaml"
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     return path
