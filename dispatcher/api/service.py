@@ -10,11 +10,11 @@ I/O: everything, through the layers it wires.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import structlog
 import uvicorn
