@@ -122,6 +122,22 @@ class KubeModel(StrictModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _api_names(cls, data: Any) -> Any:
+        # snake_case names become the API's names first, so every problem is reported at
+        # the API's field path (``podAffinity``, ``topologyKey``) whichever was written.
+        if not isinstance(data, Mapping):
+            return data
+        renamed: JsonObject = {}
+        for key, value in data.items():
+            field = cls.model_fields.get(key) if isinstance(key, str) else None
+            name = field.alias if field is not None and field.alias else key
+            if name in renamed:
+                raise SpecError([Problem(name, f"given twice (as {name!r} and {key!r})")])
+            renamed[name] = value
+        return renamed
+
     def to_k8s(self) -> JsonObject:
         """The object in the API's JSON shape (camelCase, unset fields left out)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
@@ -902,10 +918,11 @@ class Volume(KubeModel):
     @classmethod
     def _supported_type(cls, data: Any) -> Any:
         if isinstance(data, Mapping):
+            given = {to_camel(key) for key in data if isinstance(key, str)}
             problems = [
                 Problem(key, f"volume type {key!r} is not supported: {why}")
                 for key, why in _REFUSED_VOLUME_TYPES.items()
-                if key in data
+                if key in given
             ]
             _problems(problems)
         return data

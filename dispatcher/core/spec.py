@@ -353,7 +353,7 @@ class TaskSpec(_Model):
         for key, text in value.items():
             why = _annotation_problem(key, text)
             if why is not None:
-                problems.append(Problem(key, why))
+                problems.append(Problem(f"[{key}]", why))
         if problems:
             raise SpecError(problems)
         return value
