@@ -241,7 +241,8 @@ def _overview(g: Layout) -> None:
     g.add(
         stat(
             "Clusters down",
-            "Clusters the dispatcher considers down: routing avoids them.",
+            "Clusters whose API server the dispatcher considers down (unreachable, timing "
+            "out, 5xx): routing avoids them.",
             f"count(max by (cluster) (dispatcher_cluster_up{{{CL}}}) == 0) or vector(0)",
             thresholds=[(None, "green"), (1, "red")],
         ),
@@ -325,22 +326,37 @@ def _clusters(g: Layout) -> None:
     g.add(
         state_timeline(
             "Cluster health",
-            "up, degraded (routable, with problems) or down (avoided by routing).",
-            f'2 * max by (cluster) (dispatcher_cluster_health{{{CL}, state="up"}})'
-            f' + max by (cluster) (dispatcher_cluster_health{{{CL}, state="degraded"}})',
+            "up, degraded (routable, with problems), credentials unavailable (not routed to; "
+            "its pods are left alone) or down (its API server is in trouble; avoided by "
+            "routing).",
+            f'3 * max by (cluster) (dispatcher_cluster_health{{{CL}, state="up"}})'
+            f' + 2 * max by (cluster) (dispatcher_cluster_health{{{CL}, state="degraded"}})'
+            f" + max by (cluster) (dispatcher_cluster_health"
+            f'{{{CL}, state="credentials-unavailable"}})',
             "{{cluster}}",
-            value_map({"2": ("up", "green"), "1": ("degraded", "orange"), "0": ("down", "red")}),
+            value_map(
+                {
+                    "3": ("up", "green"),
+                    "2": ("degraded", "orange"),
+                    "1": ("credentials unavailable", "purple"),
+                    "0": ("down", "red"),
+                }
+            ),
         ),
         w=12,
         h=7,
     )
     g.add(
         state_timeline(
-            "Cluster up",
-            "dispatcher_cluster_up: 1 when routable (up or degraded), 0 when down.",
-            f"max by (cluster) (dispatcher_cluster_up{{{CL}}})",
-            "{{cluster}}",
-            value_map({"1": ("up", "green"), "0": ("down", "red")}),
+            "Why a cluster is not up",
+            "dispatcher_cluster_health_reason while not ok: throttled, watch-disconnected, "
+            "errors, slow (degraded); credentials (Vault or a refused credential); "
+            "unreachable (down). The dispatcher's cluster.health_changed log line has the "
+            "message.",
+            f"max by (cluster, reason) "
+            f'(dispatcher_cluster_health_reason{{{CL}, reason!="ok"}}) == 1',
+            "{{cluster}} {{reason}}",
+            value_map({"1": ("yes", "orange")}),
         ),
         w=12,
         h=7,

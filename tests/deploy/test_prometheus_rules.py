@@ -12,6 +12,7 @@ from .support import CHART, DEPLOY, RULE_TESTS, RULES, alerts, run
 
 EXPECTED_ALERTS = {
     "DispatcherClusterDown",
+    "DispatcherClusterCredentialsUnavailable",
     "DispatcherVaultAuthFailing",
     "DispatcherCredentialsExpiringSoon",
     "DispatcherJobsWaitingTooLong",
