@@ -51,6 +51,7 @@ FAST = CacheOptions(
         down_after_seconds=4.0,
         probe_after_seconds=0.5,
         max_probe_after_seconds=2.0,
+        throttled_seconds=2.0,
     ),
     watch=WatchOptions(backoff_base_seconds=0.2, backoff_max_seconds=1.0),
     tick_seconds=0.1,

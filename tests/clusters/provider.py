@@ -41,7 +41,19 @@ class KubeconfigProvider:
         token = self.token_override.get(cluster, kubeconfig["users"][0]["user"]["token"])
         conf.api_key = {"authorization": token}
         conf.api_key_prefix = {"authorization": "Bearer"}
-        conf.retries = Retry(total=2, connect=2, read=0, redirect=0, status=0, other=0)
+        # As the service's clients: retry failed connects only, and hand every answer to the
+        # caller (without raise_on_status, urllib3 turns a 429 or 503 with Retry-After into
+        # MaxRetryError, which would look like no answer at all).
+        conf.retries = Retry(
+            total=2,
+            connect=2,
+            read=0,
+            redirect=0,
+            status=0,
+            other=0,
+            raise_on_redirect=False,
+            raise_on_status=False,
+        )
         return client.ApiClient(conf)
 
     def api_client(self, cluster: str) -> client.ApiClient:

@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 
 from dispatcher.clusters import ClusterHealth, Connection, HealthPolicy
-from dispatcher.errors import ApiError, ClusterUnavailable
+from dispatcher.errors import ApiError, ClusterUnavailable, ErrorKind, UnavailableCause
 from dispatcher.metrics import sample_value
 from dispatcher.settings import ClientSettings
 from tests.clusters.conftest import gpu_pod, managed, wait_for
@@ -71,20 +71,67 @@ def test_api_errors_keep_the_status_and_never_echo_request_values(
     with pytest.raises(ApiError) as conflict:
         conn.create_pod(namespace, gpu_pod("twice", 1))
     assert (conflict.value.status, conflict.value.reason) == (409, "AlreadyExists")
+    assert conflict.value.kind is ErrorKind.CONFLICT
     assert "twice" in str(conflict.value)
 
     with pytest.raises(ApiError) as forbidden:
         conn.create_pod("kube-system", gpu_pod("nope", 1))
     assert forbidden.value.status == 403
+    assert forbidden.value.kind is ErrorKind.PERMANENT
+    assert "cannot create resource" in str(forbidden.value)  # the apiserver's own words
 
+
+def test_an_invalid_pod_is_a_permanent_error_naming_each_field_without_its_value(
+    provider: KubeconfigProvider, namespace: str
+) -> None:
+    conn = Connection("gpu-a100", provider)
     invalid = gpu_pod("Invalid_Name", 1)
-    invalid["spec"]["containers"][0]["env"] = [{"name": "PASSWORD", "value": "hunter2-secret"}]
-    invalid["spec"]["containers"][0]["image"] = ""
+    container = invalid["spec"]["containers"][0]
+    container["env"] = [
+        {"name": "PASSWORD", "value": "hunter2-secret"},
+        {"name": "hunter3=bad", "value": "x"},
+    ]
+    container["image"] = ""
     with pytest.raises(ApiError) as refused:
         conn.create_pod(namespace, invalid)
-    assert refused.value.status == 422
-    assert "metadata.name" in str(refused.value)
-    assert "hunter2" not in str(refused.value)
+    error = refused.value
+    assert (error.status, error.reason, error.kind) == (422, "Invalid", ErrorKind.PERMANENT)
+    message = str(error)
+    assert "spec.containers[0].image: Required value" in message
+    assert "metadata.name: Invalid value: a lowercase RFC 1123 subdomain" in message
+    assert "spec.containers[0].env[1].name: Invalid value: a valid environment variable" in (
+        message
+    )
+    assert "Invalid value: : " not in message  # the value is cut, not left empty
+    answer = message.split("HTTP 422", 1)[1]  # what the API server said (we name the pod)
+    for echoed in ("hunter2", "hunter3", "Invalid_Name"):
+        assert echoed not in answer
+
+
+class AdminProvider:
+    """The stack's admin identity: may create pods in any namespace, so a missing one is a
+    404 (the restricted identity gets 403 there: authorization comes first)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self._stack = stack
+        self._clients: dict[str, client.ApiClient] = {}
+
+    def api_client(self, cluster: str) -> client.ApiClient:
+        if cluster not in self._clients:
+            self._clients[cluster] = self._stack.kube(cluster)
+        return self._clients[cluster]
+
+    def invalidate(self, cluster: str, api: client.ApiClient) -> None:
+        self._clients.pop(cluster, None)
+
+
+def test_a_missing_namespace_is_a_permanent_error_saying_so(stack: Stack) -> None:
+    conn = Connection("gpu-a100", AdminProvider(stack))
+    with pytest.raises(ApiError) as missing:
+        conn.create_pod("no-such-namespace-h3", gpu_pod("p", 1))
+    assert (missing.value.status, missing.value.kind) == (404, ErrorKind.PERMANENT)
+    assert 'namespaces "no-such-namespace-h3" not found' in str(missing.value)
+    assert missing.value.retry_after is None
 
 
 def test_a_401_invalidates_the_client_and_retries_once_with_a_fresh_one(
@@ -113,6 +160,7 @@ def test_a_second_401_is_an_api_error_without_the_token(stack_env: StackEnv) -> 
     with pytest.raises(ApiError) as denied:
         conn.list_nodes()
     assert denied.value.status == 401
+    assert denied.value.kind is ErrorKind.UNAUTHORIZED
     assert provider.invalidations == ["gpu-h100"]  # one retry, not a loop
     chain = [denied.value, denied.value.__cause__]
     assert BOGUS_TOKEN not in " ".join(repr(e) + str(e) for e in chain)
@@ -132,13 +180,16 @@ def test_an_unreachable_cluster_fails_fast_and_the_open_breaker_refuses_requests
     )
     conn = Connection("plane", provider, ClientSettings(connect_timeout_seconds=1), health=health)
     for _ in range(2):
-        with pytest.raises(ClusterUnavailable, match="connection refused"):
+        with pytest.raises(ClusterUnavailable, match="connection refused") as unreachable:
             conn.read_pod("default", "any")
+        assert unreachable.value.cause is UnavailableCause.TRANSPORT
+        assert unreachable.value.kind is ErrorKind.TRANSIENT
     before = requests_counted("plane", "get", "error")
     started = time.monotonic()
-    with pytest.raises(ClusterUnavailable, match="marked down"):
+    with pytest.raises(ClusterUnavailable, match="marked down") as refused:
         conn.read_pod("default", "any")
     assert time.monotonic() - started < 0.1
+    assert refused.value.cause is UnavailableCause.BREAKER
     assert requests_counted("plane", "get", "error") == before  # nothing was sent
 
 
