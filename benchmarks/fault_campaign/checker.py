@@ -26,8 +26,11 @@ violation holds. The violation names are stable (regression cases refer to them)
   reachable and had room for it the whole time (and no leader loss or Vault outage
   intervened).
 
-Every observation is ordered on the ``mono`` clock; ``observation_tolerance_seconds``
-(metadata, default 0.5 s) absorbs the lag between a change and the watches seeing it.
+Every observation is ordered on the ``mono`` clock. ``observation_tolerance_seconds``
+(metadata, default 0.5 s) absorbs the difference between two watches' lags when pods on
+two clusters are compared; ``answer_tolerance_seconds`` (default 0.05 s) the lag of one
+watch when a pod is compared with an answer the client read (a pod created that much
+before an answer may be seen only after it).
 
 I/O: ``load_history`` reads the folder and ``main`` prints; everything else is pure.
 """
@@ -97,6 +100,7 @@ DEGRADED_KINDS = frozenset({"proxy_slow"})
 #: Faults during which no dispatcher may be able to act at all.
 DISPATCHER_OUTAGE_KINDS = frozenset({"kill_leader", "vault_down"})
 _DEFAULT_TOLERANCE = 0.5
+_DEFAULT_ANSWER_TOLERANCE = 0.05
 _DEFAULT_FAILOVER_BOUND = 60.0
 _DEFAULT_LEASE = 15.0
 
@@ -417,6 +421,7 @@ class _Context:
     client: _Client
     end: float
     tolerance: float
+    answer_tolerance: float
     bound: float
     lease: float
 
@@ -473,7 +478,7 @@ def _pods_after_answers(ctx: _Context, report: Report) -> None:
     for job_id, cancel in ctx.client.cancels.items():
         answered = float(cancel["mono"])
         for life in ctx.by_job.get(job_id, []):
-            if life.created > answered + ctx.tolerance:
+            if life.created > answered + ctx.answer_tolerance:
                 report.violations.append(
                     Violation(
                         POD_AFTER_CANCEL,
@@ -489,7 +494,7 @@ def _pods_after_answers(ctx: _Context, report: Report) -> None:
             continue
         first = min(finished, key=lambda o: o.answered)
         for life in ctx.by_job[job_id]:
-            if life.created > first.answered + ctx.tolerance:
+            if life.created > first.answered + ctx.answer_tolerance:
                 report.violations.append(
                     Violation(
                         POD_AFTER_FINAL_STATE,
@@ -739,7 +744,10 @@ def _spread(values: Sequence[float]) -> str:
     )
 
 
-def _failover_latencies(ctx: _Context) -> list[float]:
+def _failover_latencies(ctx: _Context, *, queued_before: bool) -> list[float]:
+    """Seconds from a GPU cluster's loss (or a task's submission during it) until a task
+    that could use that cluster and another runs on another; ``queued_before``: only tasks
+    already waiting when the cluster was lost, else only tasks submitted during the loss."""
     latencies = []
     for fault in ctx.faults:
         if fault.kind != "apiserver_down":
@@ -749,6 +757,8 @@ def _failover_latencies(ctx: _Context) -> list[float]:
             task = ctx.client.tasks.get(ctx.client.job_key.get(job_id) or "")
             eligible = list((task or {}).get("eligible") or [])
             if lost not in eligible or len(eligible) < 2 or submitted > fault.end:
+                continue
+            if (submitted < fault.start) != queued_before:
                 continue
             since = max(fault.start, submitted)
             first = _first_running(ctx, job_id)
@@ -788,6 +798,8 @@ def _stats(ctx: _Context, report: Report) -> None:
     creates = Counter(len(ctx.by_job.get(job_id, [])) for job_id in client.accepted)
     faults = Counter(f.kind for f in ctx.faults)
     skipped = Counter(str(r.get("kind")) for r in ctx.history.faults if r.get("phase") == "skipped")
+    planned = Counter(str(p.get("kind")) for p in ctx.history.meta.get("faults_planned") or [])
+    unreached = planned - faults - skipped
     gaps: dict[str, list[float]] = defaultdict(list)
     for record in ctx.history.pods:
         if record.get("event") == "WATCH_RESUMED":
@@ -818,6 +830,7 @@ def _stats(ctx: _Context, report: Report) -> None:
             [
                 *sorted((kind, n) for kind, n in faults.items()),
                 *sorted((f"{kind} (skipped)", n) for kind, n in skipped.items()),
+                *sorted((f"{kind} (planned, not reached)", n) for kind, n in unreached.items()),
             ],
         ),
         ("pods created per job", [(f"{n} pod(s)", jobs) for n, jobs in sorted(creates.items())]),
@@ -825,8 +838,12 @@ def _stats(ctx: _Context, report: Report) -> None:
             "timings",
             [
                 (
-                    "cluster lost -> its queued tasks running elsewhere",
-                    _spread(_failover_latencies(ctx)),
+                    "cluster lost -> tasks queued then running elsewhere",
+                    _spread(_failover_latencies(ctx, queued_before=True)),
+                ),
+                (
+                    "submitted while a cluster it could use was lost -> running elsewhere",
+                    _spread(_failover_latencies(ctx, queued_before=False)),
                 ),
                 (
                     "leader kill -9 -> next pod created or submission accepted",
@@ -845,7 +862,8 @@ def _stats(ctx: _Context, report: Report) -> None:
         "accepted_jobs": len(client.accepted),
         "faults": dict(faults),
         "creates_per_job": dict(creates),
-        "failover_latencies": _failover_latencies(ctx),
+        "failover_latencies": _failover_latencies(ctx, queued_before=True),
+        "submitted_during_loss_latencies": _failover_latencies(ctx, queued_before=False),
         "leader_recoveries": _leader_recoveries(ctx),
     }
 
@@ -876,6 +894,9 @@ def check(history: History) -> Report:
         client=_client_of(history.client),
         end=max(monos, default=0.0),
         tolerance=float(history.meta.get("observation_tolerance_seconds", _DEFAULT_TOLERANCE)),
+        answer_tolerance=float(
+            history.meta.get("answer_tolerance_seconds", _DEFAULT_ANSWER_TOLERANCE)
+        ),
         bound=float(history.meta.get("failover_bound_seconds", _DEFAULT_FAILOVER_BOUND)),
         lease=float(history.meta.get("lease_duration_seconds", _DEFAULT_LEASE)),
     )

@@ -26,6 +26,7 @@ I/O: ``PodWatch`` lists and watches pods over HTTPS (httpx) and writes what it s
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -105,7 +106,7 @@ class PodWatch:
         ca_file: str,
         namespace: str,
         out: JsonLines,
-        watch_seconds: int = 20,
+        watch_seconds: int = 10,
     ) -> None:
         self.cluster = cluster
         self.namespace = namespace
@@ -114,7 +115,7 @@ class PodWatch:
         self._http = httpx.Client(
             base_url=server,
             headers={"Authorization": f"Bearer {token}"},
-            verify=ca_file,
+            verify=ssl.create_default_context(cafile=ca_file),
             timeout=httpx.Timeout(watch_seconds + 15.0, connect=3.0),
         )
         self._path = f"/api/v1/namespaces/{namespace}/pods"
@@ -133,11 +134,15 @@ class PodWatch:
         if not self._listed.wait(timeout):
             raise RuntimeError(f"the pod watch on {self.cluster} could not list in {timeout}s")
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def request_stop(self) -> None:
+        """Ask the watch to end (it does within ``watch_seconds``); ``stop()`` waits for it."""
         self._stop.set()
         response = self._response
         if response is not None:
             response.close()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.request_stop()
         self._thread.join(timeout)
         complete = True
         try:

@@ -1,5 +1,6 @@
-"""The resubmitting client: another process that submits a task spec the campaign already
-submitted (same idempotency key) and follows the job until it reads it finished.
+"""The resubmitting client: another process that looks up a task the campaign already
+submitted by its idempotency key, submits the same spec again (same key) and follows the
+job until it reads it finished.
 
 ``python -m benchmarks.fault_campaign.resubmit --url URL [--url URL]`` reads the spec (JSON)
 on stdin and writes its client-history lines (``type: request``, ``process: resubmitter``)
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = json.loads(sys.stdin.read())
     replicas = Replicas(args.url, _Stdout(), "resubmitter")
     forever = float("inf")
+    replicas.find(str(spec["idempotency_key"]), forever)
     answer = replicas.submit(spec, forever)
     if answer is not None and answer.status in (200, 201) and answer.body is not None:
         follow(replicas, str(spec["idempotency_key"]), str(answer.body["id"]), lambda: forever)

@@ -282,6 +282,12 @@ class Workload:
         self._stop.set()
         self._feeder.join()
 
+    def abandon(self) -> None:
+        """Stop at once: no new tasks, every client gives up now (idempotent)."""
+        self._deadline = min(self._deadline, time.monotonic())
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     def drain(self) -> int:
         """Wait for every task's client to finish; the number of tasks submitted."""
         for future in self._futures:

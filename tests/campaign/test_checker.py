@@ -285,6 +285,20 @@ def test_a_clean_history_passes_and_reports_its_figures(story: Story, capsys: An
         phase_at_end="Succeeded",
     )
     story.read(59, "k6", "j6", "succeeded")
+    story.task("k8", kind="gpu_any", eligible=("gpu-a100", "gpu-h100"), gpus=1)
+    story.submit(28, "k8", "j8")
+    story.pod(
+        "gpu-h100",
+        "j8",
+        0,
+        created=39,
+        running=40,
+        deleted=45,
+        node="h0",
+        gpus=1,
+        phase_at_end="Succeeded",
+    )
+    story.read(44, "k8", "j8", "succeeded")
     # The leader killed at 100; the next accepted submission at 118.
     story.fault("kill_leader", 100, 110, replica=0)
     story.task("k7")
@@ -295,8 +309,9 @@ def test_a_clean_history_passes_and_reports_its_figures(story: Story, capsys: An
     report = story.judge()
 
     assert report.ok, report.table()
-    assert report.stats["creates_per_job"] == {1: 6, 0: 1}
-    assert report.stats["failover_latencies"] == [16.0]
+    assert report.stats["creates_per_job"] == {1: 7, 0: 1}
+    assert report.stats["failover_latencies"] == [10.0]
+    assert report.stats["submitted_during_loss_latencies"] == [16.0]
     assert report.stats["leader_recoveries"] == [18.0]
     assert main([str(story.folder)]) == 0
     printed = capsys.readouterr().out
