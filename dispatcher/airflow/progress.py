@@ -152,7 +152,8 @@ class Watch:
         say = tuple(self.progress.observe(job))
         follow = None
         pod = job.get("pod")
-        if self.get_logs and pod and pod != self._following and job.get("state") != "queued":
+        launched = job.get("state") not in ("queued", "launching")
+        if self.get_logs and pod and pod != self._following and launched:
             self._following = pod
             self.caught_up = False
             follow = (pod, self.progress.lines)
@@ -186,7 +187,7 @@ class Watch:
         growing (0.25 s, 0.5 s... up to ``poll_interval``) so that its log is followed
         from the start even when it runs for a second only; then the full wait."""
         state = self.job.get("state")
-        if self.get_logs and state in ("queued", "pending"):
+        if self.get_logs and state in ("queued", "launching", "pending"):
             self._startup_polls = min(self._startup_polls + 1, 16)
             return min(poll_interval, FIRST_POLL_SECONDS * (1 << (self._startup_polls - 1)))
         return wait_timeout

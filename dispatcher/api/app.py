@@ -72,7 +72,20 @@ class AttemptModel(BaseModel):
     pod: str
     namespace: str
     created_at: float
+    uid: str | None = None
     ended: str | None = None
+    #: Abandoned on an unreachable cluster (relaunch policy): its pod may have run on.
+    abandoned: bool = False
+
+
+class ConditionModel(BaseModel):
+    """Kubernetes-shaped: what the job waits for or went through (e.g. ClusterUnreachable)."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+    lastTransitionTime: float  # noqa: N815 - the Kubernetes field name
 
 
 class JobModel(BaseModel):
@@ -92,6 +105,7 @@ class JobModel(BaseModel):
     message: str
     exit_code: int | None
     result: Any = None
+    conditions: list[ConditionModel] = Field(default_factory=list)
     submitted_at: float
     scheduled_at: float | None
     running_at: float | None
@@ -271,7 +285,10 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
     def list_jobs(
         state: Annotated[
             str | None,
-            Query(pattern="^(queued|pending|running|succeeded|failed|cancelled|rejected)$"),
+            Query(
+                pattern="^(queued|launching|pending|running|cancelling|moving|succeeded"
+                "|failed|cancelled|rejected)$"
+            ),
         ] = None,
         cluster: Annotated[str | None, Query(max_length=63)] = None,
         idempotency_key: Annotated[str | None, Query(max_length=512)] = None,

@@ -130,6 +130,8 @@ def _table() -> dict[tuple[State, Event], Transition]:
     # The create's answer. While stopping, a pod that got created after all is deleted.
     put((State.LAUNCHING,), Event.CREATED, State.PENDING, _W)
     put(_STOPPING, Event.CREATED, None, Action.DELETE_POD)
+    # The watch can tell of the pod before the create's answer arrives.
+    put((State.PENDING, State.RUNNING), Event.CREATED, None)
     put((State.LAUNCHING,), Event.CREATE_REFUSED, State.FAILED, _W)
     put((State.CANCELLING,), Event.CREATE_REFUSED, State.CANCELLED, _W)
     put((State.MOVING,), Event.CREATE_REFUSED, State.QUEUED, Action.END_ATTEMPT, _W)

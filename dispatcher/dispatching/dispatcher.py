@@ -547,6 +547,18 @@ class Dispatcher:
             self._delayed.append((self._clock() + delay, job_id, mail))
 
     def _drain(self, job_id: str) -> None:
+        try:
+            self._drain_box(job_id)
+        except BaseException:
+            # Never leave a job marked as being drained by a task that is gone.
+            with self._lock:
+                self._draining.discard(job_id)
+                again = bool(self._mailboxes.get(job_id))
+            if again:
+                self._post_later(job_id, _Mail(_RESOLVE), 1.0)
+            raise
+
+    def _drain_box(self, job_id: str) -> None:
         while True:
             with self._lock:
                 box = self._mailboxes.get(job_id)
@@ -559,7 +571,7 @@ class Dispatcher:
                 self._handle(job_id, mail)
             except Exception:
                 metrics.THREAD_RESTARTS.labels(thread="job-mailbox").inc()
-                log.exception("job.event_failed", job_id=job_id, event=str(mail.kind))
+                log.exception("job.event_failed", job_id=job_id, on=str(mail.kind))
                 self._retry(job_id, mail)
             finally:
                 mail.done.set()
@@ -567,7 +579,7 @@ class Dispatcher:
     def _retry(self, job_id: str, mail: _Mail) -> None:
         failures = int(mail.payload.get("_failures", 0)) + 1
         if failures > 20:
-            log.error("job.event_dropped", job_id=job_id, event=str(mail.kind))
+            log.error("job.event_dropped", job_id=job_id, on=str(mail.kind))
             return
         again = _Mail(mail.kind, {**mail.payload, "_failures": failures})
         self._post_later(job_id, again, backoff_delay(failures, cap=30.0, draw=self._draw()))
@@ -588,7 +600,7 @@ class Dispatcher:
         step = transition(job.state, event)
         if step is None:
             metrics.ILLEGAL_TRANSITIONS.labels(state=job.state.value, event=event.value).inc()
-            log.info("job.event_ignored", job_id=job_id, state=job.state.value, event=event.value)
+            log.info("job.event_ignored", job_id=job_id, state=job.state.value, on=event.value)
             self._orphaned_mail(mail)
             return
         new = self._next(job, step.target, event, mail.payload, step.actions)

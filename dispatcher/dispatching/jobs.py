@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from dispatcher.core import FailureClass, TaskSpec
@@ -69,6 +70,18 @@ class Attempt:
         )
 
 
+def _rfc3339(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str) and value:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
     """A Kubernetes-shaped condition (``kubectl describe`` tells the story)."""
@@ -85,7 +98,7 @@ class Condition:
             "status": self.status,
             "reason": self.reason,
             "message": self.message,
-            "lastTransitionTime": self.last_transition,
+            "lastTransitionTime": _rfc3339(self.last_transition),
         }
 
     @classmethod
@@ -95,7 +108,7 @@ class Condition:
             status=str(data["status"]),
             reason=str(data.get("reason", "")),
             message=str(data.get("message", "")),
-            last_transition=float(data.get("lastTransitionTime", 0.0)),
+            last_transition=_seconds(data.get("lastTransitionTime")),
         )
 
 
@@ -225,4 +238,4 @@ class Job:
         )
 
 
-__all__ = ["Attempt", "Condition", "Job", "JobState", "field", "job_id_for"]
+__all__ = ["Attempt", "Condition", "Job", "JobState", "job_id_for"]
