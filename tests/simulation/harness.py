@@ -106,22 +106,21 @@ class _LegacyJobStore:
 
 class LegacyDispatcher:
     """Today's ``Dispatcher`` (``cycle``, ``cancel``, a ``JobStore``, its own threads) behind
-    the new interface. It has no notion of leadership: it writes under the term it found
-    when it started, forever."""
+    the new interface. It has no notion of leadership, and its store no fencing."""
 
     def __init__(
         self,
         cache: Any,
         store: RecordStore,
         *,
+        term: Callable[[], int],
         process: str,
-        fence: Callable[[], Fence | None],
         runner: ManualRunner,
         **kwargs: Any,
     ) -> None:
-        self._belief = Fence(process, 0)
-        self._fence = fence
-        legacy = _LegacyJobStore(store, lambda: self._belief)
+        # Its ConfigMaps were written without resourceVersion or term: nothing refused a
+        # write, whoever made it.
+        legacy = _LegacyJobStore(store, lambda: Fence(process, term()))
         wanted = inspect.signature(dispatcher_module.Dispatcher).parameters
         self._d: Any = dispatcher_module.Dispatcher(
             cache, legacy, **{k: v for k, v in kwargs.items() if k in wanted}
@@ -130,7 +129,6 @@ class LegacyDispatcher:
         self._d._workers = _RunnerExecutor(runner)
 
     def reattach(self) -> None:
-        self._belief = self._fence() or self._belief
         self._d.reattach()
 
     def run_once(self) -> None:
@@ -252,7 +250,13 @@ class Simulation:
             "on_fenced": functools.partial(self._fenced, process),
         }
         if self.legacy:
-            process.dispatcher = LegacyDispatcher(cache, self.world.store, process=name, **kwargs)
+            process.dispatcher = LegacyDispatcher(
+                cache,
+                self.world.store,
+                term=lambda: self.world.lease.term,
+                process=name,
+                **kwargs,
+            )
         else:
             wanted = inspect.signature(dispatcher_module.Dispatcher).parameters
             process.dispatcher = dispatcher_module.Dispatcher(
@@ -293,9 +297,10 @@ class Simulation:
                 self._guard(process, "reattach", process.dispatcher.reattach)
                 return
 
-    def crash(self, process: Process, *, graceful: bool = False) -> None:
+    def crash(self, process: Process, *, graceful: bool = False, replace: bool = True) -> None:
         """The process dies (kill -9, or a clean stop that releases the Lease); its
-        runner's work and undelivered events die with it. A replacement starts."""
+        runner's work and undelivered events die with it. A replacement starts (unless
+        ``replace`` is false) if no other replica stands by."""
         process.alive = False
         self.world.renewal_blocked.add(process.name)  # a dead process renews nothing
         process.cache.closed = True
@@ -305,7 +310,7 @@ class Simulation:
         if graceful:
             self.world.release(process.name)
         self.world.log(f"{process.name} {'stops' if graceful else 'is killed'}")
-        if not [p for p in self.alive() if not p.led and not p.fenced]:
+        if replace and not [p for p in self.alive() if not p.led and not p.fenced]:
             self.start_process()
         self.elect()
 
@@ -413,6 +418,48 @@ class Simulation:
             else:
                 return
         raise SimulationFailure(f"still busy after {limit} events and tasks: a feedback loop?")
+
+    def run_tasks(self, *, newest_first: bool = False) -> None:
+        """Run every runner task of every live process, checking after each one."""
+        for _ in range(5000):
+            busy = [p for p in self.alive() if p.runner.pending]
+            if not busy:
+                return
+            runner = busy[0].runner
+            runner.run(len(runner.pending) - 1 if newest_first else 0)
+            self.check()
+        raise SimulationFailure("runner tasks keep coming: a feedback loop?")
+
+    def deliver_events(self) -> None:
+        """Deliver every pending watch event, oldest first, checking after each one."""
+        for _ in range(5000):
+            busy = [p for p in self.alive() if p.cache.events]
+            if not busy:
+                return
+            busy[0].cache.deliver(busy[0].cache.heads()[0])
+            self.check()
+        raise SimulationFailure("watch events keep coming: a feedback loop?")
+
+    def run_for(self, seconds: float, step: float = 1.0) -> None:
+        """Let the leader work while time passes: each step, drain, loop once, drain, and
+        move time on, checking the world after each."""
+        for _ in range(round(seconds / step)):
+            self.drain()
+            self.check()
+            self.run_once()
+            self.drain()
+            self.check()
+            self.advance(step)
+            self.check()
+
+    def pods_created(self, job_id: str) -> list[str]:
+        """Every pod ever created for ``job_id``, as ``name@cluster``."""
+        return [f"{c.name}@{c.cluster}" for c in self.world.created if c.job_id == job_id]
+
+    def state(self, job_id: str) -> str | None:
+        """The job's state as its record says (the world's truth)."""
+        stored = self.world.store.peek(job_id)
+        return None if stored is None else record_state(stored.record)
 
     # ----- invariants -------------------------------------------------------------------------
     def fail(self, message: str) -> None:

@@ -153,6 +153,10 @@ class RecordingStore:
             )
         )
 
+    def _refused(self, text: str) -> None:
+        self.refusals.append(text)
+        self.world.log(f"store: refused {text}")
+
     def _before(self, job_id: str) -> StoreFault | None:
         fault = self._take(job_id)
         if fault is StoreFault.ERROR_BEFORE:
@@ -170,7 +174,7 @@ class RecordingStore:
         try:
             version = self.inner.create(record, fence)
         except StoreError as exc:
-            self.refusals.append(f"create {job_id} by {fence.holder}: {exc}")
+            self._refused(f"create {job_id} by {fence.holder}: {exc}")
             raise
         self._log(
             "create",
@@ -191,7 +195,7 @@ class RecordingStore:
         try:
             new = self.inner.update(record, version, fence)
         except StoreError as exc:
-            self.refusals.append(f"update {job_id} by {fence.holder}: {exc}")
+            self._refused(f"update {job_id} by {fence.holder}: {exc}")
             raise
         self._log(
             "update",
@@ -216,7 +220,7 @@ class RecordingStore:
         try:
             self.inner.delete(job_id, fence, version)
         except StoreError as exc:
-            self.refusals.append(f"delete {job_id} by {fence.holder}: {exc}")
+            self._refused(f"delete {job_id} by {fence.holder}: {exc}")
             raise
         if existed:
             self._log(

@@ -536,23 +536,14 @@ def test_a_pod_created_by_a_process_without_the_lease_is_a_violation() -> None:
     assert ["without holding the lease" in v for v in world.violations] == [True]
 
 
-def test_a_create_after_a_permanent_refusal_is_a_violation() -> None:
+def test_a_create_sent_again_after_a_permanent_refusal_is_a_violation() -> None:
     world = leader_world()
     pod = manifest(world, "plane", annotations={CREATE_ERROR: "422"})
     with pytest.raises(ApiError):
         create(world, "plane", pod)
-    fixed = manifest(world, "plane", attempt=1)
-    stored = world.store.peek("j1")
-    assert stored is not None
-    world.store.update(
-        {
-            **record_for(fixed, "plane"),
-            "attempt": {"cluster": "plane", "pod": fixed["metadata"]["name"]},
-        },
-        stored.version,
-        world.fence_for("p1"),  # type: ignore[arg-type]
-    )
-    world.clusters["plane"].api_create("p1", NS, fixed)
+    assert world.violations == []
+    with pytest.raises(ApiError):
+        world.clusters["gpu-a100"].api_create("p1", NS, pod)
     assert ["refused for good" in v for v in world.violations] == [True]
 
 

@@ -447,6 +447,11 @@ class FakeCluster:
         job_id = (metadata.get("labels") or {}).get(JOB_ID_LABEL)
         self._reach(what)
         self.world.create_requests += 1
+        if job_id is not None and job_id in self.world.permanently_refused:
+            self.world.violation(
+                f"{caller} sent {what} to {self.name} again: job {job_id} was refused for good "
+                f"before (a permanent error must fail the job at once)"
+            )
         fault = self._take("create", job_id)
         if fault is not None and not fault.after:
             raise self._failure(fault, what)
@@ -816,8 +821,6 @@ class World:
                 f"{where} without holding the lease (holder {self.lease.holder}, "
                 f"term {self.lease.term}, renewed {self.clock() - self.lease.renewed_at:.1f}s ago)"
             )
-        if job_id in self.permanently_refused:
-            self.violation(f"{where}: job {job_id} was refused for good before (permanent error)")
 
     # ----- the lease --------------------------------------------------------------------------
     def holds_lease(self, process: str) -> bool:
