@@ -65,7 +65,13 @@ from urllib3.util.retry import Retry
 from dispatcher import metrics
 from dispatcher.core.backoff import backoff_delay
 from dispatcher.dispatching.records import FENCE_LABEL, Fence
-from dispatcher.errors import ApiError, ClusterUnavailable, CredentialError, DispatcherError
+from dispatcher.errors import (
+    ApiError,
+    ClusterUnavailable,
+    CredentialError,
+    DispatcherError,
+    UnavailableCause,
+)
 from dispatcher.supervise import CannotContinue, SupervisedThread, Supervisor
 
 __all__ = ["THREAD_NAME", "LeaderElector", "LeaseConnection"]
@@ -135,12 +141,14 @@ def _tries(api: Any) -> tuple[int, int]:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, CredentialError) or (
+        isinstance(exc, ClusterUnavailable) and exc.cause is UnavailableCause.CREDENTIALS
+    ):
+        return "credentials"
     if isinstance(exc, ClusterUnavailable | _OutOfTime):
         return "unreachable"
     if isinstance(exc, ApiError):
         return "api_error"
-    if isinstance(exc, CredentialError):
-        return "credentials"
     return "other"
 
 
