@@ -28,6 +28,9 @@ RULE_TESTS = DEPLOY / "prometheus" / "tests"
 DASHBOARD = DEPLOY / "grafana" / "kube-dispatcher.json"
 VALUES_DIR = Path(__file__).resolve().parent / "values"
 CRDS_DIR = Path(__file__).resolve().parent / "crds"
+#: The chart's own CRD (job records) and the fencing policy it renders from a file.
+RECORDS_CRD = CHART / "crds" / "dispatchjobs.yaml"
+FENCING = CHART / "files" / "fencing.yaml"
 
 #: The namespace the chart is rendered into (it must exist in the stack's `plane`).
 RELEASE = "kd"
@@ -248,6 +251,7 @@ def helm_template(
     set_values: Sequence[str] = (),
     api_versions: Sequence[str] = (),
     expect_failure: bool = False,
+    include_crds: bool = False,
 ) -> Any:
     """Render the chart; returns the objects (or, with ``expect_failure``, the error text)."""
     from tests.stack.build import KUBERNETES_VERSION
@@ -268,6 +272,8 @@ def helm_template(
         cmd += ["--set", item]
     for api in api_versions:
         cmd += ["--api-versions", api]
+    if include_crds:
+        cmd.append("--include-crds")
     if expect_failure:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
         assert proc.returncode != 0, f"helm template should have failed:\n{proc.stdout}"

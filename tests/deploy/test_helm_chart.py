@@ -17,7 +17,9 @@ from dispatcher.settings import Settings, load_settings
 
 from .support import (
     CHART,
+    FENCING,
     MONITORING_API,
+    RECORDS_CRD,
     RELEASE_NAMESPACE,
     RULES,
     VALUES_DIR,
@@ -39,6 +41,14 @@ DEFAULT_KINDS = {
     "Service",
     "Deployment",
     "PodDisruptionBudget",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+}
+CLUSTER_SCOPED = {
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
 }
 TASK_RULES = [
     {
@@ -89,7 +99,7 @@ def test_helm_lint_passes_strictly(helm: str, values: list[Path]) -> None:
 def test_default_render_has_the_expected_objects(default_render: list[dict[str, Any]]) -> None:
     assert {o["kind"] for o in default_render} == DEFAULT_KINDS
     for obj in default_render:
-        if obj["kind"] not in {"ClusterRole", "ClusterRoleBinding"}:
+        if obj["kind"] not in CLUSTER_SCOPED:
             assert obj["metadata"]["namespace"], f"{obj['kind']} without a namespace"
 
 
@@ -246,16 +256,22 @@ def test_rbac_is_least_privilege(default_render: list[dict[str, Any]]) -> None:
     ]
     state = rbac["Role", RELEASE_NAMESPACE, "kd-kube-dispatcher-state"]["rules"]
     assert {(r["apiGroups"][0], r["resources"][0]): r["verbs"] for r in state} == {
-        # The job store: list at start, replace-or-create, delete.
-        ("", "configmaps"): ["get", "list", "create", "update", "delete"],
+        # Job records: list at start, create, update with resourceVersion, delete.
+        ("kube-dispatcher.dev", "dispatchjobs"): ["get", "list", "create", "update", "delete"],
+        ("kube-dispatcher.dev", "dispatchjobs/status"): ["update", "patch"],
+        # Their literal env values, one Secret per job.
+        ("", "secrets"): ["get", "list", "create", "update", "delete"],
         # Leader election, as granted in the test stack.
         ("coordination.k8s.io", "leases"): [
             "get", "list", "watch", "create", "update", "patch", "delete",
         ],
     }  # fmt: skip
     everything = json.dumps([o.get("rules") for o in rbac.values()])
-    for forbidden in ('"*"', "secrets", "escalate", "bind", "impersonate", "pods/exec"):
+    for forbidden in ('"*"', "escalate", "bind", "impersonate", "pods/exec", "configmaps"):
         assert forbidden not in everything
+    # Secrets only in the state namespace (the records' env values).
+    others = [o.get("rules") for k, o in rbac.items() if k[2] != "kd-kube-dispatcher-state"]
+    assert "secrets" not in json.dumps(others)
     sa = one(default_render, "ServiceAccount")["metadata"]["name"]
     for key, obj in rbac.items():
         if key[0].endswith("Binding"):
@@ -370,3 +386,40 @@ def test_values_yaml_is_documented() -> None:
         assert before.startswith("#") or first_child.strip().startswith("#"), (
             f"values.yaml: document {key}"
         )
+
+
+def test_the_job_records_crd_ships_in_crds_with_its_printer_columns(helm: str) -> None:
+    objects = helm_template(helm, include_crds=True)
+    crd = one(objects, "CustomResourceDefinition")
+    assert crd == yaml.safe_load(RECORDS_CRD.read_text())
+    assert by_kind(helm_template(helm), "CustomResourceDefinition") == []  # crds/, not templates
+    assert crd["metadata"]["name"] == "dispatchjobs.kube-dispatcher.dev"
+    assert crd["spec"]["scope"] == "Namespaced"
+    assert crd["spec"]["names"]["shortNames"] == ["dj"]
+    (version,) = crd["spec"]["versions"]
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns == {
+        "State": ".status.state",
+        "Cluster": ".status.attempt.cluster",
+        "Attempt": ".status.attempt.number",
+        "Age": ".metadata.creationTimestamp",
+        "Message": ".status.message",
+    }
+
+
+def test_the_fencing_policy_is_rendered_from_its_file_named_for_the_release(
+    default_render: list[dict[str, Any]], helm: str
+) -> None:
+    policy_file, binding_file = (d for d in yaml.safe_load_all(FENCING.read_text()) if d)
+    policy = one(default_render, "ValidatingAdmissionPolicy")
+    binding = one(default_render, "ValidatingAdmissionPolicyBinding")
+    assert policy["metadata"]["name"] == binding["metadata"]["name"] == "kd-kube-dispatcher-fence"
+    assert policy["spec"] == policy_file["spec"]
+    assert binding["spec"] == {**binding_file["spec"], "policyName": "kd-kube-dispatcher-fence"}
+    assert binding["spec"]["paramRef"]["parameterNotFoundAction"] == "Allow"
+    assert "namespace" not in binding["spec"]["paramRef"]  # the Lease of the record's namespace
+    assert policy["metadata"]["labels"]["app.kubernetes.io/instance"] == "kd"
+    # State elsewhere than the in-plane cluster: the records (and their policy) live there.
+    elsewhere = helm_template(helm, set_values=["config.service.state_cluster=gpu"])
+    assert by_kind(elsewhere, "ValidatingAdmissionPolicy") == []

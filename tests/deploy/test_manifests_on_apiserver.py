@@ -29,6 +29,7 @@ from .support import (
     CRDS_DIR,
     DEPLOY,
     MONITORING_API,
+    RECORDS_CRD,
     RELEASE_NAMESPACE,
     VALUES_DIR,
     helm_template,
@@ -146,7 +147,8 @@ def plane(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
 def _install_crds(cluster: Cluster) -> None:
     extensions = client.ApiextensionsV1Api(cluster.api)
     names = []
-    for path in sorted(CRDS_DIR.glob("*.yaml")):
+    # The Prometheus Operator's (the chart renders objects of theirs) and the chart's own.
+    for path in [*sorted(CRDS_DIR.glob("*.yaml")), RECORDS_CRD]:
         crd = yaml.safe_load(path.read_text())
         cluster.apply(crd, dry_run=False)
         names.append(crd["metadata"]["name"])
@@ -176,6 +178,7 @@ def test_chart_passes_server_side_dry_run(
     objects = renders[render]
     kinds = {o["kind"] for o in objects}
     assert {"Deployment", "ServiceMonitor", "PrometheusRule"} <= kinds
+    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= kinds
     for obj in objects:
         plane.apply(obj, dry_run=True)
 
@@ -231,7 +234,10 @@ def test_chart_rbac_grants_what_the_dispatcher_needs_and_nothing_more(
         ("watch", "pods", "", ""),  # capacity: every pod, cluster-wide
         ("list", "nodes", "", ""),
         ("watch", "events", "batch", ""),
-        ("update", "configmaps", RELEASE_NAMESPACE, ""),
+        ("create", "dispatchjobs", RELEASE_NAMESPACE, "kube-dispatcher.dev"),
+        ("update", "dispatchjobs", RELEASE_NAMESPACE, "kube-dispatcher.dev"),
+        ("list", "dispatchjobs", RELEASE_NAMESPACE, "kube-dispatcher.dev"),
+        ("create", "secrets", RELEASE_NAMESPACE, ""),
         ("create", "leases", RELEASE_NAMESPACE, "coordination.k8s.io"),
     ]
     denied = [
@@ -240,6 +246,10 @@ def test_chart_rbac_grants_what_the_dispatcher_needs_and_nothing_more(
         ("get", "secrets", "batch", ""),
         ("list", "secrets", "", ""),
         ("update", "configmaps", "batch", ""),
+        ("update", "configmaps", RELEASE_NAMESPACE, ""),
+        ("create", "dispatchjobs", "batch", "kube-dispatcher.dev"),
+        ("list", "dispatchjobs", "", "kube-dispatcher.dev"),
+        ("create", "secrets", "batch", ""),
         ("create", "leases", "batch", "coordination.k8s.io"),
         ("delete", "nodes", "", ""),
         ("create", "serviceaccounts", RELEASE_NAMESPACE, ""),
@@ -251,6 +261,15 @@ def test_chart_rbac_grants_what_the_dispatcher_needs_and_nothing_more(
     for verb, resource, namespace, group in denied:
         assert not plane.can(who, verb, resource, namespace=namespace, group=group), (
             f"{who} can {verb} {resource} in {namespace or 'the cluster'}"
+        )
+    for verb in ("update", "patch"):
+        assert plane.can(
+            who,
+            verb,
+            "dispatchjobs",
+            namespace=RELEASE_NAMESPACE,
+            group="kube-dispatcher.dev",
+            subresource="status",
         )
     assert plane.can(who, "get", "pods", namespace="batch", subresource="log")
     assert not plane.can(who, "create", "pods", namespace="batch", subresource="exec")
@@ -304,3 +323,38 @@ def test_helm_install_dry_run_sees_the_operator_api_and_renders_notes(
     assert "kind: ServiceMonitor" in out
     assert "kind: PrometheusRule" in out
     assert "Task namespaces in this cluster (RBAC granted): batch" in out
+
+
+def test_the_job_records_crd_is_established_with_its_printer_columns(plane: Cluster) -> None:
+    crd = client.ApiextensionsV1Api(plane.api).read_custom_resource_definition(
+        "dispatchjobs.kube-dispatcher.dev"
+    )
+    conditions = {c.type: c.status for c in crd.status.conditions}
+    assert conditions["Established"] == "True"
+    assert conditions["NamesAccepted"] == "True"
+    assert crd.status.accepted_names.short_names == ["dj"]
+    (version,) = crd.spec.versions
+    assert [c.name for c in version.additional_printer_columns] == [
+        "State",
+        "Cluster",
+        "Attempt",
+        "Age",
+        "Message",
+    ]
+
+
+def _dispatch_job(name: str, job_id: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kube-dispatcher.dev/v1",
+        "kind": "DispatchJob",
+        "metadata": {"name": name, "namespace": RELEASE_NAMESPACE},
+        "spec": {"id": job_id, "task": {"image": "busybox"}, "fence": {"holder": "", "term": 0}},
+    }
+
+
+def test_the_crd_accepts_a_record_named_by_its_id_and_refuses_any_other(plane: Cluster) -> None:
+    plane.dynamic.resources.invalidate_cache()
+    plane.apply(_dispatch_job("j0123456789abcdef0123", "j0123456789abcdef0123"), dry_run=True)
+    refusal = plane.refusal(_dispatch_job("j0123456789abcdef0123", "j-another"), dry_run=True)
+    assert refusal is not None
+    assert "named by its job id" in refusal

@@ -85,7 +85,6 @@ class KubernetesKit(Kit):
 
     # ----- the Lease -----------------------------------------------------------------------
     def write_lease(self, holder: str, term: int) -> None:
-        now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -94,8 +93,6 @@ class KubernetesKit(Kit):
                 "holderIdentity": holder,
                 "leaseTransitions": term,
                 "leaseDurationSeconds": 15,
-                "acquireTime": now,
-                "renewTime": now,
             },
         }
         leases = client.CoordinationV1Api(self.admin)

@@ -43,6 +43,11 @@ from .pki import Pki, ensure_pki
 
 STAGES_DIR = Path(__file__).resolve().parent / "stages"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART_DIR = REPO_ROOT / "deploy" / "helm" / "kube-dispatcher"
+#: Job records (the chart's CRD) and their fencing (the chart's policy and binding): the
+#: stack installs the chart's own files in `plane`.
+RECORDS_CRD = CHART_DIR / "crds" / "dispatchjobs.yaml"
+FENCING_POLICY = CHART_DIR / "files" / "fencing.yaml"
 
 TASK_NAMESPACE = "dispatch"
 DISPATCHER_NAMESPACE = "kube-dispatcher"
@@ -767,6 +772,12 @@ class Stack:
                 "rules": TASK_RULES,
             }
         )
+        if spec.name == "plane":
+            self._install_job_records(api)
+            rbac.create_cluster_role(
+                {"metadata": {"name": "kube-dispatcher-records"}, "rules": RECORDS_RULES}
+            )
+            self._bind_records(spec, DISPATCHER_NAMESPACE)
         self.grant_task_namespace(spec, TASK_NAMESPACE)
         if spec.name == "plane":
             rbac.create_namespaced_role(
@@ -885,11 +896,59 @@ class Stack:
         api.close()
         return str(path)
 
+    def _install_job_records(self, api: Any) -> None:
+        """The DispatchJob CRD (established) and its fencing policy, from the chart."""
+        from kubernetes import client
+
+        crd = yaml.safe_load(RECORDS_CRD.read_text())
+        extensions = client.ApiextensionsV1Api(api)
+        extensions.create_custom_resource_definition(crd)
+        admission = client.AdmissionregistrationV1Api(api)
+        for doc in yaml.safe_load_all(FENCING_POLICY.read_text()):
+            if doc and doc["kind"] == "ValidatingAdmissionPolicy":
+                admission.create_validating_admission_policy(doc)
+            elif doc:
+                admission.create_validating_admission_policy_binding(doc)
+
+        def established() -> bool:
+            found = extensions.read_custom_resource_definition(crd["metadata"]["name"])
+            conditions = found.status.conditions or []
+            return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+        self._wait("plane-apiserver", established, 30)
+
+    def _bind_records(self, spec: ClusterSpec, namespace: str) -> None:
+        """Let the dispatcher's ServiceAccount keep job records in ``namespace`` of plane."""
+        from kubernetes import client
+
+        with self.kube(spec) as api:
+            client.RbacAuthorizationV1Api(api).create_namespaced_role_binding(
+                namespace,
+                {
+                    "metadata": {"name": "kube-dispatcher-records"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": "kube-dispatcher-records",
+                    },
+                    "subjects": [
+                        {
+                            "kind": "ServiceAccount",
+                            "name": DISPATCHER_SA,
+                            "namespace": DISPATCHER_NAMESPACE,
+                        }
+                    ],
+                },
+            )
+
     def grant_task_namespace(self, cluster: ClusterSpec | str, namespace: str) -> None:
-        """Let the cluster's dispatcher identity manage pods in ``namespace``."""
+        """Let the cluster's dispatcher identity manage pods in ``namespace`` (and, in
+        ``plane``, keep job records there)."""
         from kubernetes import client
 
         spec = self._spec(cluster)
+        if spec.name == "plane":
+            self._bind_records(spec, namespace)
         sa_ns = DISPATCHER_NAMESPACE if spec.name == "plane" else TASK_NAMESPACE
         sa_name = DISPATCHER_SA if spec.name == "plane" else RESTRICTED_SA
         with self.kube(spec) as api:
@@ -1197,6 +1256,26 @@ TASK_RULES = [
         "apiGroups": ["coordination.k8s.io"],
         "resources": ["leases"],
         "verbs": ["get", "create", "update"],
+    },
+]
+
+#: Job records in `plane` (the chart's state Role grants the same): DispatchJobs, their
+#: status, and the Secrets holding their literal env values.
+RECORDS_RULES = [
+    {
+        "apiGroups": ["kube-dispatcher.dev"],
+        "resources": ["dispatchjobs"],
+        "verbs": ["get", "list", "create", "update", "delete"],
+    },
+    {
+        "apiGroups": ["kube-dispatcher.dev"],
+        "resources": ["dispatchjobs/status"],
+        "verbs": ["update", "patch"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "verbs": ["get", "list", "create", "update", "delete"],
     },
 ]
 
