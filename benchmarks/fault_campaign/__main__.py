@@ -35,9 +35,9 @@ def main() -> int:
     parser.add_argument("--failover-bound", type=float, default=60.0)
     parser.add_argument("--unreachable-policy", default="wait", help="wait | relaunch:SECONDS")
     parser.add_argument(
-        "--proxy-faults",
+        "--no-proxy-faults",
         action="store_true",
-        help="also make one cluster slow or erroring through a fault proxy",
+        help="reach gpu-h100 directly, without the fault proxy's slow, 429 and 5xx periods",
     )
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
@@ -57,7 +57,7 @@ def main() -> int:
                 drain_seconds=args.drain_seconds,
                 failover_bound_seconds=args.failover_bound,
                 unreachable_policy=args.unreachable_policy,
-                proxy_faults=args.proxy_faults,
+                proxy_faults=not args.no_proxy_faults,
             ),
             say=lambda line: print(line, flush=True),
         )

@@ -34,10 +34,11 @@ import yaml
 from kubernetes import client
 
 from benchmarks.fault_campaign.checker import Report, check, load_history
-from benchmarks.fault_campaign.faults import Injector, plan_faults
+from benchmarks.fault_campaign.faults import PROXIED_CLUSTER, Injector, plan_faults
 from benchmarks.fault_campaign.history import PodWatch
 from benchmarks.fault_campaign.records import HistoryFiles
 from benchmarks.fault_campaign.workload import TASK_KINDS, Workload
+from tests.faultproxy import for_stack
 from tests.stack.dispatcher_config import dispatcher_settings
 from tests.stack.launcher import Stack
 from tests.support import REPO, ServiceProcess, wait_until
@@ -63,8 +64,9 @@ class CampaignConfig:
     failover_bound_seconds: float = 60.0
     #: Shortens fault pauses and the gaps between faults (CI-sized campaigns: about 0.5).
     fault_scale: float = 1.0
-    #: Make one cluster slow or erroring through a fault proxy (needs tests/faultproxy.py).
-    proxy_faults: bool = False
+    #: The replicas reach gpu-h100 through a fault proxy that makes it slow, throttled or
+    #: failing now and then (``tests.faultproxy``).
+    proxy_faults: bool = True
     #: ``wait`` or ``relaunch:SECONDS``: what a running attempt on an unreachable cluster may do.
     unreachable_policy: str = "wait"
 
@@ -111,6 +113,15 @@ def apply_policy(config: Path, policy: Mapping[str, Any]) -> dict[str, Any]:
             else {"action": "wait"}
         )
     return declared
+
+
+def _through_proxy(config: Path, cluster: str, url: str) -> None:
+    """Point ``cluster``'s server in the settings file ``config`` at the proxy ``url``."""
+    settings = yaml.safe_load(config.read_text())
+    for entry in settings["clusters"]:
+        if entry["name"] == cluster:
+            entry["credentials"]["vault_kubernetes_secrets"]["server"] = url
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
 
 
 def _create_namespace(stack: Stack, namespace: str) -> None:
@@ -182,6 +193,7 @@ def run_campaign(  # noqa: PLR0915 - the campaign's steps, in order
     replicas: list[ServiceProcess] = []
     injector: Injector | None = None
     workload: Workload | None = None
+    proxy = for_stack(stack.env(), PROXIED_CLUSTER) if config.proxy_faults else None
     watching: list[PodWatch] = []
     try:
         for watch in watches.values():
@@ -194,6 +206,8 @@ def run_campaign(  # noqa: PLR0915 - the campaign's steps, in order
                 stack, folder / f"replica{index}", namespace=namespace, service=service
             )
             declared = apply_policy(settings, policy)
+            if proxy is not None:
+                _through_proxy(settings, PROXIED_CLUSTER, proxy.url)
             replicas.append(ServiceProcess(settings, folder / f"replica{index}.log"))
         plans = plan_faults(
             config.seed, seconds, scale=config.fault_scale, proxy=config.proxy_faults
@@ -213,6 +227,7 @@ def run_campaign(  # noqa: PLR0915 - the campaign's steps, in order
                 "lease_duration_seconds": 15.0,
                 "dispatcher_service_settings": service,
                 "replicas": [r.url for r in replicas],
+                "proxied_cluster": PROXIED_CLUSTER if proxy is not None else None,
                 "faults_planned": [p.as_dict() for p in plans],
             }
         )
@@ -221,7 +236,7 @@ def run_campaign(  # noqa: PLR0915 - the campaign's steps, in order
         workload = Workload(
             config.seed, namespace, [r.url for r in replicas], history.client, rate=config.rate
         )
-        injector = Injector(stack, replicas, watches, history.faults, namespace)
+        injector = Injector(stack, replicas, watches, history.faults, namespace, proxy=proxy)
         began = time.monotonic()
         workload.start()
         injector.start(plans, began)
@@ -247,6 +262,8 @@ def run_campaign(  # noqa: PLR0915 - the campaign's steps, in order
             workload.abandon()
         for replica in replicas:
             replica.stop()
+        if proxy is not None:
+            proxy.close()
         for watch in watching:
             watch.request_stop()
         for watch in watching:

@@ -96,7 +96,7 @@ _STARTED_PHASES = frozenset({"Running", *_TERMINAL_PHASES})
 #: Faults that make a cluster unreachable for the dispatcher (target: {"cluster": ...}).
 UNREACHABLE_KINDS = frozenset({"apiserver_down", "proxy_errors"})
 #: Faults that disturb a cluster without making it unreachable.
-DEGRADED_KINDS = frozenset({"proxy_slow"})
+DEGRADED_KINDS = frozenset({"proxy_slow", "proxy_throttle"})
 #: Faults during which no dispatcher may be able to act at all.
 DISPATCHER_OUTAGE_KINDS = frozenset({"kill_leader", "vault_down"})
 _DEFAULT_TOLERANCE = 0.5

@@ -1,19 +1,25 @@
 """The campaign's faults: a schedule drawn from the seed, and the injectors that play it.
 
-``plan_faults(seed, seconds)`` draws two independent tracks from ``random.Random``, so faults
-of the two overlap as they would in production:
+``plan_faults(seed, seconds)`` draws three independent tracks from ``random.Random``, so
+faults of different tracks overlap as they would in production:
 
-- processes: kill -9 the leader (or, one time in four, the follower) and start it again
-  after a pause;
-- infrastructure: stop a GPU cluster's apiserver (its scheduler and KWOK are restarted with
-  it) and start it again; stop and start Vault; rotate gpu-a100's credential in Vault;
-  delete a running pod behind the dispatcher's back; cordon a node and uncordon it; with
-  ``proxy=True``, make one cluster slow or erroring through a fault proxy.
+- processes: kill -9 the leader (or the follower) and start it again after a pause;
+- control plane: stop a GPU cluster's apiserver (its scheduler and KWOK are restarted with
+  it) and start it again; stop and start Vault;
+- cluster: rotate gpu-a100's credential in Vault; delete a running pod behind the
+  dispatcher's back; cordon a node and uncordon it; with ``proxy=True``, make gpu-h100
+  slow (``proxy_slow``), throttled (``proxy_throttle``: 429 with Retry-After) or failing
+  (``proxy_errors``: 503, dropped connections or hung requests, open watches cut) through
+  ``tests.faultproxy.FaultProxy``, which the replicas reach gpu-h100 through (the
+  campaign's admin watches do not).
+
+A cluster fault aimed at a cluster whose apiserver is stopped goes to the other GPU
+cluster, or is skipped (as is a rotation while Vault is down); skips are written down.
 
 ``Injector`` plays a schedule against a running campaign, writes each fault's start and end
 (and the faults it had to skip, with why) to the faults history, and ``restore()`` undoes
 whatever is still in effect: every apiserver and Vault running, every node schedulable,
-every replica started.
+every replica started, the proxy passing.
 
 I/O: kills and starts processes, stops and starts parts of the stack, admin API calls.
 """
@@ -32,6 +38,7 @@ from kubernetes import client
 
 from benchmarks.fault_campaign.history import PodWatch
 from benchmarks.fault_campaign.records import JsonLines
+from tests.faultproxy import Answer, Delay, Drop, FaultProxy, Hang, Mode, Pass
 from tests.stack.fixtures import Faults
 from tests.stack.launcher import Stack
 from tests.support import ServiceProcess
@@ -48,19 +55,34 @@ FAULT_KINDS = (
     "delete_pod",
     "cordon_node",
     "proxy_slow",
+    "proxy_throttle",
     "proxy_errors",
 )
-#: Infrastructure kind -> weight, and (min, max) seconds it lasts before ``scale``.
-_INFRA: Mapping[str, tuple[float, tuple[float, float]]] = {
-    "apiserver_down": (3.0, (10.0, 45.0)),
-    "vault_down": (1.0, (5.0, 20.0)),
-    "rotate_credential": (1.0, (0.0, 0.0)),
-    "delete_pod": (2.0, (0.0, 0.0)),
-    "cordon_node": (1.5, (10.0, 30.0)),
+#: The cluster the replicas reach through the fault proxy (its server is in their settings).
+PROXIED_CLUSTER = "gpu-h100"
+#: Track -> (kinds drawn as a shuffled bag: each round plays every kind listed once, in a
+#: seeded order; first gap, gaps between faults). Kind -> (min, max) seconds it lasts.
+_TRACKS: Mapping[str, tuple[tuple[str, ...], tuple[float, float], tuple[float, float]]] = {
+    "processes": (("kill_leader", "kill_leader", "kill_follower"), (10, 20), (15, 40)),
+    "control-plane": (("apiserver_down", "apiserver_down", "vault_down"), (5, 15), (10, 30)),
+    "cluster": (
+        ("delete_pod", "delete_pod", "cordon_node", "rotate_credential"),
+        (5, 10),
+        (5, 20),
+    ),
 }
-_PROXY: Mapping[str, tuple[float, tuple[float, float]]] = {
-    "proxy_slow": (1.0, (10.0, 30.0)),
-    "proxy_errors": (1.0, (10.0, 30.0)),
+_PROXY_KINDS = ("proxy_slow", "proxy_throttle", "proxy_errors")
+_LASTS: Mapping[str, tuple[float, float]] = {
+    "kill_leader": (2.0, 15.0),
+    "kill_follower": (2.0, 15.0),
+    "apiserver_down": (10.0, 45.0),
+    "vault_down": (5.0, 20.0),
+    "rotate_credential": (0.0, 0.0),
+    "delete_pod": (0.0, 0.0),
+    "cordon_node": (10.0, 30.0),
+    "proxy_slow": (10.0, 30.0),
+    "proxy_throttle": (10.0, 30.0),
+    "proxy_errors": (10.0, 30.0),
 }
 
 
@@ -83,28 +105,31 @@ class PlannedFault:
 def plan_faults(
     seed: int, seconds: float, *, scale: float = 1.0, proxy: bool = False
 ) -> list[PlannedFault]:
-    """The fault schedule of ``seed`` for a campaign of ``seconds``; ``scale`` shortens
-    pauses and gaps (a CI-sized campaign uses about 0.5)."""
+    """The fault schedule of ``seed`` for a campaign of ``seconds``: three tracks that run
+    at once (processes, control plane, cluster), each drawing its kinds from a shuffled bag
+    so that even a short campaign plays every kind; ``scale`` shortens pauses and gaps (a
+    CI-sized campaign uses about 0.5). A track's faults run one after another: one that
+    takes longer than planned delays the rest of its track."""
     plans: list[PlannedFault] = []
-    rng = random.Random(f"{seed}/faults/processes")
-    at = rng.uniform(10, 20) * scale
-    while at < seconds:
-        kind = "kill_follower" if rng.random() < 0.25 else "kill_leader"
-        pause = rng.uniform(2.0, 15.0) * scale
-        plans.append(PlannedFault("processes", at, kind, pause, None, rng.random()))
-        at += pause + rng.uniform(15.0, 40.0) * scale
-    rng = random.Random(f"{seed}/faults/infrastructure")
-    kinds = {**_INFRA, **(_PROXY if proxy else {})}
-    at = rng.uniform(5, 10) * scale
-    while at < seconds:
-        kind = rng.choices(list(kinds), weights=[w for w, _ in kinds.values()])[0]
-        low, high = kinds[kind][1]
-        pause = rng.uniform(low, high) * scale
-        cluster = rng.choice(GPU_CLUSTERS) if kind != "delete_pod" else None
-        if kind == "rotate_credential":
-            cluster = "gpu-a100"  # the cluster whose kubeconfig Vault's KV holds
-        plans.append(PlannedFault("infrastructure", at, kind, pause, cluster, rng.random()))
-        at += pause + rng.uniform(5.0, 20.0) * scale
+    for track, (kinds, first, gaps) in _TRACKS.items():
+        rng = random.Random(f"{seed}/faults/{track}")
+        bag: list[str] = []
+        at = rng.uniform(*first) * scale
+        while at < seconds:
+            if not bag:
+                bag = [*kinds, *(_PROXY_KINDS if proxy and track == "cluster" else ())]
+                rng.shuffle(bag)
+            kind = bag.pop()
+            pause = rng.uniform(*_LASTS[kind]) * scale
+            cluster: str | None = rng.choice(GPU_CLUSTERS)
+            if kind in ("kill_leader", "kill_follower", "vault_down", "delete_pod"):
+                cluster = None
+            elif kind == "rotate_credential":
+                cluster = "gpu-a100"  # the cluster whose kubeconfig Vault's KV holds
+            elif kind in _PROXY_KINDS:
+                cluster = PROXIED_CLUSTER
+            plans.append(PlannedFault(track, at, kind, pause, cluster, rng.random()))
+            at += pause + rng.uniform(*gaps) * scale
     return sorted(plans, key=lambda p: p.at)
 
 
@@ -134,14 +159,19 @@ class Injector:
         watches: Mapping[str, PodWatch],
         out: JsonLines,
         namespace: str,
+        *,
+        proxy: FaultProxy | None = None,
     ) -> None:
         self._stack = stack
         self._replicas = list(replicas)
         self._watches = watches
         self._out = out
         self._namespace = namespace
+        self._proxy = proxy
         self._stack_faults = Faults(stack)
         self._cordoned: set[tuple[str, str]] = set()
+        #: Clusters whose apiserver is stopped, and "vault" while Vault is.
+        self._down: set[str] = set()
         self._ids = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -184,13 +214,11 @@ class Injector:
                 plan, {"cluster": plan.cluster}, self._stop_apiserver, self._start_apiserver
             )
         elif kind == "vault_down":
-            self._during(
-                plan,
-                {},
-                lambda _: self._stack_faults.stop_vault(),
-                lambda _: self._stack_faults.start_vault(),
-            )
+            self._during(plan, {}, self._stop_vault, self._start_vault)
         elif kind == "rotate_credential":
+            if {"vault", str(plan.cluster)} & self._down:
+                self._skip(plan, f"{plan.cluster} or Vault is stopped")
+                return
             self._during(
                 plan,
                 {"cluster": plan.cluster},
@@ -201,8 +229,10 @@ class Injector:
             self._delete_pod(plan)
         elif kind == "cordon_node":
             self._cordon(plan)
+        elif self._proxy is None:
+            self._skip(plan, "no fault proxy in front of the cluster")
         else:
-            self._skip(plan, "the fault proxy (tests/faultproxy.py) is not wired in yet")
+            self._proxy_fault(plan, self._proxy)
 
     # ----- one fault --------------------------------------------------------------------
     def _begin(self, plan: PlannedFault, target: Mapping[str, Any]) -> int:
@@ -262,10 +292,20 @@ class Injector:
                 self._end(plan, fault_id, **({"error": error} if error else {}))
 
     def _stop_apiserver(self, target: Mapping[str, Any]) -> None:
+        self._down.add(target["cluster"])
         self._stack_faults.stop_apiserver(target["cluster"])
 
     def _start_apiserver(self, target: Mapping[str, Any]) -> None:
         self._stack_faults.start_apiserver(target["cluster"])
+        self._down.discard(target["cluster"])
+
+    def _stop_vault(self, _: Mapping[str, Any]) -> None:
+        self._down.add("vault")
+        self._stack_faults.stop_vault()
+
+    def _start_vault(self, _: Mapping[str, Any]) -> None:
+        self._stack_faults.start_vault()
+        self._down.discard("vault")
 
     def _kill(self, plan: PlannedFault) -> None:
         deadline = time.monotonic() + 30
@@ -300,6 +340,7 @@ class Injector:
             (
                 (cluster, record)
                 for cluster, watch in self._watches.items()
+                if cluster not in self._down
                 for record in watch.alive()
                 if record.get("phase") == "Running" and record.get("deletion_timestamp") is None
             ),
@@ -320,7 +361,11 @@ class Injector:
         self._during(plan, {"cluster": cluster, **target}, delete, None)
 
     def _cordon(self, plan: PlannedFault) -> None:
-        cluster = str(plan.cluster)
+        up = [c for c in (str(plan.cluster), *GPU_CLUSTERS) if c not in self._down]
+        if not up:
+            self._skip(plan, "every GPU cluster is stopped")
+            return
+        cluster = up[0]
         nodes = self._stack.env().clusters[cluster].nodes
         node = sorted(nodes)[int(plan.pick * len(nodes))]
         self._during(
@@ -328,6 +373,29 @@ class Injector:
             {"cluster": cluster, "node": node},
             lambda _: self._set_unschedulable(cluster, node, True),
             lambda _: self._set_unschedulable(cluster, node, False),
+        )
+
+    def _proxy_fault(self, plan: PlannedFault, proxy: FaultProxy) -> None:
+        mode: Mode
+        if plan.kind == "proxy_slow":
+            mode = Delay(round(0.5 + plan.pick * 2.5, 1))
+        elif plan.kind == "proxy_throttle":
+            mode = Answer(429, retry_after=2, message="Too many requests, please try again later.")
+        elif plan.pick < 0.4:
+            mode = Answer(503)
+        else:
+            mode = Drop() if plan.pick < 0.7 else Hang()
+
+        def begin(_: Mapping[str, Any]) -> None:
+            proxy.set_mode(mode)
+            if plan.kind == "proxy_errors":
+                proxy.cut_streams()  # open watches break as in a network failure
+
+        self._during(
+            plan,
+            {"cluster": plan.cluster, "mode": repr(mode)},
+            begin,
+            lambda _: proxy.set_mode(Pass()),
         )
 
     def _set_unschedulable(self, cluster: str, node: str, unschedulable: bool) -> None:
@@ -342,6 +410,9 @@ class Injector:
     def restore(self) -> None:
         """Whatever is still in effect ends: apiservers, Vault, nodes, replicas."""
         self._stack_faults.restore()
+        self._down.clear()
+        if self._proxy is not None:
+            self._proxy.set_mode(Pass())
         for cluster, node in sorted(self._cordoned):
             self._set_unschedulable(cluster, node, False)
         for replica in self._replicas:

@@ -40,7 +40,7 @@ def test_a_short_fault_campaign_leaves_a_history_the_checker_passes(
         stack,
         CampaignConfig(
             seed=seed,
-            minutes=1.25,
+            minutes=1.0,
             out=tmp_path / "history",
             fault_scale=0.5,
             drain_seconds=120,
