@@ -40,7 +40,7 @@ from dispatcher.errors import DispatcherError
 from dispatcher.settings import ServiceSettings
 from tests.simulation.cache import FakeCache
 from tests.simulation.store import FINISHED_STATES, record_state
-from tests.simulation.world import ClusterSpec, ManualRunner, SimPod, World
+from tests.simulation.world import ClusterSpec, ManualRunner, ProcessExited, SimPod, World
 
 __all__ = ["Process", "Simulation", "Submission", "sim_service"]
 
@@ -169,7 +169,8 @@ class Process:
     dispatcher: Any
     led: bool = False  # it has been leader (reattached)
     alive: bool = True
-    fenced: bool = False  # it said it lost its fence (on_fenced): it is about to exit
+    fenced: bool = False  # it said it lost its fence (on_fenced), and exited
+    replaced: bool = False
 
 
 @dataclass
@@ -267,8 +268,30 @@ class Simulation:
         return process
 
     def _fenced(self, process: Process) -> None:
+        """``on_fenced``: the service exits at once (``os._exit``); a replacement starts at
+        the next step."""
         process.fenced = True
-        self.world.log(f"{process.name} says it lost its fence")
+        self.world.log(f"{process.name} says it lost its fence and exits")
+        self._exit(process)
+
+    def _exit(self, process: Process) -> None:
+        process.alive = False
+        self.world.dead.add(process.name)
+        self.world.renewal_blocked.add(process.name)  # a dead process renews nothing
+        process.cache.closed = True
+        process.runner.pending.clear()
+        process.cache.events.clear()
+        if process.cache in self.world.caches:
+            self.world.caches.remove(process.cache)
+
+    def reap(self) -> None:
+        """Replace processes that exited by themselves (Kubernetes restarts them)."""
+        if any(p.fenced and not p.replaced for p in self.processes):
+            for process in self.processes:
+                process.replaced = True
+            if not [p for p in self.alive() if not p.led]:
+                self.start_process()
+            self.elect()
 
     def alive(self) -> list[Process]:
         """Live processes, the newest first."""
@@ -282,8 +305,12 @@ class Simulation:
         return None
 
     def front(self) -> Process | None:
-        """Where a client request lands: the leader, else any live replica."""
-        return self.leader() or next(iter(self.alive()), None)
+        """The replica that serves job requests: the one whose elector says it leads
+        (the API answers 503 on the others)."""
+        for process in self.alive():
+            if self.world.fence_for(process.name) is not None:
+                return process
+        return None
 
     def elect(self) -> None:
         """A live replica that never led takes the Lease once it is free, and reattaches."""
@@ -301,12 +328,7 @@ class Simulation:
         """The process dies (kill -9, or a clean stop that releases the Lease); its
         runner's work and undelivered events die with it. A replacement starts (unless
         ``replace`` is false) if no other replica stands by."""
-        process.alive = False
-        self.world.renewal_blocked.add(process.name)  # a dead process renews nothing
-        process.cache.closed = True
-        process.runner.pending.clear()
-        process.cache.events.clear()
-        self.world.caches.remove(process.cache)
+        self._exit(process)
         if graceful:
             self.world.release(process.name)
         self.world.log(f"{process.name} {'stops' if graceful else 'is killed'}")
@@ -317,6 +339,8 @@ class Simulation:
     def _guard(self, process: Process, what: str, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
+        except ProcessExited:
+            return None
         except Exception as exc:  # a dispatcher entry point must not raise
             import traceback
 
@@ -327,6 +351,27 @@ class Simulation:
             return None
 
     # ----- the client -------------------------------------------------------------------------
+    def _request(self, what: str, fn: Callable[[Process], Any]) -> tuple[bool, Any]:
+        """Send a client request to the replica that leads; (answered, result). A refusal
+        (``DispatcherError``: a 4xx or 503 for the API) or no leader is not answered; any
+        other exception is a finding."""
+        self.reap()
+        process = self.front()
+        if process is None:
+            self.world.log(f"client: {what}: no leader (503)")
+            return False, "no leader"
+        try:
+            return True, fn(process)
+        except ProcessExited:
+            self.world.log(f"client: {what}: the connection to {process.name} broke")
+            return False, "process exited"
+        except DispatcherError as exc:
+            self.world.log(f"client: {what} to {process.name} failed: {exc}")
+            return False, f"{process.name}: {exc}"
+        except Exception as exc:
+            self._guard(process, what, functools.partial(_reraise, exc))
+            return False, repr(exc)
+
     def submit(self, spec: TaskSpec) -> Submission:
         assert spec.idempotency_key is not None
         key = spec.idempotency_key
@@ -334,68 +379,49 @@ class Simulation:
         if sub is None:
             sub = Submission(key, spec, job_id_for(key))
             self.submissions[key] = sub
-        process = self.front()
-        if process is None:
+        answered, result = self._request(f"submit {key}", lambda p: p.dispatcher.submit(spec))
+        if not answered:
             sub.failures += 1
-            return sub
-        try:
-            view, _created = process.dispatcher.submit(spec)
-        except DispatcherError as exc:
-            sub.failures += 1
-            sub.errors.append(f"{process.name}: {exc}")
-            self.world.log(f"client: submit {key} to {process.name} failed: {exc}")
-            return sub
-        except Exception as exc:
-            self._guard(process, f"submit {key}", functools.partial(_reraise, exc))
+            sub.errors.append(str(result))
             return sub
         sub.accepted = True
-        self.world.log(f"client: submit {key} to {process.name}: {view.get('state')}")
+        self.world.log(f"client: submit {key}: {result[0].get('state')}")
         return sub
 
     def cancel(self, sub: Submission) -> None:
-        process = self.front()
-        if process is None:
-            return
-        try:
-            process.dispatcher.request_cancel(sub.job_id)
-        except DispatcherError as exc:
-            self.world.log(f"client: cancel {sub.key} failed: {exc}")
-            return
-        except Exception as exc:
-            self._guard(process, f"cancel {sub.key}", functools.partial(_reraise, exc))
-            return
-        sub.cancel_requested = True
-        self.world.log(f"client: cancel {sub.key} requested")
+        answered, _ = self._request(
+            f"cancel {sub.key}", lambda p: p.dispatcher.request_cancel(sub.job_id)
+        )
+        if answered:
+            sub.cancel_requested = True
+            self.world.log(f"client: cancel {sub.key} requested")
 
     def acknowledge(self, sub: Submission) -> None:
-        process = self.front()
-        if process is None:
-            return
-        dispatcher = process.dispatcher
-        acknowledge = getattr(dispatcher, "request_acknowledge", None) or dispatcher.acknowledge
+        def acknowledge(process: Process) -> Any:
+            dispatcher = process.dispatcher
+            ack = getattr(dispatcher, "request_acknowledge", None) or dispatcher.acknowledge
+            return ack(sub.job_id)
+
         sub.ack_requested = True
-        try:
-            acknowledge(sub.job_id)
-        except DispatcherError as exc:
-            self.world.log(f"client: acknowledge {sub.key} failed: {exc}")
-            return
-        except Exception as exc:
-            self._guard(process, f"acknowledge {sub.key}", functools.partial(_reraise, exc))
-            return
-        sub.acknowledged = True
-        self.world.log(f"client: acknowledge {sub.key} answered")
+        answered, _ = self._request(f"acknowledge {sub.key}", acknowledge)
+        if answered:
+            sub.acknowledged = True
+            self.world.log(f"client: acknowledge {sub.key} answered")
 
     # ----- steps ------------------------------------------------------------------------------
     def run_once(self, process: Process | None = None) -> None:
+        self.reap()
         process = process or self.leader()
         if process is not None and process.alive:
             self._guard(process, "run_once", process.dispatcher.run_once)
 
     def run_task(self, process: Process, index: int) -> None:
+        self.reap()
         if process.runner.pending:
             process.runner.run(index % len(process.runner.pending))
 
     def advance(self, seconds: float) -> None:
+        self.reap()
         self.world.advance(seconds)
         self.elect()
 
@@ -469,6 +495,7 @@ class Simulation:
 
     def check(self) -> None:
         """Every invariant that must hold after any step."""
+        self.reap()
         self.steps += 1
         world = self.world
         if world.violations:

@@ -157,6 +157,12 @@ class RecordingStore:
         self.refusals.append(text)
         self.world.log(f"store: refused {text}")
 
+    def _alive(self, fence: Fence) -> None:
+        if fence.holder in self.world.dead:
+            from tests.simulation.world import ProcessExited
+
+            raise ProcessExited(fence.holder)
+
     def _before(self, job_id: str) -> StoreFault | None:
         fault = self._take(job_id)
         if fault is StoreFault.ERROR_BEFORE:
@@ -169,6 +175,7 @@ class RecordingStore:
 
     # ----- RecordStore ------------------------------------------------------------------------
     def create(self, record: dict[str, Any], fence: Fence) -> str:
+        self._alive(fence)
         job_id = str(record.get("id"))
         fault = self._before(job_id)
         try:
@@ -190,6 +197,7 @@ class RecordingStore:
         return version
 
     def update(self, record: dict[str, Any], version: str, fence: Fence) -> str:
+        self._alive(fence)
         job_id = str(record.get("id"))
         fault = self._before(job_id)
         try:
@@ -215,6 +223,7 @@ class RecordingStore:
         return self.inner.get(job_id)
 
     def delete(self, job_id: str, fence: Fence, version: str | None = None) -> None:
+        self._alive(fence)
         fault = self._before(job_id)
         existed = self.inner.get(job_id) is not None
         try:

@@ -141,6 +141,31 @@ def test_a_running_job_on_an_unreachable_cluster_waits_and_never_runs_twice() ->
     sim.check_final()
 
 
+def test_under_a_relaunch_policy_the_overlap_is_counted_and_the_old_pod_deleted_on_return() -> None:
+    from dispatcher.settings import UnreachablePolicy  # (not in today's settings)
+
+    relaunch = UnreachablePolicy(action="relaunch", relaunch_after_seconds=20)
+    sim = Simulation(
+        unreachable=dict.fromkeys(("gpu-a100", "gpu-h100"), relaunch), relaunch_allowed=True
+    )
+    sub = sim.submit(task("relaunch", gpus=1, seconds=300))
+    sim.run_for(5)
+    first = placed_cluster(sim, sub.job_id)
+    sim.set_reachable(first, False)
+    sim.run_for(40)
+    assert [p.split("@")[1] for p in sim.pods_created(sub.job_id)] == [
+        first,
+        "gpu-h100" if first == "gpu-a100" else "gpu-a100",
+    ]
+    assert sim.overlaps == {sub.job_id}  # counted, not silent
+    sim.set_reachable(first, True)
+    sim.run_for(10)
+    assert [c for c, _ in sim.world.live_pods_by_job()[sub.job_id]] != [first]
+    assert len(sim.world.live_pods_by_job()[sub.job_id]) == 1
+    sim.settle()
+    sim.check_final()
+
+
 def test_a_job_whose_pod_finished_and_went_while_the_dispatcher_was_down_is_not_run_again() -> None:
     sim = Simulation()
     sub = sim.submit(task("race-restart", seconds=2))

@@ -78,6 +78,7 @@ __all__ = [
     "Fault",
     "Lease",
     "ManualRunner",
+    "ProcessExited",
     "SimPod",
     "World",
     "choose_node",
@@ -271,6 +272,12 @@ def add(total: dict[str, int], more: Mapping[str, int]) -> None:
         total[name] = total.get(name, 0) + amount
 
 
+class ProcessExited(BaseException):
+    """The calling process is gone (it exited, or was killed): nothing it does after that
+    reaches the world. A ``BaseException``, so the dispatcher's handlers cannot swallow it,
+    as nothing runs in a process after ``os._exit``."""
+
+
 # ----- faults -------------------------------------------------------------------------------
 class Fault(StrEnum):
     """What the next matching request to a cluster runs into."""
@@ -433,7 +440,9 @@ class FakeCluster:
             )
         raise AssertionError(fault)
 
-    def _reach(self, what: str) -> None:
+    def _reach(self, what: str, caller: str) -> None:
+        if caller in self.world.dead:
+            raise ProcessExited(caller)
         if not self.reachable:
             raise ClusterUnavailable(f"{what}: connection refused (sim)", cluster=self.name)
 
@@ -445,7 +454,7 @@ class FakeCluster:
         name = str(metadata.get("name", ""))
         what = f"create pod {namespace}/{name}"
         job_id = (metadata.get("labels") or {}).get(JOB_ID_LABEL)
-        self._reach(what)
+        self._reach(what, caller)
         self.world.create_requests += 1
         if job_id is not None and job_id in self.world.permanently_refused:
             self.world.violation(
@@ -515,9 +524,9 @@ class FakeCluster:
     def api_delete(
         self, caller: str, namespace: str, name: str, grace_period_seconds: int | None = None
     ) -> None:
-        del caller, grace_period_seconds  # deleted pods go at once, as on the test stack
+        del grace_period_seconds  # deleted pods go at once, as on the test stack
         what = f"delete pod {namespace}/{name}"
-        self._reach(what)
+        self._reach(what, caller)
         existing = self.pods.get((namespace, name))
         fault = self._take("delete", existing.job_id if existing else None)
         if fault is not None and not fault.after:
@@ -531,9 +540,8 @@ class FakeCluster:
             raise self._failure(fault, what)
 
     def api_read(self, caller: str, namespace: str, name: str) -> dict[str, Any] | None:
-        del caller
         what = f"read pod {namespace}/{name}"
-        self._reach(what)
+        self._reach(what, caller)
         existing = self.pods.get((namespace, name))
         fault = self._take("read", existing.job_id if existing else None)
         if fault is not None:
@@ -541,8 +549,7 @@ class FakeCluster:
         return None if existing is None else copy.deepcopy(existing.obj)
 
     def api_list(self, caller: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        del caller
-        self._reach("list pods")
+        self._reach("list pods", caller)
         fault = self._take("list", None)
         if fault is not None:
             raise self._failure(fault, "list pods")
@@ -725,6 +732,8 @@ class ManualRunner:
         self.ran += 1
         try:
             fn()
+        except ProcessExited:
+            pass
         except Exception as exc:  # a production runner would log it; here it is a finding
             self.world.violation(
                 f"{self.process}: a runner task raised {exc!r}\n"
@@ -753,6 +762,8 @@ class World:
         self.renew_deadline = renew_deadline
         #: Processes whose renewals fail (the state cluster is unreachable for them).
         self.renewal_blocked: set[str] = set()
+        #: Processes that exited or were killed: whatever they still try is refused.
+        self.dead: set[str] = set()
         self.store = RecordingStore(self)
         self.caches: list[FakeCache] = []
         self.violations: list[str] = []
