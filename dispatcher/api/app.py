@@ -85,7 +85,7 @@ class ConditionModel(BaseModel):
     status: str
     reason: str
     message: str
-    lastTransitionTime: float  # noqa: N815 - the Kubernetes field name
+    lastTransitionTime: str  # noqa: N815 - the Kubernetes field name (RFC 3339)
 
 
 class JobModel(BaseModel):

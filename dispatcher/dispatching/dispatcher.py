@@ -684,10 +684,13 @@ class Dispatcher:
             )
         elif event is Event.POD_ABSENT and target is State.LAUNCHING:
             new = replace(new, resolve_at=None)
-        elif isinstance(outcome, Observation):
+        elif isinstance(outcome, Observation) and target not in _UNRESOLVED - {State.LAUNCHING}:
+            # While cancelling or moving, the pod's last words are not the job's story.
             new = self._observed(new, outcome, now)
         if Action.END_ATTEMPT in actions and job.attempt is not None:
-            why = payload.get("reason") or payload.get("message") or event.value
+            # A move ends with the pod's disappearance: the reason is why it moved.
+            moved = job.reason if job.state is State.MOVING else None
+            why = payload.get("reason") or payload.get("message") or moved or event.value
             ended = replace(job.attempt, ended=why, abandoned=event is Event.ABANDON)
             new = replace(
                 new,
@@ -806,6 +809,8 @@ class Dispatcher:
             return None
         metrics.RECORD_WRITES.labels(verb="update", outcome="ok").inc()
         written = replace(new, version=version)
+        if written.state is State.QUEUED:
+            self._wake.set()  # route it now, not at the next timer turn
         if new.state is not old.state:
             self._finished_metrics(old, written)
             log.info(
@@ -835,6 +840,14 @@ class Dispatcher:
             self._jobs[old.id] = fresh
         log.info("job.record_changed_elsewhere", job_id=old.id, state=fresh.state.value)
         self._post(old.id, _Mail(mail.kind, mail.payload))
+
+    def _touch(self, job_id: str, **fields: Any) -> None:
+        """Change this process's own bookkeeping (timers) of the job as it is now; never
+        a persisted field, so no record write is owed."""
+        with self._lock:
+            current = self._jobs.get(job_id)
+            if current is not None:
+                self._jobs[job_id] = replace(current, **fields)
 
     def _commit(self, job: Job) -> Job:
         with self._lock:
@@ -1013,11 +1026,12 @@ class Dispatcher:
     def _resolve(self, job: Job) -> None:
         """Read the attempt's pod and feed what is there: the cure for every uncertainty."""
         attempt = job.attempt
-        self._commit(replace(job, resolve_at=None))
+        self._touch(job.id, resolve_at=None)
         if attempt is None or job.state not in LIVE:
             return
-        if not self._cache.synced(attempt.cluster) and self._down(attempt.cluster):
-            self._commit(replace(job, resolve_at=self._clock() + _RESOLVE_SAFETY_SECONDS))
+        if self._down(attempt.cluster):
+            # Unreachable: nothing to read; the informers say when it is back.
+            self._touch(job.id, resolve_at=self._clock() + _RESOLVE_SAFETY_SECONDS)
             return
         try:
             pod = self._cache.connection(attempt.cluster).read_pod(attempt.namespace, attempt.pod)
@@ -1161,7 +1175,7 @@ class Dispatcher:
 
     def _finished_timers(self, job: Job, now: float) -> None:
         if job.cleanup_due is not None and now >= job.cleanup_due:
-            self._commit(replace(job, cleanup_due=None, cleaned=True))
+            self._touch(job.id, cleanup_due=None, cleaned=True)
             self._post(job.id, _Mail(Event.LINGER_DUE))
         if job.finished_at and now - job.finished_at > self._service.finished_ttl_seconds:
             self._post(job.id, _Mail(Event.FORGET))
@@ -1171,11 +1185,11 @@ class Dispatcher:
         if attempt is None or job.id in self._draining:
             return
         if job.resolve_at is not None and now >= job.resolve_at:
-            self._commit(replace(job, resolve_at=None))
+            self._touch(job.id, resolve_at=None)
             self._post(job.id, _Mail(_RESOLVE))
             return
         if job.state in _UNRESOLVED and job.resolve_at is None:
-            self._commit(replace(job, resolve_at=now + _RESOLVE_SAFETY_SECONDS))
+            self._touch(job.id, resolve_at=now + _RESOLVE_SAFETY_SECONDS)
         since = down.get(attempt.cluster)
         noted = job.condition(UNREACHABLE)
         if (since is not None) != (noted is not None and noted.status == "True"):
