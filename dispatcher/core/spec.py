@@ -381,6 +381,8 @@ class TaskSpec(_Model):
             if names.index(env.name) != index:
                 problems.append(Problem(f"env_vars[{index}].name", f"duplicate {env.name!r}"))
         problems.extend(_volume_problems(self.volumes, self.volume_mounts))
+        if self.service_account_name is None:
+            problems.extend(_token_problems(self.volumes))
         problems.extend(self._gpu_problems())
         if not problems:
             size = len(self.model_dump_json(exclude_defaults=True))
@@ -467,6 +469,20 @@ def _volume_problems(volumes: Any, mounts: Any) -> list[Problem]:
         elif isinstance(path, str):
             paths.add(path)
     return problems
+
+
+def _token_problems(volumes: tuple[JsonObject, ...]) -> list[Problem]:
+    # The API server refuses a projected token of no service account, and a cluster's
+    # default account may not exist or be meant for it: the task names its account.
+    return [
+        Problem(
+            f"volumes[{index}].projected.sources[{number}].serviceAccountToken",
+            "needs service_account_name: the token is that service account's",
+        )
+        for index, volume in enumerate(volumes)
+        for number, source in enumerate((volume.get("projected") or {}).get("sources") or ())
+        if "serviceAccountToken" in source
+    ]
 
 
 #: Annotations the API server reads (and validates) on a pod; a task may not set them.

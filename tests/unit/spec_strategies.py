@@ -603,7 +603,11 @@ def task_specs(draw: st.DrawFn) -> Json:
         volumes, mounts = draw(volumes_and_mounts())
         spec["volumes"] = volumes
         spec["volume_mounts"] = mounts
-    if draw(st.booleans()):
+    volumes_text = repr(spec.get("volumes"))
+    if draw(st.booleans()) or any(
+        k in volumes_text for k in ("serviceAccountToken", "service_account_token")
+    ):
+        # A projected token is the named service account's.
         spec["service_account_name"] = draw(dns_subdomains)
     if draw(st.booleans()):
         spec["active_deadline_seconds"] = draw(st.integers(min_value=1, max_value=7 * 24 * 3600))
@@ -611,4 +615,186 @@ def task_specs(draw: st.DrawFn) -> Json:
         spec["termination_message_policy"] = draw(
             st.sampled_from(["File", "FallbackToLogsOnError"])
         )
+    return spec
+
+
+# ----------------------------------------------------------------------- near misses
+
+#: Pieces the API server refuses, each one added to an otherwise accepted spec. A spec
+#: carrying one must be refused by the dispatcher too; the dry-run test on the stack sees
+#: it if the dispatcher lets one through.
+REFUSED_PIECES: list[tuple[str, Any]] = [
+    ("tolerations", {"key": "k", "operator": "Equal", "value": "a b"}),
+    ("tolerations", {"key": "k", "operator": "exists"}),
+    (
+        "tolerations",
+        {"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 1},
+    ),
+    (
+        "affinity",
+        {
+            "podAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {}}]
+            }
+        },
+    ),
+    (
+        "affinity",
+        {
+            "podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"topologyKey": "zone", "matchLabelKeys": ["app"]}
+                ]
+            }
+        },
+    ),
+    (
+        "affinity",
+        {
+            "podAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "topologyKey": "zone",
+                        "labelSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]},
+                    }
+                ]
+            }
+        },
+    ),
+    (
+        "affinity",
+        {
+            "nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 0, "preference": {}}]
+            }
+        },
+    ),
+    (
+        "affinity",
+        {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {"matchExpressions": [{"key": "rank", "operator": "Gt", "values": ["-1"]}]}
+                    ]
+                }
+            }
+        },
+    ),
+    (
+        "affinity",
+        {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchFields": [
+                                {"key": "metadata.name", "operator": "In", "values": ["Bad_Node"]}
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+    ),
+    ("volumes", {"name": "x-two", "emptyDir": {}, "configMap": {"name": "c"}}),
+    ("volumes", {"name": "x-mode", "secret": {"secretName": "s", "defaultMode": 512}}),
+    (
+        "volumes",
+        {"name": "x-path", "configMap": {"name": "c", "items": [{"key": "k", "path": "../k"}]}},
+    ),
+    ("volumes", {"name": "x-nfs", "nfs": {"server": "nfs", "path": "relative"}}),
+    ("volumes", {"name": "x-csi", "csi": {"driver": "bad_driver"}}),
+    ("volumes", {"name": "x-size", "emptyDir": {"sizeLimit": "-1Gi"}}),
+    (
+        "volumes",
+        {
+            "name": "x-token",
+            "projected": {
+                "sources": [{"serviceAccountToken": {"path": "t", "expirationSeconds": 60}}]
+            },
+        },
+    ),
+    (
+        "volumes",
+        {
+            "name": "x-dup",
+            "projected": {
+                "sources": [
+                    {"configMap": {"name": "c", "items": [{"key": "a", "path": "p"}]}},
+                    {"secret": {"name": "s", "items": [{"key": "b", "path": "p"}]}},
+                ]
+            },
+        },
+    ),
+    (
+        "volumes",
+        {
+            "name": "x-down",
+            "downwardAPI": {
+                "items": [{"path": "p", "resourceFieldRef": {"resource": "limits.cpu"}}]
+            },
+        },
+    ),
+    ("volume_mounts", {"name": "x-mounted", "mountPath": "/x", "subPath": "../up"}),
+    ("volume_mounts", {"name": "x-mounted", "mountPath": ""}),
+    (
+        "volume_mounts",
+        {"name": "x-mounted", "mountPath": "/x", "mountPropagation": "Bidirectional"},
+    ),
+    ("volume_mounts", {"name": "x-mounted", "mountPath": "/x", "recursiveReadOnly": "Enabled"}),
+    ("volume_mounts", {"name": "x-mounted", "mountPath": "/x", "subPath": "a", "subPathExpr": "b"}),
+    ("env_vars", {"name": "A=B", "value": "x"}),
+    ("env_vars", {"name": "X1", "valueFrom": {}}),
+    ("env_vars", {"name": "X2", "valueFrom": {"fieldRef": {"fieldPath": "status.phase"}}}),
+    ("env_vars", {"name": "X3", "valueFrom": {"secretKeyRef": {"name": "s", "key": "a/b"}}}),
+    (
+        "env_vars",
+        {
+            "name": "X4",
+            "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1Mi"}},
+        },
+    ),
+    (
+        "env_vars",
+        {"name": "X5", "value": "v", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ),
+    ("container_resources", {"requests": {"foo": "1"}}),
+    (
+        "container_resources",
+        {"requests": {"hugepages-2Mi": "2Mi"}, "limits": {"hugepages-2Mi": "2Mi"}},
+    ),
+    (
+        "container_resources",
+        {"requests": {"cpu": "1", "hugepages-2Mi": "1Mi"}, "limits": {"hugepages-2Mi": "1Mi"}},
+    ),
+    (
+        "container_resources",
+        {"requests": {"example.com/fpga": "1"}, "limits": {"example.com/fpga": "2"}},
+    ),
+    ("annotations", {"controller.kubernetes.io/pod-deletion-cost": "cheap"}),
+    ("labels", {"team": "-bad-"}),
+]
+
+
+@st.composite
+def near_misses(draw: st.DrawFn) -> Json:
+    """An accepted spec with one piece the API server refuses put in."""
+    spec = draw(task_specs())
+    field, piece = draw(st.sampled_from(REFUSED_PIECES))
+    if field in ("tolerations", "env_vars"):
+        spec[field] = [*spec.get(field, []), piece]
+    elif field == "volumes":
+        spec["volumes"] = [*spec.get("volumes", []), piece]
+        spec.setdefault("service_account_name", "runner")
+    elif field == "volume_mounts":
+        spec["volumes"] = [*spec.get("volumes", []), {"name": "x-mounted", "emptyDir": {}}]
+        mounts = [
+            m
+            for m in spec.get("volume_mounts", [])
+            if m.get("mountPath", m.get("mount_path")) != "/x"
+        ]
+        spec["volume_mounts"] = [*mounts, piece]
+    else:
+        spec[field] = piece
     return spec

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from kubernetes import client
 
 from dispatcher.core import CONTAINER_NAME, Placement, PodDefaults, build_pod, parse_task_spec
 from dispatcher.core.kubeshapes import TASK_CONTAINER, check_image_reference
@@ -563,7 +564,7 @@ def test_every_problem_is_listed_at_once_even_across_fields() -> None:
     }
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(task_specs())
 def test_generated_specs_are_accepted_and_keep_their_api_form(document: dict[str, Any]) -> None:
     # The strategies produce what Kubernetes accepts (checked against a real API server in
@@ -574,3 +575,6 @@ def test_generated_specs_are_accepted_and_keep_their_api_form(document: dict[str
     pod = build_pod(spec, Placement("c", PodDefaults()), job_id="j", attempt=0, submitted_at=_NOW)
     container = pod["spec"]["containers"][0]
     assert all("_" not in key for mount in container.get("volumeMounts", ()) for key in mount)
+    # The kubernetes client validates a body against its own models before sending it (a
+    # malformed podAffinity once failed there, outside any API error handling).
+    client.V1Pod.from_dict(pod)
