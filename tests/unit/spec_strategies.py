@@ -715,6 +715,11 @@ REFUSED_PIECES: list[tuple[str, Any]] = [
             },
         },
     ),
+    # A token of no service account (the spec names none; see near_misses).
+    (
+        "volumes",
+        {"name": "x-nosa", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}},
+    ),
     (
         "volumes",
         {
@@ -786,7 +791,10 @@ def near_misses(draw: st.DrawFn) -> Json:
         spec[field] = [*spec.get(field, []), piece]
     elif field == "volumes":
         spec["volumes"] = [*spec.get("volumes", []), piece]
-        spec.setdefault("service_account_name", "runner")
+        if piece["name"] == "x-nosa":
+            spec.pop("service_account_name", None)
+        else:
+            spec.setdefault("service_account_name", "runner")
     elif field == "volume_mounts":
         spec["volumes"] = [*spec.get("volumes", []), {"name": "x-mounted", "emptyDir": {}}]
         mounts = [

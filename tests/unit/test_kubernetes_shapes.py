@@ -350,6 +350,17 @@ class TestVolumes:
             "volumes[0].projected.sources[1].secret.items[0].path": "duplicate path 'token'"
         }
 
+    def test_a_projected_token_needs_a_named_service_account(self) -> None:
+        volumes = [
+            {"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}
+        ]
+        assert problems(volumes=volumes) == {
+            "volumes[0].projected.sources[0].serviceAccountToken": (
+                "needs service_account_name: the token is that service account's"
+            )
+        }
+        assert accepted(volumes=volumes, service_account_name="runner").volumes
+
     def test_snake_case_volumes_reach_the_pod_in_api_form(self) -> None:
         spec = accepted(
             volumes=[
