@@ -2,16 +2,20 @@
 
 Field names follow Airflow's KubernetesPodOperator (``image``, ``cmds``, ``arguments``,
 ``env_vars``, ``container_resources``, ``on_finish_action``...) so a DAG author moves over
-by changing an import. Nested Kubernetes objects (tolerations, affinity, volumes) are
-accepted in the API's own camelCase JSON shape, and snake_case is accepted too.
+by changing an import. Nested Kubernetes objects (tolerations, affinity, ``valueFrom``,
+volumes, volume mounts) are accepted in the API's own camelCase JSON shape, and snake_case
+is accepted too; each is checked by its strict shape in ``kubeshapes`` and kept in the
+API's form, and problems inside them are reported at the API's field path.
 
-Validation is strict and complete: everything the API server or the scheduler would refuse
-later is refused here, every problem at once, each at its field path
-(``container_resources.limits[nvidia.com/gpu]``). Sizes are bounded so that a spec always
-fits in a pod's annotations (see ``podspec``).
+Validation is strict and complete: everything the API server (or the kubelet, for image
+references) would refuse later is refused here, every problem at once, each at its field
+path (``container_resources.limits[nvidia.com/gpu]``,
+``affinity.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey``).
+tests/e2e/test_bad_input.py checks accepted specs against a real API server. Sizes are
+bounded so that a spec always fits in a job record.
 
 What routing does not evaluate: inter-pod (anti-)affinity needs the other pods, which the
-snapshot does not hold; it is passed to the pod as given and enforced by the scheduler.
+snapshot does not hold; it is checked for shape and enforced by each cluster's scheduler.
 """
 
 from __future__ import annotations
@@ -88,8 +92,8 @@ MAX_ENV_VARS = 500
 MAX_ARGS = 1000
 MAX_LABELS = 64
 MAX_ANNOTATIONS_BYTES = 64 * 1024
-#: The whole spec is stored on the pod as an annotation; Kubernetes allows 256 KiB of
-#: annotations in total, so the spec plus the user's annotations stay well below that.
+#: The whole spec is stored in the job record (an API object, at most ~1.5 MiB in etcd);
+#: the bound keeps records small, far below that.
 MAX_SPEC_BYTES = 128 * 1024
 MAX_VOLUMES = 100
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
