@@ -388,14 +388,18 @@ class Informer:
                 delivered = True
                 if self._health is not None:
                     self._health.watch_data(self.name)
-        except ValueError as exc:
-            raise ClusterUnavailable(
-                f"watch {self.name}: the stream held something other than JSON",
-                cluster=self.cluster,
-            ) from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (urllib3.exceptions.HTTPError, OSError, ValueError, AttributeError) as exc:
             if self._interrupted or self._stop.is_set():
+                # We closed the response (reconnect, stop): urllib3 then fails in whatever
+                # way the closed socket makes it (AttributeError: its file is gone).
                 return delivered
+            if isinstance(exc, AttributeError):
+                raise  # not a closed stream: a bug, the supervisor's to report
+            if isinstance(exc, ValueError):
+                raise ClusterUnavailable(
+                    f"watch {self.name}: the stream held something other than JSON",
+                    cluster=self.cluster,
+                ) from exc
             raise ClusterUnavailable(
                 f"watch {self.name}: {_stream_problem(exc)}", cluster=self.cluster
             ) from exc

@@ -124,3 +124,45 @@ def test_an_unexpected_error_restarts_the_loop_from_the_last_resource_version() 
     assert len(sleeps) == 1
     assert 0.125 <= sleeps[0] <= 0.375
     assert supervisor.healthy() == (True, "ok")
+
+
+class ClosedUnderneath(Stream):
+    """What urllib3 does when another thread closed the response: its file is gone."""
+
+    def stream(self, amt: int, decode_content: bool = True) -> Iterator[bytes]:
+        yield from self.lines
+        self.closed.wait(10)
+        raise AttributeError("'NoneType' object has no attribute 'read'")
+
+
+class ClosingSource(Source):
+    def watch(self, resource: str, *, resource_version: str, **kwargs: Any) -> Any:
+        self.watched_from.append(resource_version)
+        name = f"w{len(self.watched_from)}"
+        return ClosedUnderneath({"type": "ADDED", "object": pod(name, 10 + len(self.watched_from))})
+
+
+def test_a_watch_closed_to_reconnect_resumes_at_once_and_is_no_failure() -> None:
+    source = ClosingSource()
+    sleeps: list[float] = []
+    supervisor = Supervisor(wait=sleeps.append)
+    seen = {name: threading.Event() for name in ("w1", "w2")}
+
+    def handler(kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        if obj["metadata"]["name"] in seen:
+            seen[obj["metadata"]["name"]].set()
+
+    informer = Informer(source, "pods", name="pods-closed", handler=handler, supervisor=supervisor)
+    with structlog.testing.capture_logs() as logs:
+        informer.start()
+        try:
+            assert seen["w1"].wait(5)
+            informer.reconnect()
+            assert seen["w2"].wait(5), "no second watch after the reconnect"
+        finally:
+            informer.stop()
+            assert informer.join(5)
+    assert source.watched_from == ["10", "11"]
+    assert [e for e in logs if e["event"] == "thread.failed"] == []
+    assert sleeps == [], "a reconnect we asked for is no failure: no backoff"
+    assert supervisor.healthy() == (True, "ok")
