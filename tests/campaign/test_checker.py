@@ -242,6 +242,38 @@ def one_finished_job(story: Story, key: str = "k1", job: str = "j1") -> None:
     story.read(8, key, job, "succeeded")
 
 
+def gpu_job(
+    story: Story,
+    key: str,
+    job: str,
+    cluster: str,
+    submitted: float,
+    running: float,
+    ended: float,
+    gpus: int = 1,
+    eligible: tuple[str, ...] = ("gpu-a100", "gpu-h100"),
+) -> None:
+    """A GPU task submitted, run on ``cluster`` (pod created a second before running),
+    succeeded at ``ended`` and read so just before."""
+    story.task(
+        key, kind="gpu_any" if len(eligible) > 1 else "gpu_one", eligible=eligible, gpus=gpus
+    )
+    story.submit(submitted, key, job)
+    node = "h0" if cluster == "gpu-h100" else "a0"
+    story.pod(
+        cluster,
+        job,
+        0,
+        created=running - 1,
+        running=running,
+        deleted=ended,
+        node=node,
+        gpus=gpus,
+        phase_at_end="Succeeded",
+    )
+    story.read(ended - 1, key, job, "succeeded")
+
+
 # ----------------------------------------------------------------------------- clean
 
 
@@ -271,34 +303,8 @@ def test_a_clean_history_passes_and_reports_its_figures(story: Story, capsys: An
     # gpu-a100 lost: a task that could use either GPU cluster runs on gpu-h100 in time.
     story.fault("apiserver_down", 30, 90, cluster="gpu-a100")
     story.gap("gpu-a100", 30, 91)
-    story.task("k6", kind="gpu_any", eligible=("gpu-a100", "gpu-h100"), gpus=2)
-    story.submit(35, "k6", "j6")
-    story.pod(
-        "gpu-h100",
-        "j6",
-        0,
-        created=50,
-        running=51,
-        deleted=60,
-        node="h0",
-        gpus=2,
-        phase_at_end="Succeeded",
-    )
-    story.read(59, "k6", "j6", "succeeded")
-    story.task("k8", kind="gpu_any", eligible=("gpu-a100", "gpu-h100"), gpus=1)
-    story.submit(28, "k8", "j8")
-    story.pod(
-        "gpu-h100",
-        "j8",
-        0,
-        created=39,
-        running=40,
-        deleted=45,
-        node="h0",
-        gpus=1,
-        phase_at_end="Succeeded",
-    )
-    story.read(44, "k8", "j8", "succeeded")
+    gpu_job(story, "k6", "j6", "gpu-h100", submitted=35, running=51, ended=60, gpus=2)
+    gpu_job(story, "k8", "j8", "gpu-h100", submitted=28, running=40, ended=45)
     # The leader killed at 100; the next accepted submission at 118.
     story.fault("kill_leader", 100, 110, replica=0)
     story.task("k7")
@@ -499,20 +505,7 @@ def test_a_pod_alive_at_the_end_is_named_unless_the_task_keeps_it(story: Story) 
 
 def test_a_task_left_queued_while_another_cluster_had_room_is_named(story: Story) -> None:
     story.fault("apiserver_down", 10, 150, cluster="gpu-a100")
-    story.task("k", kind="gpu_any", eligible=("gpu-a100", "gpu-h100"), gpus=2)
-    story.submit(20, "k", "j")
-    story.pod(
-        "gpu-h100",
-        "j",
-        0,
-        created=100,
-        running=101,
-        deleted=110,
-        node="h0",
-        gpus=2,
-        phase_at_end="Succeeded",
-    )
-    story.read(109, "k", "j", "succeeded")
+    gpu_job(story, "k", "j", "gpu-h100", submitted=20, running=101, ended=110, gpus=2)
 
     report = story.judge()
 
@@ -522,34 +515,8 @@ def test_a_task_left_queued_while_another_cluster_had_room_is_named(story: Story
 
 def test_a_task_waiting_while_the_other_cluster_is_full_is_no_violation(story: Story) -> None:
     story.fault("apiserver_down", 10, 150, cluster="gpu-a100")
-    story.task("full", kind="h100_ok", eligible=("gpu-h100",), gpus=8)
-    story.submit(5, "full", "jf")
-    story.pod(
-        "gpu-h100",
-        "jf",
-        0,
-        created=6,
-        running=7,
-        deleted=95,
-        node="h0",
-        gpus=8,
-        phase_at_end="Succeeded",
-    )
-    story.read(94, "full", "jf", "succeeded")
-    story.task("k", kind="gpu_any", eligible=("gpu-a100", "gpu-h100"), gpus=2)
-    story.submit(20, "k", "j")
-    story.pod(
-        "gpu-h100",
-        "j",
-        0,
-        created=100,
-        running=101,
-        deleted=110,
-        node="h0",
-        gpus=2,
-        phase_at_end="Succeeded",
-    )
-    story.read(109, "k", "j", "succeeded")
+    gpu_job(story, "full", "jf", "gpu-h100", 5, 7, 95, gpus=8, eligible=("gpu-h100",))
+    gpu_job(story, "k", "j", "gpu-h100", submitted=20, running=101, ended=110, gpus=2)
 
     assert story.judge().ok
 
