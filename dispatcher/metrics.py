@@ -111,6 +111,32 @@ FAILOVERS = Counter(
     registry=REGISTRY,
 )
 
+OVERLAPPING_ATTEMPTS = Counter(
+    "dispatcher_overlapping_attempts_total",
+    "Attempts seen alive while another attempt of the same job was alive (0 unless a "
+    "cluster's unreachable policy allows a relaunch), by the stale attempt's cluster.",
+    ["cluster"],
+    registry=REGISTRY,
+)
+ILLEGAL_TRANSITIONS = Counter(
+    "dispatcher_illegal_transitions_total",
+    "Events the job state machine ignored (late or duplicated), by state and event.",
+    ["state", "event"],
+    registry=REGISTRY,
+)
+RECORD_WRITES = Counter(
+    "dispatcher_record_writes_total",
+    "Job record writes by verb (create, update, delete) and outcome (ok, stale, fenced, error).",
+    ["verb", "outcome"],
+    registry=REGISTRY,
+)
+LAUNCH_ERRORS = Counter(
+    "dispatcher_launch_errors_total",
+    "Pod creates that did not succeed, by cluster and kind (refused, uncertain).",
+    ["cluster", "kind"],
+    registry=REGISTRY,
+)
+
 # ---- clusters ------------------------------------------------------------------------------
 CLUSTER_UP = Gauge(
     "dispatcher_cluster_up",
