@@ -35,6 +35,9 @@ class _Runtime:
     def leading(self) -> bool:
         return True
 
+    def healthy(self) -> tuple[bool, str]:
+        return True, "ok"
+
     def snapshot(self) -> Any:
         raise AssertionError("not used")
 
