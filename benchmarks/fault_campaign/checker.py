@@ -612,13 +612,17 @@ def _kept(ctx: _Context, life: PodLife) -> bool:
 def _left_behind(ctx: _Context, report: Report) -> None:
     for life in ctx.lives.values():
         if life.ended is None and not _kept(ctx, life):
+            job_id = life.job_id or ""
+            cancel = ctx.client.cancels.get(job_id)
+            finished = ctx.client.finished(job_id)
+            read = [*([cancel] if cancel else []), *(o.record for o in finished[:1])]
             report.violations.append(
                 Violation(
                     POD_LEFT_BEHIND,
                     life.job_id,
                     f"{life.cluster}/{life.name} still alive when the campaign ended "
-                    f"(final state read: {ctx.client.final_state(life.job_id or '')})",
-                    (*life.records[:1], *life.records[-2:]),
+                    f"(final state read: {ctx.client.final_state(job_id)})",
+                    (*life.records[:1], *life.records[-1:], *read),
                 )
             )
 
