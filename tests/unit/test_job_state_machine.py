@@ -27,7 +27,7 @@ def test_the_table_names_only_real_states_and_events() -> None:
     assert all(isinstance(t, Transition) for t in TABLE.values())
 
 
-@pytest.mark.parametrize(("state", "event"), ALL_PAIRS, ids=lambda v: str(v))
+@pytest.mark.parametrize(("state", "event"), ALL_PAIRS, ids=str)
 def test_every_pair_is_decided_by_the_table_alone(state: State, event: Event) -> None:
     step = transition(state, event)
     assert step == TABLE.get((state, event))
@@ -125,7 +125,9 @@ def test_a_job_moves_only_after_its_pod_is_gone() -> None:
     move = transition(State.PENDING, Event.MOVE)
     assert move == Transition(State.MOVING, (Action.WRITE_RECORD, Action.DELETE_POD))
     # While moving, nothing but the pod's disappearance (RELEASE) queues it again.
-    queued_by = {e for e in Event if (t := transition(State.MOVING, e)) and t.target is State.QUEUED}
+    queued_by = {
+        e for e in Event if (t := transition(State.MOVING, e)) and t.target is State.QUEUED
+    }
     assert queued_by == {Event.RELEASE, Event.ABANDON, Event.CREATE_REFUSED}
     assert transition(State.RUNNING, Event.MOVE) is None
 
