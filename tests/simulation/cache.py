@@ -235,12 +235,15 @@ class FakeCache:
         return event
 
     def drop(self, index: int) -> Event:
-        """The event is lost; the broken watch is noticed and the cluster listed again."""
-        event = self.events.pop(index)
-        if event.kind == "pod":
-            self._relist_due.setdefault(event.cluster, self.world.clock() + RELIST_DELAY)
-        else:
-            self._apply(event)  # health is the cache's own judgement: it cannot be lost
+        """The watch event is lost; the broken watch is noticed and the cluster listed
+        again. A health event is the cache's own judgement, emitted in-process: it cannot
+        be lost, so it is delivered instead."""
+        event = self.events[index]
+        if event.kind != "pod":
+            first = next(i for i, e in enumerate(self.events) if e.key == event.key)
+            return self.deliver(first)  # in order, as the cache emits them
+        del self.events[index]
+        self._relist_due.setdefault(event.cluster, self.world.clock() + RELIST_DELAY)
         return event
 
     def duplicate(self, index: int) -> Event:

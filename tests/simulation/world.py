@@ -780,6 +780,11 @@ class World:
         self._seq += 1
         return self._seq
 
+    @property
+    def version(self) -> int:
+        """The last resourceVersion handed out: moves with every change of any pod."""
+        return self._rv
+
     def bump(self, obj: dict[str, Any]) -> None:
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
