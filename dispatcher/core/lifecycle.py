@@ -161,7 +161,9 @@ def _table() -> dict[tuple[State, Event], Transition]:
     # Timers.
     put((State.PENDING,), Event.MOVE, State.MOVING, _W, Action.DELETE_POD)
     put((*_LAUNCHED, State.MOVING), Event.ABANDON, State.QUEUED, Action.END_ATTEMPT, _W)
-    put(_LAUNCHED, Event.FAIL, State.FAILED, _W, Action.CLEANUP_POD)
+    # A job the dispatcher fails (startup timeout) has a pod that may still start: it goes,
+    # whatever on_finish_action keeps (that is about pods that ran to their end).
+    put(_LAUNCHED, Event.FAIL, State.FAILED, _W, Action.DELETE_POD)
     put(tuple(LIVE), Event.NOTE, None, _W)
     # The client.
     put((State.QUEUED,), Event.CANCEL, State.CANCELLED, _W)

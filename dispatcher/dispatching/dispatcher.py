@@ -1108,10 +1108,9 @@ class Dispatcher:
                 self._stale_seen.discard((cluster, identity.name))
             return
         if job.state.finished:
-            kept = job.state is not State.CANCELLED and not self._deletes_pod(job)
-            if event_type != "DELETED" and alive(pod) and not kept:
-                # Alive after its job ended (a create that was answered late, or a pod of
-                # a cancelled job): it must not run.
+            if event_type != "DELETED" and alive(pod):
+                # Alive after its job ended (a create answered late, a cancelled job's or a
+                # timed-out job's pod): it must not run, whatever on_finish_action keeps.
                 self._runner.submit(
                     lambda: self._delete_stale(cluster, identity.namespace, identity.name)
                 )
