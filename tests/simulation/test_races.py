@@ -219,3 +219,39 @@ def test_a_deposed_leader_creates_no_pod() -> None:
     sim.settle()
     sim.check_final()
     assert len(sim.pods_created(sub.job_id)) == 1
+
+
+def test_a_pod_deleted_before_the_cache_ever_saw_it_still_ends_its_job() -> None:
+    sim = Simulation()
+    sub = sim.submit(task("unseen", seconds=5))
+    sim.run_once()
+    sim.run_tasks()  # recorded, created, answered: the job is pending
+    (pod,) = sim.world.clusters["plane"].pods.values()
+    sim.world.clusters["plane"].remove(pod)  # deleted before any watch event arrived...
+    sim.set_reachable("plane", False)  # ...and the watch broke: the relist finds nothing
+    sim.set_reachable("plane", True)
+    sim.run_for(180)
+    assert sim.state(sub.job_id) in ("failed", "succeeded")
+    assert len(sim.pods_created(sub.job_id)) == 1
+    sim.settle()
+    sim.check_final()
+
+
+def test_a_task_that_never_starts_leaves_no_live_pod_whatever_its_finish_action() -> None:
+    from tests.simulation.world import NEVER_START
+
+    for action in ("delete_pod", "delete_succeeded_pod", "keep_pod"):
+        sim = Simulation()
+        sub = sim.submit(
+            task(
+                f"never-{action.replace('_', '-')}",
+                annotations={NEVER_START: "ImagePullBackOff"},
+                startup_timeout_seconds=10,
+                on_finish_action=action,
+            )
+        )
+        sim.run_for(40)
+        assert sim.state(sub.job_id) == "failed"
+        # A Pending pod still holds its node's resources, and its kubelet may yet start
+        # the task after the client was told it failed.
+        assert sim.world.live_pods_by_job().get(sub.job_id) is None, action
