@@ -222,8 +222,8 @@ class DispatcherSimulation(RuleBasedStateMachine):
         self.sim.check_final()
 
 
-_EXAMPLES = int(os.environ.get("KD_SIM_EXAMPLES", "40"))
-_STEPS = int(os.environ.get("KD_SIM_STEPS", "60"))
+_EXAMPLES = int(os.environ.get("KD_SIM_EXAMPLES", "150"))
+_STEPS = int(os.environ.get("KD_SIM_STEPS", "80"))
 _BASE = settings(
     max_examples=_EXAMPLES,
     stateful_step_count=_STEPS,
