@@ -1145,6 +1145,23 @@ class Dispatcher:
         """Every managed pod of ``cluster`` that is not its job's current attempt goes."""
         if not self._cache.synced(cluster):
             return
+        listed = {
+            (i.job_id, i.attempt)
+            for i in map(pod_identity, self._cache.managed_pods(cluster))
+            if i is not None
+        }
+        with self._lock:
+            unseen = [
+                j.id
+                for j in self._jobs.values()
+                if j.state in LIVE
+                and j.attempt is not None
+                and j.attempt.cluster == cluster
+                and (j.id, j.attempt.number) not in listed
+            ]
+        # A pod that went while nobody watched sends no event: read what is there.
+        for job_id in unseen:
+            self._post(job_id, _Mail(_RESOLVE))
         for pod in self._cache.managed_pods(cluster):
             identity = pod_identity(pod)
             if identity is None:
