@@ -1145,11 +1145,8 @@ class Dispatcher:
         """Every managed pod of ``cluster`` that is not its job's current attempt goes."""
         if not self._cache.synced(cluster):
             return
-        listed = {
-            (i.job_id, i.attempt)
-            for i in map(pod_identity, self._cache.managed_pods(cluster))
-            if i is not None
-        }
+        pods = self._cache.managed_pods(cluster)
+        listed = {(i.job_id, i.attempt) for i in map(pod_identity, pods) if i is not None}
         with self._lock:
             unseen = [
                 j.id
@@ -1162,7 +1159,7 @@ class Dispatcher:
         # A pod that went while nobody watched sends no event: read what is there.
         for job_id in unseen:
             self._post(job_id, _Mail(_RESOLVE))
-        for pod in self._cache.managed_pods(cluster):
+        for pod in pods:
             identity = pod_identity(pod)
             if identity is None:
                 continue
