@@ -20,7 +20,6 @@ snapshot does not hold; it is checked for shape and enforced by each cluster's s
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from enum import StrEnum
@@ -437,14 +436,6 @@ class TaskSpec(_Model):
             merged[quantity.GPU] = self.gpus
         merged[quantity.PODS] = 1
         return {name: amount for name, amount in merged.items() if amount}
-
-    def to_annotation(self) -> str:
-        """Compact JSON of the spec, enough to rebuild it (``TaskSpec.from_annotation``)."""
-        return self.model_dump_json(exclude_defaults=True)
-
-    @classmethod
-    def from_annotation(cls, text: str) -> TaskSpec:
-        return parse_task_spec(json.loads(text))
 
 
 def _volume_problems(volumes: Any, mounts: Any) -> list[Problem]:

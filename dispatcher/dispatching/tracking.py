@@ -1,20 +1,35 @@
-"""What a pod says about its job, as a state-machine event; pure functions, no I/O.
+"""What a pod says about its job, as a state-machine event; and which clusters answer.
 
 The informers' pod events and the dispatcher's own reads of a pod both come through
-``observe``, so an attempt is judged the same way whichever way its pod was seen.
-``pod_identity`` reads the labels that tie a pod to a job and an attempt, and refuses
-malformed ones instead of raising.
+``observe`` (``observation_mail``), so an attempt is judged the same way whichever way its
+pod was seen. ``pod_identity`` reads the labels that tie a pod to a job and an attempt, and
+refuses malformed ones instead of raising. ``Reachability`` remembers since when each
+cluster has not answered.
+
+I/O: none.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 from dispatcher.core import ATTEMPT_LABEL, JOB_ID_LABEL, JobPhase, Outcome, classify_pod
 from dispatcher.core.lifecycle import Event
+from dispatcher.dispatching.jobs import Attempt
+from dispatcher.dispatching.mailbox import Mail
 
-__all__ = ["Observation", "PodIdentity", "alive", "observe", "pod_identity"]
+__all__ = [
+    "Observation",
+    "PodIdentity",
+    "Reachability",
+    "alive",
+    "observation_mail",
+    "observe",
+    "pod_identity",
+    "same_attempt",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +87,45 @@ def observe(pod: dict[str, Any]) -> Observation:
         JobPhase.FAILED: Event.POD_FAILED,
     }.get(outcome.phase, Event.POD_PENDING)
     return Observation(event, outcome, bound)
+
+
+def observation_mail(pod: dict[str, Any], *, seen_deleted: bool) -> Mail:
+    """The mail a seen pod sends its job: what it is now, or that it is gone."""
+    if seen_deleted:
+        return Mail(Event.POD_DELETED)
+    observation = observe(pod)
+    uid = (pod.get("metadata") or {}).get("uid")
+    return Mail(observation.event, {"observation": observation, "uid": uid})
+
+
+def same_attempt(attempt: Attempt | None, identity: PodIdentity, cluster: str) -> bool:
+    """Whether a pod seen on ``cluster`` is the job's current ``attempt`` (``None``: none)."""
+    return attempt is not None and (attempt.number, attempt.cluster) == (
+        identity.attempt,
+        cluster,
+    )
+
+
+class Reachability:
+    """Since when each cluster has not answered (its health is ``DOWN``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._down_since: dict[str, float] = {}
+
+    def lost(self, cluster: str, now: float) -> None:
+        with self._lock:
+            self._down_since.setdefault(cluster, now)
+
+    def back(self, cluster: str) -> bool:
+        """Mark ``cluster`` as answering; whether it had been down."""
+        with self._lock:
+            return self._down_since.pop(cluster, None) is not None
+
+    def down(self, cluster: str) -> bool:
+        with self._lock:
+            return cluster in self._down_since
+
+    def since(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._down_since)

@@ -1,0 +1,128 @@
+"""The dispatcher's jobs in memory: the last committed value of each, and who waits on them.
+
+Only a job whose record was written is committed here (``commit``); readers (the API,
+long polls, metrics) see nothing the record store does not also hold. ``touch`` changes
+this process's own bookkeeping of a job (its timers), never a persisted field.
+
+I/O: none; a lock and a condition for long polls.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from dispatcher.dispatching.jobs import Job
+from dispatcher.errors import NotFound
+
+__all__ = ["JobTable"]
+
+
+class JobTable:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._jobs: dict[str, Job] = {}
+        self._submitting: set[str] = set()
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def require(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}", job_id=job_id)
+        return job
+
+    def all(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def select(self, keep: Callable[[Job], bool]) -> list[Job]:
+        with self._lock:
+            return [j for j in self._jobs.values() if keep(j)]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._jobs)
+
+    def put(self, job: Job) -> None:
+        """Take a job as the record store holds it (submission, restart, re-read)."""
+        with self._lock:
+            self._jobs[job.id] = job
+            self._changed.notify_all()
+
+    def adopt(self, job: Job) -> Job:
+        """``job`` unless another value is already known for its id; the one kept."""
+        with self._lock:
+            return self._jobs.setdefault(job.id, job)
+
+    def commit(self, job: Job) -> Job:
+        """Publish a written job (unless it was forgotten meanwhile) and wake long polls."""
+        with self._lock:
+            if job.id in self._jobs:
+                self._jobs[job.id] = job
+            self._changed.notify_all()
+        return job
+
+    def touch(self, job_id: str, **fields: Any) -> None:
+        """Change this process's own bookkeeping (timers) of the job as it is now."""
+        with self._lock:
+            current = self._jobs.get(job_id)
+            if current is not None:
+                self._jobs[job_id] = replace(current, **fields)
+
+    def touch_if(self, job_id: str, keep: Callable[[Job], bool], **fields: Any) -> None:
+        """``touch`` if the job, as it is now, passes ``keep``."""
+        with self._lock:
+            current = self._jobs.get(job_id)
+            if current is not None and keep(current):
+                self._jobs[job_id] = replace(current, **fields)
+
+    def replace_if_same(self, old: Job, **fields: Any) -> None:
+        """Change unpersisted fields of ``old`` only if nothing changed the job meanwhile."""
+        with self._lock:
+            if self._jobs.get(old.id) is old:
+                self._jobs[old.id] = replace(old, **fields)
+
+    def drop(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.pop(job_id, None)
+            self._changed.notify_all()
+
+    @contextmanager
+    def submitting(self, job_id: str) -> Iterator[Job | None]:
+        """Serialise submissions of one id: yields the job already known for it, if any;
+        otherwise the caller creates it before a concurrent submission of it looks."""
+        with self._lock:
+            while job_id in self._submitting:
+                self._changed.wait()
+            existing = self._jobs.get(job_id)
+            if existing is None:
+                self._submitting.add(job_id)
+        if existing is not None:
+            yield existing
+            return
+        try:
+            yield None
+        finally:
+            with self._lock:
+                self._submitting.discard(job_id)
+                self._changed.notify_all()
+
+    def wait_finished(self, job_id: str, timeout: float, monotonic: Callable[[], float]) -> Job:
+        """The job once finished, or as it is after ``timeout`` seconds (long poll)."""
+        deadline = monotonic() + timeout
+        with self._lock:
+            job = self.require(job_id)
+            while not job.state.finished:
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(timeout=remaining)
+                job = self._jobs.get(job_id, job)
+            return job
