@@ -338,7 +338,8 @@ class ServiceSettings(_Section):
 
     host: str = "0.0.0.0"  # noqa: S104 - a server in a pod listens on all interfaces
     port: int = Field(default=8080, ge=1, le=65535)
-    #: Where job records live (ConfigMaps): the in-plane cluster by default.
+    #: Where job records (DispatchJobs) and the leader Lease live: the in-plane cluster by
+    #: default; must name one of ``clusters``.
     state_cluster: DNSLabel | None = None
     state_namespace: DNSLabel = "kube-dispatcher"
     #: Bearer tokens accepted by the API (empty: no authentication, for local use).
@@ -487,7 +488,8 @@ def _get(item: Any, key: str) -> Any:
 
 
 def _cross_field_problems(data: Any) -> list[Problem]:
-    """Problems spanning clusters: duplicate names, two in-plane clusters, missing Vault."""
+    """Problems spanning sections: duplicate cluster names, two in-plane clusters, missing
+    Vault, a state cluster that is not configured."""
     clusters = _get(data, "clusters")
     if not isinstance(clusters, list | tuple):
         return []
@@ -526,6 +528,15 @@ def _cross_field_problems(data: Any) -> list[Problem]:
                     f"required: clusters[{index}] ({name}) reads its credentials from Vault",
                 )
             )
+    state = _get(_get(data, "service"), "state_cluster")
+    if isinstance(state, str) and state and clusters and state not in first_seen:
+        known = ", ".join(sorted(first_seen)) or "none"
+        problems.append(
+            Problem(
+                "service.state_cluster",
+                f"{state!r} is not one of the configured clusters ({known})",
+            )
+        )
     return problems
 
 

@@ -92,6 +92,19 @@ def test_every_problem_is_listed_field_by_field(tmp_path: Path) -> None:
     ]
 
 
+def test_the_state_cluster_must_be_a_configured_cluster(tmp_path: Path) -> None:
+    problems = _problems(
+        tmp_path, {"clusters": [PLANE], "service": {"state_cluster": "plane-typo"}}
+    )
+    assert problems == [
+        "service.state_cluster: 'plane-typo' is not one of the configured clusters (plane)"
+    ]
+    named = load_settings(
+        _write(tmp_path, {"clusters": [PLANE], "service": {"state_cluster": "plane"}})
+    )
+    assert named.service.state_cluster == "plane"
+
+
 def test_in_cluster_credentials_need_the_in_plane_role(tmp_path: Path) -> None:
     problems = _problems(
         tmp_path, {"clusters": [{"name": "ext", "credentials": {"in_cluster": True}}]}
