@@ -33,6 +33,9 @@ from dispatcher.supervise import Supervisor
 
 log = structlog.get_logger("dispatcher.service")
 
+#: A replica that lost (or could not take up) leadership exits with this code.
+STEPPED_DOWN_EXIT_CODE = 3
+
 
 class Service:
     """Everything one dispatcher process runs."""
@@ -54,6 +57,8 @@ class Service:
         self._started = threading.Event()
         self._stopping = threading.Event()
         self._failure: str | None = None
+        self._exit_lock = threading.Lock()
+        self._exiting = False
         self.elector: LeaderElector | None = None
         fence: Callable[[], Fence | None] = _single_replica
         if settings.service.leader_election:
@@ -78,18 +83,48 @@ class Service:
             service=settings.service,
             unreachable={c.name: c.on_unreachable for c in settings.clusters},
             fence=fence,
-            on_fenced=_step_down if settings.service.leader_election else None,
+            on_fenced=self._fenced if settings.service.leader_election else None,
         )
 
     def _lead(self) -> None:
-        self.dispatcher.start()
+        # Re-attaching lists every record and managed pod: not on the election thread,
+        # which must go on renewing the Lease meanwhile.
+        threading.Thread(target=self._start_leading, name="kd-start-leading", daemon=True).start()
+
+    def _start_leading(self) -> None:
+        try:
+            self.dispatcher.start()
+        except Exception as exc:
+            log.exception("service.start_leading_failed")
+            self._step_down(f"could not start leading: {exc}")
 
     def _stopped_leading(self) -> None:
         # Called before the Lease is released: at shutdown, stop dispatching first.
         if self._stopping.is_set():
             self.dispatcher.stop()
         else:
-            _step_down()
+            self._step_down("leadership lost")
+
+    def _step_down(self, why: str) -> None:
+        """Leave for good, once the election thread has released the Lease (if it still
+        held it): a restart begins again from the records and the clusters, as client-go's
+        leader election does, and another replica can take over at once."""
+        with self._exit_lock:
+            if self._exiting:
+                return
+            self._exiting = True
+        log.error("service.stepping_down", why=why)
+        threading.Thread(target=self._exit, name="kd-step-down", daemon=True).start()
+
+    def _exit(self) -> None:
+        if self.elector is not None:
+            # Steps down if it still leads, releases the Lease it holds, ends its thread.
+            self.elector.stop()
+        log.error("service.exiting", code=STEPPED_DOWN_EXIT_CODE)
+        os._exit(STEPPED_DOWN_EXIT_CODE)
+
+    def _fenced(self) -> None:
+        self._step_down("a record write was refused for this leader term")
 
     def start(self, sync_timeout: float = 30.0) -> None:
         metrics.BUILD_INFO.info({"version": __version__})
@@ -151,14 +186,6 @@ def _single_replica() -> Fence:
     # Without leader election there is no Lease; the store's fencing policy allows writes
     # when no Lease exists (one replica by configuration).
     return Fence(holder="", term=0)
-
-
-def _step_down() -> None:
-    # Leadership lost while dispatching: exit so that the restart begins from the
-    # cluster state (client-go's leader election does the same). No second leader can
-    # have started before our lease expired.
-    log.error("service.leadership_lost_exiting")
-    os._exit(3)
 
 
 def _in_plane(settings: Settings) -> str:
