@@ -499,7 +499,12 @@ class Dispatcher:
                 )
             if due.touch:
                 self._jobs.touch(job.id, **due.touch)
+            # A timer's mail that has not been handled yet (a write being retried) is not
+            # posted again every turn.
+            waiting = self._mail.pending(job.id) if due.posts else set()
             for post in due.posts:
+                if post.kind in waiting:
+                    continue
                 if post.failover is not None and job.attempt is not None:
                     metrics.FAILOVERS.labels(
                         from_cluster=job.attempt.cluster, reason=post.failover

@@ -91,6 +91,13 @@ class Mailboxes:
         with self._lock:
             return job_id in self._draining or bool(self._boxes.get(job_id))
 
+    def pending(self, job_id: str) -> set[Event | str]:
+        """The kinds of the job's mails not handled yet: waiting, or delayed (a retry)."""
+        with self._lock:
+            kinds = {m.kind for m in self._boxes.get(job_id, ())}
+            kinds.update(m.kind for _, j, m in self._delayed if j == job_id)
+            return kinds
+
     def retry(self, job_id: str, mail: Mail) -> None:
         """Deliver ``mail`` again after a backoff that grows with its failures."""
         failures = int(mail.payload.get("_failures", 0)) + 1

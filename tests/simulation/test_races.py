@@ -255,3 +255,26 @@ def test_a_task_that_never_starts_leaves_no_live_pod_whatever_its_finish_action(
         # A Pending pod still holds its node's resources, and its kubelet may yet start
         # the task after the client was told it failed.
         assert sim.world.live_pods_by_job().get(sub.job_id) is None, action
+
+
+def test_a_timer_whose_write_is_being_retried_is_not_posted_again_every_turn() -> None:
+    sim = Simulation()
+    sub = sim.submit(task("timer-once", gpus=1, model="a100", seconds=120))
+    sim.run_for(5)
+    assert sim.state(sub.job_id) == "running"
+    cluster = placed_cluster(sim, sub.job_id)
+    before = len(sim.world.store.history)
+    # The cluster stops answering while the record store refuses the next writes: the
+    # "unreachable" condition's write is retried with a backoff meanwhile.
+    for _ in range(3):
+        sim.world.store.arm(StoreFault.ERROR_BEFORE, job_id=sub.job_id)
+    sim.set_reachable(cluster, False)
+    sim.run_for(60, step=0.25)
+    notes = [
+        w for w in sim.world.store.history[before:] if w.job_id == sub.job_id and w.op == "update"
+    ]
+    # One condition, written once when a retry gets through (not once per turn it waited).
+    assert len(notes) == 1, [w.record.get("conditions") if w.record else None for w in notes]
+    sim.set_reachable(cluster, True)
+    sim.settle()
+    sim.check_final()
