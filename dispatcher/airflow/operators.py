@@ -227,9 +227,31 @@ class DispatcherPodOperator(BaseOperator):
         has to fill it in (then it is checked when the task runs)."""
         values = [getattr(self, field) for field in self.template_fields]
         values += [self.secrets, self.tolerations, self.affinity, self.pod_runtime_info_envs]
-        if parameters.has_unresolved(values):
+        # Models as JSON, so that a template inside a V1EnvVar counts as one.
+        if parameters.has_unresolved([parameters.plain(v) for v in values]):
             return
         self.build_spec()
+
+    def render_template(
+        self,
+        content: Any,
+        context: Context,
+        jinja_env: Any = None,
+        seen_oids: set[int] | None = None,
+    ) -> Any:
+        """Airflow's rendering, which also goes inside Kubernetes model objects
+        (``k8s.V1EnvVar(value="{{ ds }}")``, a ``V1ResourceRequirements`` whose limits
+        come from ``params``, a ``V1Volume`` and the dicts and models nested in it).
+
+        A model is rendered as the API's JSON (what the task spec holds): every string
+        in it, at any depth, is a template, and the DAG's object, shared by every run and
+        every mapped instance, is left as it is. A rendered value the dispatcher would
+        refuse fails the task when it runs, with the field's path, when the spec is
+        built.
+        """
+        if _is_model(content):
+            content = parameters.plain(content)
+        return super().render_template(content, context, jinja_env, seen_oids)
 
     def build_spec(self, context: Context | None = None) -> dict[str, Any]:
         """The task spec this operator submits; with ``context``, the task instance's
@@ -455,6 +477,12 @@ def _kpo_only_removed(kwargs: dict[str, Any]) -> dict[str, Any]:
         )
     dropped = {*parameters.REFUSED, *parameters.NO_EFFECT}
     return {k: v for k, v in kwargs.items() if k not in dropped}
+
+
+def _is_model(value: Any) -> bool:
+    """A Kubernetes client model object (either generation: plain classes up to 36.x,
+    pydantic models from 37)."""
+    return hasattr(value, "openapi_types") and hasattr(value, "attribute_map")
 
 
 def _exit_codes(value: int | Container[int] | None) -> tuple[int, ...]:
