@@ -2,9 +2,11 @@
 
 ``get_provider_info`` is the ``apache_airflow_provider`` entry point: it registers the
 ``dispatcher`` connection type with its hook, so the type appears in Airflow's connection
-form. The form's extra fields are declared here once (``CONNECTION_FIELDS``); Airflow
-3.2+ reads them from the provider info, older 3.x versions from the hook's
-``get_connection_form_widgets``, which is built from the same table.
+form, and the ``@task.dispatcher`` and ``@task.dispatcher_cmd`` decorators
+(``TASK_DECORATORS``). The form's extra fields are declared here once
+(``CONNECTION_FIELDS``); Airflow 3.2+ reads them from the provider info, older 3.x
+versions from the hook's ``get_connection_form_widgets``, which is built from the same
+table.
 
 Nothing here imports Airflow: the providers manager loads this module while it starts up.
 """
@@ -19,6 +21,7 @@ __all__ = [
     "CONN_TYPE",
     "DEFAULT_CONN_ID",
     "HOOK_CLASS",
+    "TASK_DECORATORS",
     "UI_FIELD_BEHAVIOUR",
     "ConnectionField",
     "get_provider_info",
@@ -27,6 +30,11 @@ __all__ = [
 CONN_TYPE = "dispatcher"
 DEFAULT_CONN_ID = "dispatcher_default"
 HOOK_CLASS = "dispatcher.airflow.hooks.DispatcherHook"
+#: ``@task.<name>`` -> the decorator factory that makes it.
+TASK_DECORATORS = {
+    "dispatcher": "dispatcher.airflow.decorators.dispatcher_task",
+    "dispatcher_cmd": "dispatcher.airflow.decorators.dispatcher_cmd_task",
+}
 _PACKAGE = "kube-dispatcher"
 _INTEGRATION = "Kube Dispatcher"
 
@@ -116,6 +124,9 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "triggers": [
             {"integration-name": _INTEGRATION, "python-modules": ["dispatcher.airflow.triggers"]}
+        ],
+        "task-decorators": [
+            {"name": name, "class-name": factory} for name, factory in TASK_DECORATORS.items()
         ],
         "connection-types": [
             {
