@@ -1,21 +1,30 @@
 """KubernetesPodOperator parameters -> a dispatcher task spec; no I/O, no Airflow.
 
 A DAG written for ``KubernetesPodOperator`` moves over by changing the import and the
-class name. Every KPO parameter falls in exactly one of three groups:
+class name. Every KPO parameter falls in exactly one of these groups:
 
-- carried over: translated into the task spec (``image``, ``cmds``, ``env_vars``,
-  ``container_resources``...) or honoured by the operator (``get_logs``, ``do_xcom_push``,
-  ``deferrable``, ``skip_on_exit_code``, ``poll_interval``: how often the job is asked
-  while its pod has not started). Kubernetes model objects (``k8s.V1Volume``)
-  and plain dicts are both accepted; models become the API's JSON.
+- ``CARRIED_OVER``: taken by the operator's signature and translated into the task spec
+  (``image``, ``cmds``, ``env_vars``, ``container_resources``...) or honoured by the
+  operator (``get_logs``, ``do_xcom_push``, ``deferrable``, ``skip_on_exit_code``,
+  ``poll_interval``: how often the job is asked while its pod has not started).
+- ``POD_FIELDS``: pod fields the task spec has under the same name (``env_from``,
+  ``init_containers``, ``security_context``, ``host_aliases``...; ``configmaps`` extends
+  ``env_from``), translated by ``pod_fields``.
+- ``ROUTING_HINTS``: the parameters that chose the cluster (``in_cluster``,
+  ``kubernetes_conn_id``, ``cluster_context``, ``config_file``) become
+  ``requirements.cluster_hints`` (``cluster_hints``), which routing reads through the
+  dispatcher's ``routing.airflow_connections`` table; never a refusal, and no
+  credential is read.
 - ``NO_EFFECT``: how KPO watches a pod from the worker (poll intervals, event dumps); the
   dispatcher watches pods itself, so these are accepted and change nothing.
-- ``REFUSED``: what the dispatcher cannot honour (choosing the cluster or its
-  credentials, a pod template, host networking...). Refused when the DAG is parsed, with
-  why and what to use instead, never silently dropped.
+- ``REFUSED``: what the dispatcher cannot honour (a pod template, host networking,
+  another scheduler...). Refused when the DAG is parsed, with why and what to use
+  instead, never silently dropped.
 
-``tests/airflow/test_kpo_parameters.py`` checks that the three groups cover every
-parameter of KubernetesPodOperator.
+Kubernetes model objects (``k8s.V1Volume``) and plain dicts are both accepted; models
+become the API's JSON. ``tests/airflow/test_kpo_parameters.py`` checks that the groups
+cover every parameter of the installed provider's KubernetesPodOperator (or of a pinned
+list when the provider is not installed).
 """
 
 from __future__ import annotations
@@ -35,12 +44,17 @@ from dispatcher.core.quantity import GPU
 __all__ = [
     "CARRIED_OVER",
     "NO_EFFECT",
+    "POD_FIELDS",
     "REFUSED",
+    "ROUTING_HINTS",
+    "SPEC_PARAMETERS",
     "Refusal",
     "airflow_labels",
+    "cluster_hints",
     "container_resources",
     "idempotency_key",
     "plain",
+    "pod_fields",
     "refusals",
     "requirements",
     "secrets_to_spec",
@@ -65,83 +79,43 @@ class Refusal:
 
 
 _EMPTY: tuple[Any, ...] = (None, [], (), {}, "")
-_CLUSTER = (
-    "the dispatcher chooses the cluster and holds its credentials",
-    "set dispatcher_conn_id for the dispatcher service, and steer placement with gpus=, "
-    "gpu_model= or requirements={'region': ..., 'allowed_clusters': [...], "
-    "'cluster_selector': {...}}",
-)
 _TEMPLATE = (
-    "the dispatcher builds the pod itself from the task spec (identity labels, placement, "
-    "each cluster's defaults)",
-    "pass the pod's fields as operator parameters (image, cmds, arguments, env_vars, "
-    "container_resources, volumes, volume_mounts, tolerations, affinity...)",
+    "a pod template describes the whole pod, placement included, while the dispatcher "
+    "builds each pod for the cluster it chose (identity labels, that cluster's defaults, "
+    "the GPU nodes routing judged); a template's nodeName, nodeSelector or affinity would "
+    "contradict routing, and its other fields would be silently ignored",
+    "pass the pod's fields as operator parameters (image, cmds, env_vars, "
+    "container_resources, volumes, init_containers, security_context, tolerations, "
+    "affinity...), and steer placement with gpus=, gpu_model= or requirements=",
 )
-_ONE_CONTAINER = (
-    "dispatched pods run one container, named 'base'",
-    "run the extra step as its own task before this one",
-)
-_NOT_IN_SPEC = "the dispatcher's task spec has no such field, and pods are built from it only"
 
 REFUSED: Mapping[str, Refusal] = {
-    "kubernetes_conn_id": Refusal(*_CLUSTER),
-    "config_file": Refusal(*_CLUSTER),
-    "in_cluster": Refusal(*_CLUSTER),
-    "cluster_context": Refusal(*_CLUSTER),
     "pod_template_file": Refusal(*_TEMPLATE),
-    "pod_template_dict": Refusal(*_TEMPLATE),
+    "pod_template_dict": Refusal(*_TEMPLATE, neutral=_EMPTY),
     "full_pod_spec": Refusal(*_TEMPLATE),
-    "init_containers": Refusal(*_ONE_CONTAINER, neutral=_EMPTY),
-    "init_container_logs": Refusal(*_ONE_CONTAINER, neutral=(None, False)),
     "hostnetwork": Refusal(
-        "host networking would tie the task to a node's network, which differs per cluster",
+        "host networking would tie the task to a node's network, which differs per cluster "
+        "(and Pod Security 'baseline' forbids it)",
         "talk to services through their cluster DNS names",
         neutral=(None, False),
     ),
-    "host_aliases": Refusal(
-        _NOT_IN_SPEC, "resolve names through DNS in the target clusters", neutral=_EMPTY
-    ),
-    "dnspolicy": Refusal(_NOT_IN_SPEC, "rely on each cluster's DNS settings"),
-    "dns_config": Refusal(_NOT_IN_SPEC, "rely on each cluster's DNS settings"),
-    "hostname": Refusal(_NOT_IN_SPEC, "leave the pod's hostname to Kubernetes"),
-    "subdomain": Refusal(_NOT_IN_SPEC, "leave the pod's hostname to Kubernetes"),
     "schedulername": Refusal(
-        "every cluster schedules dispatched pods with its own default scheduler",
+        "every cluster schedules dispatched pods with its own default scheduler, the one "
+        "routing predicts; another scheduler may not exist in the cluster chosen",
         "express placement with node_selector, tolerations, affinity or requirements",
     ),
-    "security_context": Refusal(
-        _NOT_IN_SPEC,
-        "each cluster applies its pod security defaults; ask the platform team if a task "
-        "needs another user or capabilities",
-        neutral=_EMPTY,
+    "durable": Refusal(
+        "each try is one dispatcher job, named by its idempotency key: a restarted worker "
+        "always finds the job it submitted",
+        "to start a new pod after a worker restart, set reattach_on_restart=False",
+        neutral=(None, True),
     ),
-    "container_security_context": Refusal(
-        _NOT_IN_SPEC,
-        "each cluster applies its pod security defaults; ask the platform team if a task "
-        "needs another user or capabilities",
-        neutral=_EMPTY,
-    ),
-    "automount_service_account_token": Refusal(
-        _NOT_IN_SPEC, "set service_account_name to an account configured as you need"
-    ),
-    "ports": Refusal(
-        "a batch task's pod is not a service endpoint; container ports are not set",
-        "remove ports (pods can open ports without declaring them)",
-        neutral=_EMPTY,
-    ),
-    "env_from": Refusal(
-        "env_from injects whole ConfigMaps or Secrets, which the task spec does not list",
-        "name each variable in env_vars with valueFrom configMapKeyRef or secretKeyRef",
-        neutral=_EMPTY,
-    ),
-    "configmaps": Refusal(
-        "configmaps injects whole ConfigMaps (env_from), which the task spec does not list",
-        "name each variable in env_vars with valueFrom configMapKeyRef",
-        neutral=_EMPTY,
-    ),
-    "termination_grace_period": Refusal(
-        "the dispatcher gives cancelled pods its configured grace period",
-        "handle SIGTERM promptly in the task",
+    "on_kill_action": Refusal(
+        "killing the task cancels its job, and the dispatcher deletes a cancelled job's "
+        "pod so that it cannot run on unobserved",
+        "to inspect pods of failed tasks, set on_finish_action='keep_pod' or "
+        "'delete_succeeded_pod'",
+        neutral=(None, "delete_pod"),
     ),
     "callbacks": Refusal(
         "KubernetesPodOperatorCallback hooks into the Kubernetes client on the worker, "
@@ -173,7 +147,7 @@ REFUSED: Mapping[str, Refusal] = {
         neutral=(None, CONTAINER_NAME),
     ),
     "container_logs": Refusal(
-        f"dispatched pods have one container, {CONTAINER_NAME!r}, whose log is followed",
+        f"the task's container, {CONTAINER_NAME!r}, is the one whose log is followed",
         "remove container_logs",
         neutral=(None, True, CONTAINER_NAME, [CONTAINER_NAME], (CONTAINER_NAME,)),
     ),
@@ -186,7 +160,38 @@ NO_EFFECT: Mapping[str, str] = {
     "logging_interval": "the trigger streams the log into the task log while deferred",
     "log_events_on_failure": "a failed job's message carries the dispatcher's classification",
     "log_pod_spec_on_failure": "the pod spec is the task spec; the routing decision is logged",
+    "log_events_on_startup": "the dispatcher watches pod start-up and its events itself",
+    "init_container_logs": "only the task container's log is streamed into the task log; "
+    "read an init container's with kubectl logs -c NAME while its pod is kept",
+    "xcom_sidecar_container_security_context": "dispatched pods have no XCom sidecar: the "
+    "result is read from the task container's termination message",
 }
+
+#: KPO parameters that are task spec fields of the same name and meaning; ``configmaps``
+#: (ConfigMap names) extends ``env_from``, as in KPO.
+POD_FIELDS: Mapping[str, str] = {
+    "env_from": "env_from",
+    "configmaps": "env_from",
+    "init_containers": "init_containers",
+    "ports": "ports",
+    "security_context": "security_context",
+    "container_security_context": "container_security_context",
+    "termination_grace_period": "termination_grace_period",
+    "automount_service_account_token": "automount_service_account_token",
+    "host_aliases": "host_aliases",
+    "dnspolicy": "dnspolicy",
+    "dns_config": "dns_config",
+    "hostname": "hostname",
+    "subdomain": "subdomain",
+    "runtime_class_name": "runtime_class_name",
+}
+
+#: KPO parameters that chose the cluster; they become ``requirements.cluster_hints``.
+ROUTING_HINTS = frozenset({"in_cluster", "kubernetes_conn_id", "cluster_context", "config_file"})
+
+#: What the operator passes to ``pod_fields`` and ``cluster_hints`` rather than to
+#: BaseOperator.
+SPEC_PARAMETERS = frozenset({*POD_FIELDS, *ROUTING_HINTS})
 
 #: KPO parameters this package honours (into the spec, or in the operator).
 CARRIED_OVER = frozenset(
@@ -315,13 +320,20 @@ def container_resources(value: Any) -> dict[str, Any] | None:
 
 
 def requirements(
-    requirements: Any, *, gpus: int | None, gpu_model: str | None
+    requirements: Any,
+    *,
+    gpus: int | None,
+    gpu_model: str | None,
+    hints: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """The routing requirements: ``requirements=`` (a dict or ``Requirements``) with the
-    ``gpus``/``gpu_model`` shortcuts folded in; a shortcut contradicting it is an error."""
+    ``gpus``/``gpu_model`` shortcuts and the cluster ``hints`` (``cluster_hints``)
+    folded in; a shortcut contradicting it is an error."""
     if hasattr(requirements, "model_dump"):
         requirements = requirements.model_dump(exclude_defaults=True)
     merged = dict(requirements or {})
+    if hints:
+        merged["cluster_hints"] = {**dict(merged.get("cluster_hints") or {}), **hints}
     for name, value in (("gpus", gpus), ("gpu_model", gpu_model)):
         if value is None:
             continue
@@ -336,13 +348,15 @@ def requirements(
 
 def secrets_to_spec(
     secrets: Iterable[Any] | None,
+    env_from: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """KPO ``Secret`` objects as (env vars, volumes, volume mounts).
 
     ``Secret("env", "VAR", "name", "key")`` is one variable from one key;
-    ``Secret("volume", "/path", "name")`` mounts the secret read-only. A ``Secret("env",
-    None, "name")`` (every key as a variable) is refused: the spec lists variables one by
-    one. Objects are read by attribute, so the cncf.kubernetes provider is not needed.
+    ``Secret("volume", "/path", "name")`` mounts the secret read-only;
+    ``Secret("env", None, "name")`` (every key as a variable) is appended to
+    ``env_from`` as a ``secretRef``, and refused when no ``env_from`` list is given.
+    Objects are read by attribute, so the cncf.kubernetes provider is not needed.
     """
     env: list[dict[str, Any]] = []
     volumes: list[dict[str, Any]] = []
@@ -355,10 +369,13 @@ def secrets_to_spec(
         if not isinstance(name, str) or not name:
             raise ValueError(f"secrets[{index}] is not a Secret with a secret name")
         if deploy_type == "env":
+            if not target and not key and env_from is not None:
+                env_from.append({"secretRef": {"name": name}})
+                continue
             if not target or not key:
                 raise ValueError(
                     f"secrets[{index}] would inject every key of secret {name!r} (env_from), "
-                    "which the task spec does not support: use "
+                    "which this caller does not pass on: use "
                     f"Secret('env', 'VARIABLE', {name!r}, 'key') for each variable"
                 )
             env.append({"name": target, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
@@ -375,6 +392,33 @@ def secrets_to_spec(
         else:
             raise ValueError(f"secrets[{index}]: deploy_type must be 'env' or 'volume'")
     return env, volumes, mounts
+
+
+def pod_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The task spec fields for the ``POD_FIELDS`` parameters in ``values`` (others are
+    ignored). Models become the API's JSON; values that ask for nothing (``None``, empty)
+    are left out; ``configmaps`` (names) extend ``env_from`` as ``configMapRef``s."""
+    fields: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in POD_FIELDS or value is None or value in ([], (), {}, ""):
+            continue
+        if name == "configmaps":
+            names = [value] if isinstance(value, str) else list(value)
+            refs = [{"configMapRef": {"name": plain(item)}} for item in names]
+            fields["env_from"] = [*fields.get("env_from", ()), *refs]
+        elif name == "env_from":
+            fields["env_from"] = [*plain(list(value)), *fields.get("env_from", ())]
+        else:
+            fields[POD_FIELDS[name]] = plain(value)
+    return fields
+
+
+def cluster_hints(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``requirements.cluster_hints`` for the ``ROUTING_HINTS`` parameters in ``values``
+    (names only, as given; ``None`` asks for nothing)."""
+    return {
+        name: value for name, value in values.items() if name in ROUTING_HINTS and value is not None
+    }
 
 
 def _dns_part(text: str) -> str:

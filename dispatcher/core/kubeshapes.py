@@ -28,6 +28,7 @@ Two kinds of use:
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 from collections.abc import Mapping
@@ -59,9 +60,15 @@ from dispatcher.errors import Problem, SpecError
 __all__ = [
     "TASK_CONTAINER",
     "Affinity",
+    "AppArmorProfile",
+    "Capabilities",
+    "ConfigMapEnvSource",
     "ConfigMapKeySelector",
+    "ContainerPort",
+    "EnvFromSource",
     "EnvVar",
     "EnvVarSource",
+    "HostAlias",
     "JsonObject",
     "KubeModel",
     "LabelSelector",
@@ -73,10 +80,18 @@ __all__ = [
     "PodAffinity",
     "PodAffinityTerm",
     "PodAntiAffinity",
+    "PodDNSConfig",
+    "PodDNSConfigOption",
+    "PodSecurityContext",
     "PreferredSchedulingTerm",
+    "SELinuxOptions",
+    "SeccompProfile",
+    "SecretEnvSource",
     "SecretKeySelector",
+    "SecurityContext",
     "SelectorOperator",
     "StrictModel",
+    "Sysctl",
     "TaintEffect",
     "Toleration",
     "TolerationOperator",
@@ -85,6 +100,7 @@ __all__ = [
     "WeightedPodAffinityTerm",
     "canonical",
     "check_image_reference",
+    "port_problems",
 ]
 
 JsonObject = dict[str, Any]
@@ -676,6 +692,322 @@ class EnvVar(KubeModel):
         if self.value is not None and self.value_from is not None:
             problems.append(Problem("valueFrom", "set either value or valueFrom, not both"))
         _problems(problems)
+        return self
+
+
+# -------------------------------------------------------------- environment from sources
+
+
+class ConfigMapEnvSource(KubeModel):
+    name: DNSSubdomain
+    optional: bool | None = None
+
+
+class SecretEnvSource(KubeModel):
+    name: DNSSubdomain
+    optional: bool | None = None
+
+
+class EnvFromSource(KubeModel):
+    """Every key of a ConfigMap (``configMapRef``) or a Secret (``secretRef``) as a
+    variable, each name prefixed with ``prefix``. Keys that are not valid variable names
+    are skipped by the kubelet (and reported as an event)."""
+
+    prefix: str | None = None
+    config_map_ref: ConfigMapEnvSource | None = None
+    secret_ref: SecretEnvSource | None = None
+
+    @model_validator(mode="after")
+    def _kubernetes_rules(self) -> Self:
+        problems: list[Problem] = []
+        chosen = [name for name in ("config_map_ref", "secret_ref") if getattr(self, name)]
+        if not chosen:
+            problems.append(Problem("", "needs one of: configMapRef, secretRef"))
+        elif len(chosen) > 1:
+            problems.append(Problem("secretRef", "set either configMapRef or secretRef, not both"))
+        if self.prefix and not _ENV_NAME.fullmatch(self.prefix):
+            problems.append(
+                Problem(
+                    "prefix",
+                    f"{self.prefix!r} is not a valid variable name prefix: letters, digits, "
+                    "'_', '-', '.'; not starting with a digit",
+                )
+            )
+        _problems(problems)
+        return self
+
+
+# --------------------------------------------------------------------------------- ports
+
+_PORT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _check_port_name(value: str) -> str:
+    """An IANA service name, as the API server checks a container port's name."""
+    if len(value) > 15:
+        raise ValueError("must be at most 15 characters")
+    if not _PORT_NAME.fullmatch(value) or "--" in value:
+        raise ValueError(
+            f"{value!r} is not a valid port name: lowercase letters, digits and single '-', "
+            "starting and ending with a letter or digit"
+        )
+    if not any(char.isalpha() for char in value):
+        raise ValueError("must contain at least one letter")
+    return value
+
+
+class ContainerPort(KubeModel):
+    """A port the task's container declares (documentation for whoever reads the pod,
+    and a name a Service or probe may refer to).
+
+    ``hostPort`` and ``hostIP`` are refused: they bind a port on whichever node the pod
+    lands on, in whichever cluster, and Pod Security 'baseline' forbids them.
+    """
+
+    container_port: Port
+    name: Annotated[str, AfterValidator(_check_port_name)] | None = None
+    protocol: Literal["TCP", "UDP", "SCTP"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_host_port(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        host = {
+            key: value
+            for key, value in data.items()
+            if isinstance(key, str) and key.replace("_", "").lower() in ("hostport", "hostip")
+        }
+        _problems(
+            [
+                Problem(
+                    "hostPort" if "port" in key.lower() else "hostIP",
+                    "is not supported: a host port binds a port of whichever node, in "
+                    "whichever cluster, the task lands on (and Pod Security 'baseline' "
+                    "forbids it); reach the task through its pod IP or a Service",
+                )
+                for key, value in host.items()
+                if value not in (None, 0, "")
+            ]
+        )
+        return {key: value for key, value in data.items() if key not in host}
+
+
+def port_problems(ports: tuple[JsonObject, ...]) -> list[Problem]:
+    """Port names unique within one container, as the API server requires; each problem
+    at ``[index].name``."""
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for index, port in enumerate(ports):
+        name = port.get("name")
+        if isinstance(name, str) and name in seen:
+            problems.append(Problem(f"[{index}].name", f"duplicate {name!r}"))
+        elif isinstance(name, str):
+            seen.add(name)
+    return problems
+
+
+# ----------------------------------------------------------------------- security context
+
+#: A user or group id: the API server takes 0..2^31-1.
+Id = Annotated[int, Field(ge=0, le=_INT32_MAX)]
+
+
+class SELinuxOptions(KubeModel):
+    user: str | None = None
+    role: str | None = None
+    type: str | None = None
+    level: str | None = None
+
+
+class _ProfileModel(KubeModel):
+    """A seccomp or AppArmor profile: ``localhostProfile`` with, and only with,
+    ``Localhost``."""
+
+    type: Literal["RuntimeDefault", "Unconfined", "Localhost"]
+    localhost_profile: Annotated[str, Field(min_length=1, max_length=4095)] | None = None
+
+    @model_validator(mode="after")
+    def _localhost(self) -> Self:
+        if self.type == "Localhost" and self.localhost_profile is None:
+            raise SpecError([Problem("localhostProfile", "required when type is Localhost")])
+        if self.type != "Localhost" and self.localhost_profile is not None:
+            raise SpecError([Problem("localhostProfile", "may only be set when type is Localhost")])
+        return self
+
+
+class SeccompProfile(_ProfileModel):
+    pass
+
+
+class AppArmorProfile(_ProfileModel):
+    pass
+
+
+_CAPABILITY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_capability(value: str) -> str:
+    if not _CAPABILITY.fullmatch(value) or len(value) > 64:
+        raise ValueError(f"{value!r} is not a capability name, e.g. NET_BIND_SERVICE or ALL")
+    return value
+
+
+Capability = Annotated[str, AfterValidator(_check_capability)]
+
+
+class Capabilities(KubeModel):
+    add: tuple[Capability, ...] = ()
+    drop: tuple[Capability, ...] = ()
+
+
+class SecurityContext(KubeModel):
+    """The task container's security settings (``container_security_context``).
+
+    Checked against the API server's rules; whether a cluster or tenant permits them
+    (Pod Security admission, privileged containers) is the cluster's and tenant's policy,
+    applied when the pod is created. ``procMount: Unmasked`` needs a user namespace
+    (``hostUsers: false``), which a task cannot ask for, so it is refused; Windows
+    options are not accepted (dispatched pods run on Linux nodes).
+    """
+
+    allow_privilege_escalation: bool | None = None
+    capabilities: Capabilities | None = None
+    privileged: bool | None = None
+    proc_mount: Literal["Default"] | None = None
+    read_only_root_filesystem: bool | None = None
+    run_as_group: Id | None = None
+    run_as_non_root: bool | None = None
+    run_as_user: Id | None = None
+    se_linux_options: SELinuxOptions | None = None
+    seccomp_profile: SeccompProfile | None = None
+    app_armor_profile: AppArmorProfile | None = None
+
+    @model_validator(mode="after")
+    def _kubernetes_rules(self) -> Self:
+        problems: list[Problem] = []
+        if self.allow_privilege_escalation is False:
+            if self.privileged:
+                problems.append(
+                    Problem(
+                        "allowPrivilegeEscalation",
+                        "cannot be false when privileged is true",
+                    )
+                )
+            if self.capabilities is not None and "CAP_SYS_ADMIN" in self.capabilities.add:
+                problems.append(
+                    Problem(
+                        "allowPrivilegeEscalation",
+                        "cannot be false when capabilities.add has CAP_SYS_ADMIN",
+                    )
+                )
+        _problems(problems)
+        return self
+
+
+_SYSCTL = re.compile(r"([a-z0-9]([-_a-z0-9]*[a-z0-9])?[./])*[a-z0-9]([-_a-z0-9]*[a-z0-9])?")
+
+
+def _check_sysctl_name(value: str) -> str:
+    if len(value) > 253 or not _SYSCTL.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a sysctl name: lowercase words of letters, digits, '-' and "
+            "'_' joined by '.' or '/', e.g. net.ipv4.tcp_keepalive_time"
+        )
+    return value
+
+
+class Sysctl(KubeModel):
+    name: Annotated[str, AfterValidator(_check_sysctl_name)]
+    value: str
+
+
+class PodSecurityContext(KubeModel):
+    """The pod's security settings (``security_context``), held to the API server's
+    rules; the cluster's and tenant's policy decides whether they are permitted.
+
+    Sysctls outside the kubelet's safe set run only where a cluster allows them (the pod
+    fails with ``SysctlForbidden`` elsewhere). Windows options are not accepted.
+    """
+
+    fs_group: Id | None = None
+    fs_group_change_policy: Literal["OnRootMismatch", "Always"] | None = None
+    run_as_group: Id | None = None
+    run_as_non_root: bool | None = None
+    run_as_user: Id | None = None
+    supplemental_groups: tuple[Id, ...] = ()
+    supplemental_groups_policy: Literal["Merge", "Strict"] | None = None
+    se_linux_options: SELinuxOptions | None = None
+    se_linux_change_policy: Literal["MountOption", "Recursive"] | None = None
+    seccomp_profile: SeccompProfile | None = None
+    app_armor_profile: AppArmorProfile | None = None
+    sysctls: tuple[Sysctl, ...] = ()
+
+    @model_validator(mode="after")
+    def _kubernetes_rules(self) -> Self:
+        problems: list[Problem] = []
+        names = [sysctl.name for sysctl in self.sysctls]
+        for index, name in enumerate(names):
+            if names.index(name) != index:
+                problems.append(Problem(f"sysctls[{index}].name", f"duplicate {name!r}"))
+        _problems(problems)
+        return self
+
+
+# ---------------------------------------------------------------------- names and DNS
+
+
+def _check_ip(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+    return value
+
+
+IPAddress = Annotated[str, AfterValidator(_check_ip)]
+
+
+class HostAlias(KubeModel):
+    """An ``/etc/hosts`` entry of the pod: ``ip`` and the names that resolve to it."""
+
+    ip: IPAddress
+    hostnames: tuple[DNSSubdomain, ...] = ()
+
+
+def _check_search_domain(value: str) -> str:
+    check_dns_subdomain(value.removesuffix("."))
+    return value
+
+
+class PodDNSConfigOption(KubeModel):
+    name: Annotated[str, Field(min_length=1)]
+    value: str | None = None
+
+
+#: The API server's limits on a pod's resolver configuration.
+MAX_NAMESERVERS = 3
+MAX_SEARCHES = 32
+MAX_SEARCH_CHARS = 2048
+
+
+class PodDNSConfig(KubeModel):
+    """Resolver settings merged into (or, with ``dnspolicy: None``, making up) the pod's
+    ``/etc/resolv.conf``: at most 3 nameservers and 32 search domains."""
+
+    nameservers: tuple[IPAddress, ...] = Field(default=(), max_length=MAX_NAMESERVERS)
+    searches: tuple[Annotated[str, AfterValidator(_check_search_domain)], ...] = Field(
+        default=(), max_length=MAX_SEARCHES
+    )
+    options: tuple[PodDNSConfigOption, ...] = ()
+
+    @model_validator(mode="after")
+    def _search_length(self) -> Self:
+        if len(" ".join(self.searches)) > MAX_SEARCH_CHARS:
+            raise SpecError(
+                [Problem("searches", f"must have at most {MAX_SEARCH_CHARS} characters in all")]
+            )
         return self
 
 

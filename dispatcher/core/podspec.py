@@ -112,13 +112,35 @@ def _container(task: TaskSpec) -> dict[str, Any]:
         container["args"] = list(task.arguments)
     if task.env_vars:
         container["env"] = [env.to_k8s() for env in task.env_vars]
+    if task.env_from:
+        container["envFrom"] = [dict(source) for source in task.env_from]
+    if task.ports:
+        container["ports"] = [dict(port) for port in task.ports]
     if resources:
         container["resources"] = resources
     if task.volume_mounts:
         container["volumeMounts"] = [dict(mount) for mount in task.volume_mounts]
     if task.image_pull_policy:
         container["imagePullPolicy"] = task.image_pull_policy
+    if task.container_security_context:
+        container["securityContext"] = dict(task.container_security_context)
     return container
+
+
+def _pod_fields(task: TaskSpec) -> dict[str, Any]:
+    """The pod-level fields a task carries over as they are."""
+    fields: dict[str, Any] = {
+        "securityContext": dict(task.security_context) if task.security_context else None,
+        "terminationGracePeriodSeconds": task.termination_grace_period,
+        "automountServiceAccountToken": task.automount_service_account_token,
+        "hostAliases": [dict(alias) for alias in task.host_aliases] or None,
+        "dnsPolicy": task.dnspolicy,
+        "dnsConfig": dict(task.dns_config) if task.dns_config is not None else None,
+        "hostname": task.hostname,
+        "subdomain": task.subdomain,
+        "runtimeClassName": task.runtime_class_name,
+    }
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 def _affinity(task: TaskSpec, placement: Placement) -> dict[str, Any] | None:
@@ -181,6 +203,8 @@ def build_pod(
         "restartPolicy": "Never",
         "containers": [_container(task)],
     }
+    if task.init_containers:
+        spec["initContainers"] = [container.to_k8s() for container in task.init_containers]
     if constraints.node_selector:
         spec["nodeSelector"] = dict(constraints.node_selector)
     if constraints.tolerations:
@@ -201,6 +225,7 @@ def build_pod(
         spec["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
     if task.active_deadline_seconds is not None:
         spec["activeDeadlineSeconds"] = task.active_deadline_seconds
+    spec.update(_pod_fields(task))
 
     return {
         "apiVersion": "v1",

@@ -37,13 +37,21 @@ from pydantic import (
 
 from dispatcher.core import quantity
 from dispatcher.core.kubeshapes import (
+    TASK_CONTAINER,
     Affinity,
+    ContainerPort,
+    EnvFromSource,
     EnvVar,
+    HostAlias,
     JsonObject,
+    KubeModel,
     NodeAffinity,
     NodeSelector,
     NodeSelectorRequirement,
     NodeSelectorTerm,
+    PodDNSConfig,
+    PodSecurityContext,
+    SecurityContext,
     SelectorOperator,
     StrictModel,
     TaintEffect,
@@ -53,6 +61,7 @@ from dispatcher.core.kubeshapes import (
     VolumeMount,
     canonical,
     check_image_reference,
+    port_problems,
 )
 from dispatcher.core.names import (
     DNSLabel,
@@ -66,7 +75,9 @@ from dispatcher.errors import Problem, SpecError
 __all__ = [
     "RESERVED_PREFIX",
     "Affinity",
+    "ClusterHints",
     "EnvVar",
+    "InitContainer",
     "NodeAffinity",
     "NodeSelector",
     "NodeSelectorRequirement",
@@ -95,6 +106,10 @@ MAX_ANNOTATIONS_BYTES = 64 * 1024
 #: the bound keeps records small, far below that.
 MAX_SPEC_BYTES = 128 * 1024
 MAX_VOLUMES = 100
+MAX_ENV_FROM = 100
+MAX_INIT_CONTAINERS = 20
+MAX_PORTS = 100
+MAX_HOST_ALIASES = 100
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 
 _Model = StrictModel
@@ -258,11 +273,46 @@ def _image_pull_secrets_as_names(value: Any) -> Any:
 
 
 class OnFinishAction(StrEnum):
-    """What to do with the pod once the task ends (KubernetesPodOperator's values)."""
+    """What to do with the pod once the task ends (KubernetesPodOperator's values).
+
+    KPO's ``delete_active_pod`` (delete the pod only while it is still pending or
+    running, keep finished ones) is accepted as ``keep_pod``: the dispatcher always
+    deletes a pod still alive once its job has ended (cancelled, timed out), so keeping
+    finished pods is all that is left to say.
+    """
 
     DELETE_POD = "delete_pod"
     DELETE_SUCCEEDED_POD = "delete_succeeded_pod"
     KEEP_POD = "keep_pod"
+
+
+#: KubernetesPodOperator's on_finish_action values that name a dispatcher one.
+_ON_FINISH_ALIASES = {"delete_active_pod": OnFinishAction.KEEP_POD.value}
+
+
+def _on_finish_alias(value: Any) -> Any:
+    return _ON_FINISH_ALIASES.get(value, value) if isinstance(value, str) else value
+
+
+class ClusterHints(_Model):
+    """KubernetesPodOperator's cluster-choosing parameters, as the DAG set them.
+
+    Routing reads them as hints, never as refusals: ``in_cluster=True`` stands for the
+    dispatcher's in-plane cluster (or nothing, per ``routing.in_cluster``), and a
+    ``cluster_context``, ``config_file`` or ``kubernetes_conn_id`` stands for the clusters
+    ``routing.airflow_connections`` maps it to; a value the table does not know
+    restricts nothing, and the decision says so. Only the names are carried: no
+    connection, kubeconfig or credential is read.
+    """
+
+    in_cluster: bool | None = None
+    kubernetes_conn_id: str | None = Field(default=None, min_length=1, max_length=250)
+    cluster_context: str | None = Field(default=None, min_length=1, max_length=253)
+    config_file: str | None = Field(default=None, min_length=1, max_length=4096)
+
+    @property
+    def given(self) -> bool:
+        return any(value is not None for _, value in self)
 
 
 class Requirements(_Model):
@@ -279,6 +329,60 @@ class Requirements(_Model):
     max_cost_per_hour: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     #: Higher runs first when tasks queue; routing itself ignores it.
     priority: int = Field(default=0, ge=-1000, le=1000)
+    cluster_hints: ClusterHints = Field(default_factory=ClusterHints)
+
+
+def _add(total: dict[str, int], more: Mapping[str, int]) -> None:
+    for name, amount in more.items():
+        total[name] = total.get(name, 0) + amount
+
+
+class InitContainer(KubeModel):
+    """A container that runs to completion before the task's own (``init_containers``);
+    with ``restartPolicy: Always``, a sidecar that starts first and runs alongside it.
+
+    Its resources count in what the pod reserves, as the scheduler counts them; its
+    volume mounts name the task's ``volumes``. Probes and lifecycle hooks are not
+    accepted.
+    """
+
+    name: DNSLabel
+    image: str = Field(max_length=1024)
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    working_dir: str | None = None
+    env: tuple[EnvVar, ...] = Field(default=(), max_length=MAX_ENV_VARS)
+    env_from: tuple[Annotated[JsonObject, canonical(EnvFromSource)], ...] = Field(
+        default=(), max_length=MAX_ENV_FROM
+    )
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    volume_mounts: tuple[Annotated[JsonObject, canonical(VolumeMount)], ...] = Field(
+        default=(), max_length=MAX_VOLUMES
+    )
+    ports: tuple[Annotated[JsonObject, canonical(ContainerPort)], ...] = Field(
+        default=(), max_length=MAX_PORTS
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    security_context: Annotated[JsonObject | None, canonical(SecurityContext)] = None
+    restart_policy: Literal["Always"] | None = None
+    termination_message_policy: Literal["File", "FallbackToLogsOnError"] | None = None
+
+    @field_validator("image")
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        return check_image_reference(value)
+
+    @model_validator(mode="after")
+    def _kubernetes_rules(self) -> Self:
+        problems: list[Problem] = []
+        if self.name == TASK_CONTAINER:
+            problems.append(Problem("name", f"{TASK_CONTAINER!r} is the task's own container"))
+        problems.extend(_duplicate_env_problems(self.env, "env"))
+        problems.extend(_mount_problems(None, self.volume_mounts, "volumeMounts"))
+        problems.extend(Problem(f"ports{p.field}", p.message) for p in port_problems(self.ports))
+        if problems:
+            raise SpecError(problems)
+        return self
 
 
 class TaskSpec(_Model):
@@ -316,10 +420,39 @@ class TaskSpec(_Model):
     active_deadline_seconds: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_SECONDS)
     startup_timeout_seconds: int = Field(default=120, ge=1, le=MAX_TIMEOUT_SECONDS)
     schedule_timeout_seconds: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT_SECONDS)
-    on_finish_action: OnFinishAction = OnFinishAction.DELETE_POD
+    on_finish_action: Annotated[OnFinishAction, BeforeValidator(_on_finish_alias)] = (
+        OnFinishAction.DELETE_POD
+    )
     #: FallbackToLogsOnError puts the log tail in the termination message when the task
     #: fails without writing one, so failure messages say something useful.
     termination_message_policy: Literal["File", "FallbackToLogsOnError"] = "FallbackToLogsOnError"
+    #: Every key of ConfigMaps and Secrets as variables (after ``env_vars``' own).
+    env_from: tuple[Annotated[JsonObject, canonical(EnvFromSource)], ...] = Field(
+        default=(), max_length=MAX_ENV_FROM
+    )
+    #: Run before the task's container, in order; their resources count in routing.
+    init_containers: tuple[InitContainer, ...] = Field(default=(), max_length=MAX_INIT_CONTAINERS)
+    ports: tuple[Annotated[JsonObject, canonical(ContainerPort)], ...] = Field(
+        default=(), max_length=MAX_PORTS
+    )
+    #: The pod's ``securityContext`` and the task container's; each cluster's and
+    #: tenant's pod security rules decide whether they are permitted.
+    security_context: Annotated[JsonObject | None, canonical(PodSecurityContext)] = None
+    container_security_context: Annotated[JsonObject | None, canonical(SecurityContext)] = None
+    #: The pod's ``terminationGracePeriodSeconds``: how long the task has between
+    #: SIGTERM and SIGKILL when its pod is deleted without a grace period of its own
+    #: (evicted, drained). A cancelled job's pod gets ``service.cancel_grace_seconds``.
+    termination_grace_period: int | None = Field(default=None, ge=0, le=MAX_TIMEOUT_SECONDS)
+    automount_service_account_token: bool | None = None
+    host_aliases: tuple[Annotated[JsonObject, canonical(HostAlias)], ...] = Field(
+        default=(), max_length=MAX_HOST_ALIASES
+    )
+    dnspolicy: Literal["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"] | None = None
+    dns_config: Annotated[JsonObject | None, canonical(PodDNSConfig)] = None
+    hostname: DNSLabel | None = None
+    subdomain: DNSLabel | None = None
+    #: A RuntimeClass (gVisor, Kata...) that must exist in the cluster the task lands in.
+    runtime_class_name: DNSSubdomain | None = None
     requirements: Requirements = Field(default_factory=Requirements)
     #: Built by the Airflow layer from dag_id, task_id, run_id, map_index and try_number.
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=512)
@@ -372,6 +505,7 @@ class TaskSpec(_Model):
             problems = list(Problem.from_validation_error(exc))
             if isinstance(data, Mapping):
                 problems += _volume_problems(data.get("volumes"), data.get("volume_mounts"))
+                problems += _init_mount_problems(data.get("volumes"), data.get("init_containers"))
             raise SpecError(list(dict.fromkeys(problems))) from None
 
     @model_validator(mode="after")
@@ -379,11 +513,12 @@ class TaskSpec(_Model):
         problems: list[Problem] = []
         if len(self.cmds) + len(self.arguments) > MAX_ARGS:
             problems.append(Problem("arguments", f"cmds and arguments exceed {MAX_ARGS} items"))
-        names = [env.name for env in self.env_vars]
-        for index, env in enumerate(self.env_vars):
-            if names.index(env.name) != index:
-                problems.append(Problem(f"env_vars[{index}].name", f"duplicate {env.name!r}"))
+        problems.extend(_duplicate_env_problems(self.env_vars, "env_vars"))
         problems.extend(_volume_problems(self.volumes, self.volume_mounts))
+        problems.extend(_init_mount_problems(self.volumes, self.init_containers))
+        problems.extend(Problem(f"ports{p.field}", p.message) for p in port_problems(self.ports))
+        problems.extend(self._init_container_problems())
+        problems.extend(self._dns_problems())
         if self.service_account_name is None:
             problems.extend(_token_problems(self.volumes))
         problems.extend(self._gpu_problems())
@@ -396,6 +531,27 @@ class TaskSpec(_Model):
         if problems:
             raise SpecError(problems)
         return self
+
+    def _init_container_problems(self) -> list[Problem]:
+        names = [container.name for container in self.init_containers]
+        return [
+            Problem(f"init_containers[{index}].name", f"duplicate {name!r}")
+            for index, name in enumerate(names)
+            if names.index(name) != index
+        ]
+
+    def _dns_problems(self) -> list[Problem]:
+        if self.dnspolicy != "None":
+            return []
+        if not (self.dns_config or {}).get("nameservers"):
+            return [
+                Problem(
+                    "dns_config.nameservers",
+                    "needs at least one nameserver: with dnspolicy None the pod resolves "
+                    "names only through dns_config",
+                )
+            ]
+        return []
 
     def _gpu_problems(self) -> list[Problem]:
         problems: list[Problem] = []
@@ -430,17 +586,45 @@ class TaskSpec(_Model):
     @cached_property
     def requests(self) -> Mapping[str, int]:
         """What the pod will reserve on a node, in canonical units, including the GPU
-        count from ``requirements.gpus`` and the one pod slot it takes."""
+        count from ``requirements.gpus`` and the one pod slot it takes.
+
+        Init containers count as the scheduler counts them (``snapshot.pod_requests``):
+        the pod reserves the larger of its containers' sum and its peak while one init
+        container runs; sidecars (``restartPolicy: Always``) run alongside everything
+        after them.
+        """
         merged = dict(self.container_resources.effective_requests)
         if self.gpus:
             merged[quantity.GPU] = self.gpus
+        sidecars: dict[str, int] = {}
+        peak: dict[str, int] = {}
+        for container in self.init_containers:
+            own = container.resources.effective_requests
+            if container.restart_policy == "Always":
+                _add(merged, own)
+                _add(sidecars, own)
+                during = dict(sidecars)
+            else:
+                during = dict(own)
+                _add(during, sidecars)
+            for name, amount in during.items():
+                peak[name] = max(peak.get(name, 0), amount)
+        for name, amount in peak.items():
+            merged[name] = max(merged.get(name, 0), amount)
         merged[quantity.PODS] = 1
         return {name: amount for name, amount in merged.items() if amount}
 
 
-def _volume_problems(volumes: Any, mounts: Any) -> list[Problem]:
-    """Names across volumes and mounts: unique volumes, mounts of declared volumes, at
-    distinct paths. Reads raw input too (items that are not objects are skipped)."""
+def _duplicate_env_problems(env: tuple[EnvVar, ...], where: str) -> list[Problem]:
+    names = [variable.name for variable in env]
+    return [
+        Problem(f"{where}[{index}].name", f"duplicate {name!r}")
+        for index, name in enumerate(names)
+        if names.index(name) != index
+    ]
+
+
+def _declared_volumes(volumes: Any) -> tuple[set[str], list[Problem]]:
     problems: list[Problem] = []
     declared: set[str] = set()
     for index, volume in enumerate(volumes if isinstance(volumes, list | tuple) else ()):
@@ -449,20 +633,56 @@ def _volume_problems(volumes: Any, mounts: Any) -> list[Problem]:
             problems.append(Problem(f"volumes[{index}].name", f"duplicate {name!r}"))
         elif isinstance(name, str):
             declared.add(name)
+    return declared, problems
+
+
+def _mount_problems(declared: set[str] | None, mounts: Any, where: str) -> list[Problem]:
+    """Mounts of one container: of declared volumes (unless ``declared`` is ``None``),
+    at distinct paths. Reads raw input too (items that are not objects are skipped)."""
+    problems: list[Problem] = []
     paths: set[str] = set()
     for index, mount in enumerate(mounts if isinstance(mounts, list | tuple) else ()):
         if not isinstance(mount, Mapping):
             continue
         name = mount.get("name")
-        if isinstance(name, str) and name not in declared:
-            problems.append(Problem(f"volume_mounts[{index}].name", f"no volume named {name!r}"))
+        if declared is not None and isinstance(name, str) and name not in declared:
+            problems.append(Problem(f"{where}[{index}].name", f"no volume named {name!r}"))
         path = mount.get("mountPath", mount.get("mount_path"))
         if isinstance(path, str) and path in paths:
-            problems.append(
-                Problem(f"volume_mounts[{index}].mountPath", f"{path!r} is mounted twice")
-            )
+            problems.append(Problem(f"{where}[{index}].mountPath", f"{path!r} is mounted twice"))
         elif isinstance(path, str):
             paths.add(path)
+    return problems
+
+
+def _volume_problems(volumes: Any, mounts: Any) -> list[Problem]:
+    """Names across volumes and mounts: unique volumes, mounts of declared volumes, at
+    distinct paths. Reads raw input too (items that are not objects are skipped)."""
+    declared, problems = _declared_volumes(volumes)
+    return problems + _mount_problems(declared, mounts, "volume_mounts")
+
+
+def _init_mount_problems(volumes: Any, containers: Any) -> list[Problem]:
+    """Init containers' mounts name declared volumes (their paths are checked by
+    ``InitContainer`` itself). Reads raw input too."""
+    declared, _ = _declared_volumes(volumes)
+    problems: list[Problem] = []
+    for index, container in enumerate(containers if isinstance(containers, list | tuple) else ()):
+        if isinstance(container, InitContainer):
+            mounts: Any = container.volume_mounts
+        elif isinstance(container, Mapping):
+            mounts = container.get("volumeMounts", container.get("volume_mounts"))
+        else:
+            continue
+        for number, mount in enumerate(mounts if isinstance(mounts, list | tuple) else ()):
+            name = mount.get("name") if isinstance(mount, Mapping) else None
+            if isinstance(name, str) and name not in declared:
+                problems.append(
+                    Problem(
+                        f"init_containers[{index}].volumeMounts[{number}].name",
+                        f"no volume named {name!r}",
+                    )
+                )
     return problems
 
 
