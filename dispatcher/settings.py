@@ -489,7 +489,7 @@ def _get(item: Any, key: str) -> Any:
 
 def _cross_field_problems(data: Any) -> list[Problem]:
     """Problems spanning sections: duplicate cluster names, two in-plane clusters, missing
-    Vault, a state cluster that is not configured."""
+    Vault, a state cluster or an Airflow connection's cluster that is not configured."""
     clusters = _get(data, "clusters")
     if not isinstance(clusters, list | tuple):
         return []
@@ -537,6 +537,19 @@ def _cross_field_problems(data: Any) -> list[Problem]:
                 f"{state!r} is not one of the configured clusters ({known})",
             )
         )
+    connections = _get(_get(data, "routing"), "airflow_connections")
+    for key, names in connections.items() if isinstance(connections, Mapping) else ():
+        listed = [names] if isinstance(names, str) else names
+        unknown = [n for n in listed if isinstance(n, str) and n not in first_seen]
+        if isinstance(listed, list | tuple) and unknown and clusters:
+            known = ", ".join(sorted(first_seen)) or "none"
+            problems.append(
+                Problem(
+                    f"routing.airflow_connections[{key}]",
+                    f"{', '.join(map(repr, unknown))} is not one of the configured clusters "
+                    f"({known})",
+                )
+            )
     return problems
 
 

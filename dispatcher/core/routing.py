@@ -1,9 +1,12 @@
 """Where a task should run: ``route(task, snapshot, policy) -> Decision``; pure, no I/O.
 
-For each cluster, in order:
+First the task's cluster hints (KubernetesPodOperator's ``in_cluster``,
+``cluster_context``, ``config_file``, ``kubernetes_conn_id``) are read through the
+policy: one that stands for clusters becomes an allow-list; one the policy does not know
+restricts nothing and is named in the decision's notes. Then, for each cluster, in order:
 
-1. cluster filters: allow-list, cluster labels (region), node-selector conflicts with the
-   cluster's pod defaults;
+1. cluster filters: allow-lists (the task's and its hint's), cluster labels (region),
+   node-selector conflicts with the cluster's pod defaults;
 2. static node filters, once per node shape (per node only when the task names a per-node
    label): GPU model, node selector, required node affinity, taints, and whether the task
    fits an *empty* node of the shape. No shape passing means the cluster can never run the
@@ -27,11 +30,12 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from dispatcher.core import quantity
+from dispatcher.core.names import DNSLabel
 from dispatcher.core.podspec import Placement
 from dispatcher.core.scheduling import (
     PodConstraints,
@@ -120,8 +124,16 @@ class ScoreWeights(BaseModel):
     headroom: float = Field(default=1.0, ge=0, allow_inf_nan=False)
 
 
+def _cluster_names(value: Any) -> Any:
+    # ``{gpu_k8s: gpu-a100}`` reads better than ``{gpu_k8s: [gpu-a100]}``.
+    if isinstance(value, Mapping):
+        return {k: [v] if isinstance(v, str) else v for k, v in value.items()}
+    return value
+
+
 class RoutingPolicy(BaseModel):
-    """How to choose among clusters where a task fits now."""
+    """How to choose among clusters where a task fits now, and how to read the cluster
+    hints of tasks written for KubernetesPodOperator."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -130,6 +142,15 @@ class RoutingPolicy(BaseModel):
     strategy: Strategy = Strategy.COST
     #: Used by the ``weighted`` strategy only.
     weights: ScoreWeights = Field(default_factory=ScoreWeights)
+    #: A DAG's ``kubernetes_conn_id``, ``cluster_context`` or ``config_file`` value -> the
+    #: clusters it stands for (``{gpu_k8s: gpu-a100}``); a task naming one runs only there.
+    #: Values not listed restrict nothing. Connections themselves are never read.
+    airflow_connections: Annotated[
+        dict[str, tuple[DNSLabel, ...]], BeforeValidator(_cluster_names)
+    ] = Field(default_factory=dict)
+    #: What ``in_cluster=True`` asks for: the in-plane cluster, or no preference (when
+    #: DAGs set it only because Airflow's workers ran in Kubernetes).
+    in_cluster: Literal["in-plane", "no-preference"] = "in-plane"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +196,8 @@ class Decision:
     hourly_cost: float | None = None
     #: What ``podspec.build_pod`` needs to build the pod for the chosen cluster.
     placement: Placement | None = None
+    #: How the task's cluster hints were read, when one restricted nothing or was not used.
+    notes: tuple[str, ...] = ()
 
     def explain(self, cluster: str) -> ClusterVerdict | None:
         for verdict in self.clusters:
@@ -184,6 +207,10 @@ class Decision:
 
     def message(self) -> str:
         """One paragraph for the DAG author."""
+        notes = "".join(f"; note: {note}" for note in self.notes)
+        return self._verdict_message() + notes
+
+    def _verdict_message(self) -> str:
         if self.verdict is Verdict.PLACE:
             cost = _money(self.hourly_cost)
             where = f" on {self.shape.describe()}" if self.shape else ""
@@ -202,6 +229,7 @@ class Decision:
             "hourly_cost": self.hourly_cost,
             "message": self.message(),
             "clusters": [c.to_dict() for c in self.clusters],
+            "notes": list(self.notes),
         }
 
 
@@ -360,13 +388,73 @@ def _reject_message(
     return f"needs {_describe_requests(requests)} on one node; no node has all of it"
 
 
+@dataclass(frozen=True, slots=True)
+class _Hint:
+    """The task's cluster hints as the policy reads them."""
+
+    #: The clusters a hint stands for; ``None``: no restriction.
+    allowed: frozenset[str] | None = None
+    #: Why only ``allowed`` (for the clusters passed over).
+    why: str = ""
+    notes: tuple[str, ...] = ()
+
+
+#: Most specific first: KPO applies a cluster_context or config_file over the connection's.
+_HINTS_BY_PRECEDENCE = ("cluster_context", "config_file", "kubernetes_conn_id")
+
+
+def _cluster_hint(task: TaskSpec, snapshot: Snapshot, policy: RoutingPolicy) -> _Hint:
+    """The allow-list the task's cluster hints stand for, and notes on the rest.
+
+    ``in_cluster=True`` (unless the policy says "no-preference") stands for the in-plane
+    cluster and, as in KubernetesPodOperator, makes the other hints unused. Otherwise the
+    most specific hint the policy's table knows decides; the others are noted.
+    """
+    hints = task.requirements.cluster_hints
+    given = [(n, v) for n in _HINTS_BY_PRECEDENCE if (v := getattr(hints, n)) is not None]
+    notes: list[str] = []
+    if hints.in_cluster:
+        if policy.in_cluster == "in-plane":
+            in_plane = sorted(
+                c.name for c in snapshot.clusters if c.info.role is ClusterRole.IN_PLANE
+            )
+            notes.extend(
+                f"{name} {value!r} not used: in_cluster=True runs the task in-plane"
+                for name, value in given
+            )
+            if in_plane:
+                why = f"in_cluster=True asks for the in-plane cluster ({', '.join(in_plane)})"
+                return _Hint(frozenset(in_plane), why, tuple(notes))
+            notes.append("in_cluster=True: no in-plane cluster is configured; not restricting")
+            return _Hint(notes=tuple(notes))
+        notes.append("in_cluster=True is no preference here (routing.in_cluster)")
+    decided: tuple[str, _Hint] | None = None
+    for name, value in given:
+        clusters = policy.airflow_connections.get(value)
+        if decided is not None:
+            notes.append(f"{name} {value!r} not used: {decided[0]} decides")
+        elif clusters is None:
+            notes.append(f"{name} {value!r} is not in routing.airflow_connections; not restricting")
+        else:
+            why = (
+                f"{name} {value!r} stands for {', '.join(clusters) or 'no cluster'} "
+                "(routing.airflow_connections)"
+            )
+            decided = (name, _Hint(frozenset(clusters), why))
+    if decided is None:
+        return _Hint(notes=tuple(notes))
+    return _Hint(decided[1].allowed, decided[1].why, tuple(notes))
+
+
 def _cluster_filters(
-    task: TaskSpec, state: ClusterState, constraints: PodConstraints
+    task: TaskSpec, state: ClusterState, constraints: PodConstraints, hint: _Hint
 ) -> tuple[Reason, str] | None:
     wanted = task.requirements
     if wanted.allowed_clusters is not None and state.name not in wanted.allowed_clusters:
         allowed = ", ".join(wanted.allowed_clusters) or "none"
         return Reason.NOT_ALLOWED, f"not in the task's allowed_clusters ({allowed})"
+    if hint.allowed is not None and state.name not in hint.allowed:
+        return Reason.NOT_ALLOWED, f"not what the task asks for: {hint.why}"
     selector = dict(wanted.cluster_selector)
     if wanted.region is not None:
         selector[REGION_LABEL] = wanted.region
@@ -508,9 +596,10 @@ def _judge_cluster(
     task: TaskSpec,
     state: ClusterState,
     requests: tuple[tuple[str, int], ...],
+    hint: _Hint,
 ) -> ClusterVerdict | _Candidate:
     constraints = pod_constraints(task, state.info.pod_defaults)
-    refused = _cluster_filters(task, state, constraints)
+    refused = _cluster_filters(task, state, constraints, hint)
     if refused is not None:
         return ClusterVerdict(state.name, Verdict.REJECT, *refused)
     if not state.shapes:
@@ -566,10 +655,11 @@ def route(task: TaskSpec, snapshot: Snapshot, policy: RoutingPolicy | None = Non
     """Choose a cluster for ``task``; explain every cluster. Pure and deterministic."""
     policy = policy or RoutingPolicy()
     requests = tuple(sorted(task.requests.items()))
+    hint = _cluster_hint(task, snapshot, policy)
     candidates: list[_Candidate] = []
     others: list[ClusterVerdict] = []
     for state in snapshot.clusters:
-        judged = _judge_cluster(task, state, requests)
+        judged = _judge_cluster(task, state, requests, hint)
         if isinstance(judged, _Candidate):
             candidates.append(judged)
         else:
@@ -579,7 +669,7 @@ def route(task: TaskSpec, snapshot: Snapshot, policy: RoutingPolicy | None = Non
         verdict = (
             Verdict.WAIT if any(v.verdict is Verdict.WAIT for v in others) else (Verdict.REJECT)
         )
-        return Decision(verdict=verdict, clusters=tuple(others))
+        return Decision(verdict=verdict, clusters=tuple(others), notes=hint.notes)
     costs = [c.cost for c in candidates if c.cost is not None]
     max_cost = max(costs, default=0.0)
     candidates.sort(key=lambda c: _rank_key(c, policy, max_cost))
@@ -613,6 +703,7 @@ def route(task: TaskSpec, snapshot: Snapshot, policy: RoutingPolicy | None = Non
         shape=winner.shape,
         hourly_cost=winner.cost,
         placement=placement_for(task, winner.state),
+        notes=hint.notes,
     )
 
 
