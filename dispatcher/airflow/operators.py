@@ -15,7 +15,9 @@ I/O: through ``DispatcherHook`` (HTTP to the dispatcher).
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping, Sequence
+import inspect
+from collections.abc import Callable, Container, Mapping, Sequence
+from contextvars import ContextVar
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -54,6 +56,15 @@ __all__ = ["DispatcherJobFailed", "DispatcherPodOperator"]
 
 #: How many earlier tries are searched for a job still running (``reattach_on_restart``).
 MAX_REATTACH_LOOKBACK = 10
+
+#: ``(dag_id, task_id, class name, parameters given, problem)``: what an operator made
+#: while ``dispatcher airflow check`` parses DAGs tells it (``dispatcher.airflow.check``).
+CheckReport = Callable[[str | None, str, str, Mapping[str, Any], str | None], None]
+
+#: Set by ``dispatcher airflow check`` while it parses DAGs: each operator reports the
+#: parameters it was given and its parse-time problem to it instead of raising, so that
+#: one run lists every task's refusals.
+CHECKING: ContextVar[CheckReport | None] = ContextVar("dispatcher_airflow_check", default=None)
 
 
 class DispatcherJobFailed(AirflowException):
@@ -109,6 +120,11 @@ class DispatcherPodOperator(BaseOperator):
         "node_selector",
         "service_account_name",
         "priority_class_name",
+        "hostname",
+        "env_from",
+        "kubernetes_conn_id",
+        "cluster_context",
+        "config_file",
         "requirements",
         "gpu_model",
         "dispatcher_conn_id",
@@ -157,6 +173,24 @@ class DispatcherPodOperator(BaseOperator):
         reattach_on_restart: bool = True,
         poll_interval: float = 2.0,
         container_name_log_prefix_enabled: bool = True,
+        env_from: list[Any] | None = None,
+        configmaps: list[str] | str | None = None,
+        init_containers: list[Any] | None = None,
+        ports: list[Any] | None = None,
+        security_context: Any = None,
+        container_security_context: Any = None,
+        termination_grace_period: int | None = None,
+        automount_service_account_token: bool | None = None,
+        host_aliases: list[Any] | None = None,
+        dnspolicy: str | None = None,
+        dns_config: Any = None,
+        hostname: str | None = None,
+        subdomain: str | None = None,
+        runtime_class_name: str | None = None,
+        in_cluster: bool | None = None,
+        kubernetes_conn_id: str | None = None,
+        cluster_context: str | None = None,
+        config_file: str | None = None,
         dispatcher_conn_id: str = DEFAULT_CONN_ID,
         gpus: int | None = None,
         gpu_model: str | None = None,
@@ -165,14 +199,14 @@ class DispatcherPodOperator(BaseOperator):
         acknowledge: bool = True,
         **kwargs: Any,
     ) -> None:
+        call = dict(locals())
+        checking = CHECKING.get()
         task_id = kwargs.get("task_id")
-        super().__init__(do_xcom_push=do_xcom_push, **_kpo_only_removed(kwargs))
-        if container_resources is not None and resources is not None:
-            raise AirflowException(
-                f"{task_id!r}: resources is the old name of container_resources; set one"
-            )
-        if image is None:
-            raise AirflowException(f"{task_id!r}: image is required")
+        super().__init__(
+            do_xcom_push=do_xcom_push,
+            **_kpo_only_removed(kwargs, refuse=checking is None),
+        )
+        _require(task_id, image=image, both_resources=None not in (container_resources, resources))
         if is_delete_operator_pod is not None and on_finish_action == "delete_pod":
             on_finish_action = "delete_pod" if is_delete_operator_pod else "keep_pod"
         self.image = image
@@ -206,6 +240,10 @@ class DispatcherPodOperator(BaseOperator):
         self.reattach_on_restart = reattach_on_restart
         self.poll_interval = poll_interval
         self.container_name_log_prefix_enabled = container_name_log_prefix_enabled
+        # Pod fields of the task spec and the parameters that chose the cluster, which
+        # become routing hints: parameters.SPEC_PARAMETERS, each a parameter above.
+        for parameter in parameters.SPEC_PARAMETERS:
+            setattr(self, parameter, call[parameter])
         self.dispatcher_conn_id = dispatcher_conn_id
         self.gpus = gpus
         self.gpu_model = gpu_model
@@ -213,13 +251,33 @@ class DispatcherPodOperator(BaseOperator):
         self.wait_timeout = wait_timeout
         self.acknowledge = acknowledge
         self.job_id: str | None = None
-        self._check_at_parse_time()
+        if checking is None:
+            self._check_at_parse_time()
+        else:
+            self._report_to(checking, _given(call))
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:
         """``BaseOperator.partial`` (dynamic task mapping), refusing what the constructor
         refuses, with the same explanation, when the DAG is parsed."""
-        return super().partial(**_kpo_only_removed(kwargs))
+        checking = CHECKING.get()
+        partial = super().partial(**_kpo_only_removed(kwargs, refuse=checking is None))
+        if checking is not None:
+            dag = partial.kwargs.get("dag")
+            name = f"{cls.__name__}.partial"
+            checking(getattr(dag, "dag_id", None), str(kwargs.get("task_id")), name, kwargs, None)
+        return partial
+
+    def _report_to(self, checking: CheckReport, given: Mapping[str, Any]) -> None:
+        """Tell ``dispatcher airflow check`` what this task was given, and the problem
+        its parse-time check found, if any."""
+        problem = None
+        try:
+            self._check_at_parse_time()
+        except AirflowException as exc:
+            problem = str(exc)
+        dag_id = self.dag_id if self.has_dag() else None  # type: ignore[no-untyped-call]
+        checking(dag_id, self.task_id, type(self).__name__, given, problem)
 
     # ----- the task spec ------------------------------------------------------------
     def _check_at_parse_time(self) -> None:
@@ -227,6 +285,7 @@ class DispatcherPodOperator(BaseOperator):
         has to fill it in (then it is checked when the task runs)."""
         values = [getattr(self, field) for field in self.template_fields]
         values += [self.secrets, self.tolerations, self.affinity, self.pod_runtime_info_envs]
+        values += list(self._spec_parameters().values())
         # Models as JSON, so that a template inside a V1EnvVar counts as one.
         if parameters.has_unresolved([parameters.plain(v) for v in values]):
             return
@@ -267,8 +326,16 @@ class DispatcherPodOperator(BaseOperator):
             raise AirflowFailException(f"{self.task_id!r}: {exc}") from None
         return spec
 
+    def _spec_parameters(self) -> dict[str, Any]:
+        """The pod field and routing hint parameters (``parameters.SPEC_PARAMETERS``)."""
+        return {name: getattr(self, name) for name in sorted(parameters.SPEC_PARAMETERS)}
+
     def _spec(self, context: Context | None) -> dict[str, Any]:
-        env, secret_volumes, secret_mounts = parameters.secrets_to_spec(self.secrets)
+        values = self._spec_parameters()
+        pod_fields = parameters.pod_fields(values)
+        # A Secret injecting every key extends env_from, after env_from and configmaps.
+        env_from: list[dict[str, Any]] = list(pod_fields.pop("env_from", []))
+        env, secret_volumes, secret_mounts = parameters.secrets_to_spec(self.secrets, env_from)
         env_vars = parameters.plain(self.env_vars)
         if isinstance(env_vars, Mapping):
             env_vars = [{"name": k, "value": v} for k, v in env_vars.items()]
@@ -298,8 +365,13 @@ class DispatcherPodOperator(BaseOperator):
             "on_finish_action": self.on_finish_action,
             "termination_message_policy": self.termination_message_policy,
             "requirements": parameters.requirements(
-                parameters.plain(self.requirements), gpus=self.gpus, gpu_model=self.gpu_model
+                parameters.plain(self.requirements),
+                gpus=self.gpus,
+                gpu_model=self.gpu_model,
+                hints=parameters.cluster_hints(values),
             ),
+            "env_from": env_from,
+            **pod_fields,
         }
         if context is not None:
             ti = context["ti"]
@@ -465,18 +537,49 @@ class DispatcherPodOperator(BaseOperator):
         self.log.info("Cancelled job %s (%s)", self.job_id, job.get("state"))
 
 
-def _kpo_only_removed(kwargs: dict[str, Any]) -> dict[str, Any]:
+def _kpo_only_removed(kwargs: dict[str, Any], *, refuse: bool = True) -> dict[str, Any]:
     """``kwargs`` less the KPO parameters this operator does not take: those without
     effect here, and refused ones that ask for nothing. Refused ones that do ask for
-    something raise, all at once, each with why and what to use instead."""
+    something raise, all at once, each with why and what to use instead (unless
+    ``refuse`` is off: ``dispatcher airflow check`` reports them itself)."""
     refused = parameters.refusals(kwargs)
-    if refused:
+    if refused and refuse:
         raise AirflowException(
             f"DispatcherPodOperator {kwargs.get('task_id')!r} cannot honour these "
             "KubernetesPodOperator parameters:\n  - " + "\n  - ".join(refused)
         )
     dropped = {*parameters.REFUSED, *parameters.NO_EFFECT}
     return {k: v for k, v in kwargs.items() if k not in dropped}
+
+
+def _require(task_id: Any, *, image: str | None, both_resources: bool) -> None:
+    if both_resources:
+        raise AirflowException(
+            f"{task_id!r}: resources is the old name of container_resources; set one"
+        )
+    if image is None:
+        raise AirflowException(f"{task_id!r}: image is required")
+
+
+def _given(call: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters a constructor call set (``locals()`` on entry): named ones that
+    differ from their defaults, and every keyword the signature does not name."""
+    signature = inspect.signature(DispatcherPodOperator.__init__).parameters
+    given = {
+        name: value
+        for name, value in call.items()
+        if name in signature
+        and name not in ("self", "kwargs")
+        and not _is_default(value, signature[name].default)
+    }
+    return {**given, **call.get("kwargs", {})}
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    try:
+        return value is default or bool(value == default)
+    except Exception:  # an object whose == is not a plain answer
+        return False
 
 
 def _is_model(value: Any) -> bool:

@@ -52,6 +52,11 @@ def test_templates_inside_kubernetes_models_reach_the_pod_rendered(
     assert mounts["scratch-space"]["sub_path"] == "20240601"
     assert mounts["scratch-space"]["mount_path"] == "/scratch"
     assert pod["metadata"]["labels"]["partition"] == "20240601"
+    assert pod["spec"]["hostname"] == "loader-20240601"
+    assert container["env_from"] == [
+        {"config_map_ref": {"name": "loader-config", "optional": None}, "prefix": None,
+         "secret_ref": None}
+    ]  # fmt: skip
 
     # A rendered value the dispatcher would refuse fails the task when it runs, saying
     # which field, and no pod is made.

@@ -1,7 +1,9 @@
 """Templates inside Kubernetes model objects, as KubernetesPodOperator DAGs write them:
 ``{{ ds }}`` in a ``V1EnvVar``, a resource limit from ``params``, a volume and its mount
-named by templates, and a plain dict nested in a model. ``bad_limit`` renders a limit
-that is not a quantity and must fail when it runs, naming the field."""
+named by templates, a plain dict nested in a model, and the fields KPO templates that
+are pod fields (``hostname``, ``env_from``) or routing hints (``kubernetes_conn_id``).
+``bad_limit`` renders a limit that is not a quantity and must fail when it runs, naming
+the field."""
 
 from __future__ import annotations
 
@@ -18,7 +20,14 @@ with DAG(
     start_date=datetime(2024, 1, 1),
     catchup=False,
     default_args={"retries": 0},
-    params={"memory": "3Gi", "cpu": "1500m", "scratch": "scratch-space", "bad": "lots"},
+    params={
+        "memory": "3Gi",
+        "cpu": "1500m",
+        "scratch": "scratch-space",
+        "bad": "lots",
+        "config": "loader-config",
+        "conn": "kubernetes_default",
+    },
 ) as dag:
     DispatcherPodOperator(
         task_id="render",
@@ -45,6 +54,11 @@ with DAG(
             )
         ],
         labels={"partition": "{{ ds_nodash }}"},
+        hostname="loader-{{ ds_nodash }}",
+        env_from=[
+            k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name="{{ params.config }}"))
+        ],
+        kubernetes_conn_id="{{ params.conn }}",
         on_finish_action="keep_pod",
     )
     DispatcherPodOperator(
