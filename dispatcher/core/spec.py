@@ -343,7 +343,8 @@ class InitContainer(KubeModel):
 
     Its resources count in what the pod reserves, as the scheduler counts them; its
     volume mounts name the task's ``volumes``. Probes and lifecycle hooks are not
-    accepted.
+    accepted, nor ``restartPolicy`` ``Never``/``OnFailure`` (per-container restart rules,
+    which Kubernetes 1.35 accepts behind a feature gate and older clusters refuse).
     """
 
     name: DNSLabel
