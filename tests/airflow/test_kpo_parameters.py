@@ -479,6 +479,41 @@ def test_templated_fields_are_checked_when_the_task_runs() -> None:
     assert task.image == "{{ var.value.image }}"
 
 
+def test_pod_fields_and_cluster_hints_reach_the_spec_through_the_operator() -> None:
+    out = spec(
+        in_cluster=False,
+        kubernetes_conn_id="gpu_k8s",
+        env_from=[k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name="db"))],
+        init_containers=[k8s.V1Container(name="init", image="busybox")],
+        security_context={"runAsNonRoot": True, "runAsUser": 1000},
+        hostname="worker",
+        on_finish_action="delete_active_pod",
+    )
+    assert out["requirements"]["cluster_hints"] == {
+        "in_cluster": False,
+        "kubernetes_conn_id": "gpu_k8s",
+    }
+    assert out["env_from"] == [{"secretRef": {"name": "db"}}]
+    assert out["init_containers"] == [{"name": "init", "image": "busybox"}]
+    assert out["security_context"] == {"runAsNonRoot": True, "runAsUser": 1000}
+    assert out["hostname"] == "worker"
+    assert validate_spec(out).on_finish_action.value == "keep_pod"
+
+
+@pytest.mark.parametrize(
+    "neutral", [{"in_cluster": None}, {"init_containers": []}, {"configmaps": None}]
+)
+def test_pod_fields_and_hints_that_ask_for_nothing_leave_the_spec_alone(
+    neutral: dict[str, Any],
+) -> None:
+    assert spec(**neutral) == spec()
+
+
+def test_a_pod_field_the_dispatcher_refuses_fails_at_parse_time_at_its_path() -> None:
+    with pytest.raises(AirflowFailException, match=r"ports\[0\]\.hostPort"):
+        spec(ports=[k8s.V1ContainerPort(container_port=8080, host_port=8080)])
+
+
 def test_on_finish_action_and_is_delete_operator_pod() -> None:
     assert spec(on_finish_action="keep_pod")["on_finish_action"] == "keep_pod"
     assert spec(is_delete_operator_pod=False)["on_finish_action"] == "keep_pod"
