@@ -7,11 +7,16 @@ invalid configuration in ``validate-config``).
 - ``dispatcher route --explain TASK.yaml --snapshot SNAPSHOT.yaml [--config CONFIG.yaml]``
   routes a task against a snapshot file, without any cluster, and explains every cluster.
 - ``dispatcher validate-config PATH`` lists every problem of a settings file, or says OK.
+- ``dispatcher airflow check DAG_FOLDER`` says what each KubernetesPodOperator task
+  becomes with DispatcherPodOperator (``dispatcher.airflow.check``); exit status 1 when a
+  parameter is refused.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -327,6 +332,27 @@ def clusters_table(clusters: list[dict[str, Any]]) -> Table:
             gpus,
         )
     return table
+
+
+airflow_app = typer.Typer(
+    name="airflow", help="Moving Airflow DAGs to kube-dispatcher.", no_args_is_help=True
+)
+app.add_typer(airflow_app)
+
+
+@airflow_app.command("check")
+def airflow_check_command(
+    dag_folder: Annotated[Path, typer.Argument(help="A DAG folder or one DAG file.")],
+) -> None:
+    """Parse every DAG and, for each KubernetesPodOperator or DispatcherPodOperator task,
+    say what carries over, what becomes a routing hint and what is refused, and why.
+    Exit status 1 when anything is refused."""
+    # In a process of its own: this one stays free of Airflow and of what DAG files do
+    # when they are executed.
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "dispatcher.airflow.check", str(dag_folder)], check=False
+    )
+    raise typer.Exit(done.returncode)
 
 
 def main() -> None:

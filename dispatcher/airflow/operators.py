@@ -277,7 +277,8 @@ class DispatcherPodOperator(BaseOperator):
         except AirflowException as exc:
             problem = str(exc)
         dag_id = self.dag_id if self.has_dag() else None  # type: ignore[no-untyped-call]
-        checking(dag_id, self.task_id, type(self).__name__, given, problem)
+        kind = getattr(self, "custom_operator_name", None) or type(self).__name__
+        checking(dag_id, self.task_id, kind, given, problem)
 
     # ----- the task spec ------------------------------------------------------------
     def _check_at_parse_time(self) -> None:
