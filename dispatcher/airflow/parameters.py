@@ -40,6 +40,7 @@ from pydantic.alias_generators import to_camel
 
 from dispatcher.core import CONTAINER_NAME, TaskSpec, parse_task_spec
 from dispatcher.core.quantity import GPU
+from dispatcher.errors import Problem, SpecError
 
 __all__ = [
     "CARRIED_OVER",
@@ -53,8 +54,10 @@ __all__ = [
     "cluster_hints",
     "container_resources",
     "idempotency_key",
+    "over_template",
     "plain",
     "pod_fields",
+    "pod_template_fields",
     "refusals",
     "requirements",
     "secrets_to_spec",
@@ -419,6 +422,182 @@ def cluster_hints(values: Mapping[str, Any]) -> dict[str, Any]:
     return {
         name: value for name, value in values.items() if name in ROUTING_HINTS and value is not None
     }
+
+
+# ----------------------------------------------------------------------------- templates
+
+#: Pod template fields -> task spec fields (the rest of a template cannot carry over).
+_TEMPLATE_METADATA = {
+    "name": "name",
+    "namespace": "namespace",
+    "labels": "labels",
+    "annotations": "annotations",
+}
+_TEMPLATE_POD = {
+    "volumes": "volumes",
+    "initContainers": "init_containers",
+    "tolerations": "tolerations",
+    "affinity": "affinity",
+    "nodeSelector": "node_selector",
+    "serviceAccountName": "service_account_name",
+    "serviceAccount": "service_account_name",
+    "priorityClassName": "priority_class_name",
+    "imagePullSecrets": "image_pull_secrets",
+    "activeDeadlineSeconds": "active_deadline_seconds",
+    "securityContext": "security_context",
+    "terminationGracePeriodSeconds": "termination_grace_period",
+    "automountServiceAccountToken": "automount_service_account_token",
+    "hostAliases": "host_aliases",
+    "dnsPolicy": "dnspolicy",
+    "dnsConfig": "dns_config",
+    "hostname": "hostname",
+    "subdomain": "subdomain",
+    "runtimeClassName": "runtime_class_name",
+}
+_TEMPLATE_CONTAINER = {
+    "image": "image",
+    "command": "cmds",
+    "args": "arguments",
+    "env": "env_vars",
+    "envFrom": "env_from",
+    "resources": "container_resources",
+    "volumeMounts": "volume_mounts",
+    "ports": "ports",
+    "securityContext": "container_security_context",
+    "imagePullPolicy": "image_pull_policy",
+    "terminationMessagePolicy": "termination_message_policy",
+}
+_HOST_NAMESPACES = (
+    "host namespaces tie the task to a node, which differs per cluster (and Pod Security "
+    "'baseline' forbids them)"
+)
+#: Pod template fields that contradict routing or cannot work in every cluster, and why.
+_TEMPLATE_REFUSED = {
+    "nodeName": "pins the pod to one node of one cluster, while the dispatcher chooses the "
+    "cluster and each cluster's scheduler the node; use node_selector or affinity",
+    "schedulerName": REFUSED["schedulername"].why,
+    "hostNetwork": _HOST_NAMESPACES,
+    "hostPID": _HOST_NAMESPACES,
+    "hostIPC": _HOST_NAMESPACES,
+    "hostUsers": _HOST_NAMESPACES,
+}
+#: Spec fields whose template and operator values are joined (template first); for the
+#: others the operator's value, when given, replaces the template's (KPO's merge).
+_LIST_FIELDS = (
+    "env_vars",
+    "env_from",
+    "volumes",
+    "volume_mounts",
+    "init_containers",
+    "tolerations",
+    "ports",
+    "image_pull_secrets",
+)
+_MAP_FIELDS = ("labels", "annotations", "node_selector")
+
+
+def _camel_keys(value: Any) -> dict[str, Any]:
+    return {to_camel(k): v for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
+def pod_template_fields(template: Any, *, where: str = "pod_template_dict") -> dict[str, Any]:
+    """A pod template (a ``V1Pod``, or its dict as in a template file) as task spec fields.
+
+    Everything the task spec has carries over: metadata (name, namespace, labels,
+    annotations), the pod's scheduling, volumes, init containers, security and DNS
+    fields, and the task container (the one named ``base``, or the only one). Refused,
+    each problem at its path under ``where``: what contradicts routing or cannot work in
+    every cluster (``nodeName``, ``schedulerName``, host namespaces), a restart policy
+    other than ``Never``, containers besides the task's, and fields the task spec does not
+    have. Raises ``SpecError`` listing every problem.
+    """
+    document = _camel_keys(plain(template))
+    problems = [
+        Problem(
+            f"{where}.{key}",
+            "not carried over: a template has apiVersion, kind, metadata and spec only",
+        )
+        for key in document
+        if key not in ("apiVersion", "kind", "metadata", "spec")
+    ]
+    fields: dict[str, Any] = {}
+    for key, value in _camel_keys(document.get("metadata")).items():
+        if value is None:
+            continue
+        if key in _TEMPLATE_METADATA:
+            fields[_TEMPLATE_METADATA[key]] = value
+        else:
+            problems.append(
+                Problem(
+                    f"{where}.metadata.{key}", "not carried over: the task spec has no such field"
+                )
+            )
+    spec = _camel_keys(document.get("spec"))
+    for key, value in spec.items():
+        path = f"{where}.spec.{key}"
+        if value is None or key == "containers":
+            continue
+        if key in _TEMPLATE_REFUSED:
+            if value not in (False, "default-scheduler"):
+                problems.append(Problem(path, f"not supported: {_TEMPLATE_REFUSED[key]}"))
+        elif key == "restartPolicy":
+            if value != "Never":
+                problems.append(
+                    Problem(
+                        path,
+                        "dispatched pods never restart (Never): a failed task is retried by "
+                        "Airflow's retries, as a new job",
+                    )
+                )
+        elif key in _TEMPLATE_POD:
+            fields[_TEMPLATE_POD[key]] = value
+        else:
+            problems.append(Problem(path, "not carried over: the task spec has no such field"))
+    containers = spec.get("containers") or []
+    named = [c for c in containers if _camel_keys(c).get("name") == CONTAINER_NAME]
+    base = named[0] if named else containers[0] if len(containers) == 1 else None
+    for index, container in enumerate(containers):
+        if container is not base:
+            problems.append(
+                Problem(
+                    f"{where}.spec.containers[{index}]",
+                    f"dispatched pods run one container, {CONTAINER_NAME!r}: run this one as "
+                    "an init container with restartPolicy Always (a sidecar) or as its own "
+                    "task",
+                )
+            )
+    for key, value in _camel_keys(base).items():
+        if value is None or key == "name":
+            continue
+        if key in _TEMPLATE_CONTAINER:
+            fields[_TEMPLATE_CONTAINER[key]] = value
+        else:
+            index = containers.index(base)
+            problems.append(
+                Problem(
+                    f"{where}.spec.containers[{index}].{key}",
+                    "not carried over: the task spec has no such field",
+                )
+            )
+    if problems:
+        raise SpecError(problems)
+    return fields
+
+
+def over_template(template: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` (from the operator's parameters) laid over a template's fields, as KPO
+    merges a pod template with its parameters: lists are joined (template first),
+    labels, annotations and node selectors merged, and any other field the operator sets
+    replaces the template's."""
+    merged = dict(template)
+    for name, value in spec.items():
+        if name in _LIST_FIELDS and name in merged:
+            merged[name] = [*merged[name], *value]
+        elif name in _MAP_FIELDS and name in merged:
+            merged[name] = {**merged[name], **value}
+        else:
+            merged[name] = value
+    return merged
 
 
 def _dns_part(text: str) -> str:

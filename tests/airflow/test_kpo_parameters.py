@@ -31,13 +31,16 @@ from dispatcher.airflow.parameters import (
     airflow_labels,
     cluster_hints,
     idempotency_key,
+    over_template,
     plain,
     pod_fields,
+    pod_template_fields,
     requirements,
     safe_label_value,
     secrets_to_spec,
     validate_spec,
 )
+from dispatcher.errors import SpecError
 
 #: KubernetesPodOperator.__init__'s parameters in apache-airflow-providers-cncf-kubernetes
 #: 10.25.0, less BaseOperator's: used when the provider is not installed.
@@ -304,6 +307,138 @@ def test_a_kubeconfig_path_is_a_name_only() -> None:
 
 def test_plain_serializes_nested_models() -> None:
     assert plain([k8s.V1HostAlias(ip="10.0.0.1")]) == [{"ip": "10.0.0.1"}]
+
+
+# ----------------------------------------------------------------------- pod templates
+
+TEMPLATE: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "etl", "namespace": "data", "labels": {"team": "data"}},
+    "spec": {
+        "restartPolicy": "Never",
+        "serviceAccountName": "etl-runner",
+        "nodeSelector": {"pool": "batch"},
+        "tolerations": [{"key": "batch", "operator": "Exists"}],
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000},
+        "volumes": [{"name": "cfg", "configMap": {"name": "etl-config"}}],
+        "initContainers": [{"name": "wait", "image": "busybox:1.36"}],
+        "containers": [
+            {
+                "name": "base",
+                "image": "ghcr.io/example/etl:2.1",
+                "command": ["python", "-m", "etl"],
+                "env": [{"name": "MODE", "value": "full"}],
+                "envFrom": [{"configMapRef": {"name": "etl-env"}}],
+                "resources": {"requests": {"cpu": "2", "memory": "4Gi"}},
+                "volumeMounts": [{"name": "cfg", "mountPath": "/etc/etl"}],
+            }
+        ],
+    },
+}
+
+
+def test_a_pod_template_carries_over_as_task_spec_fields() -> None:
+    fields = pod_template_fields(TEMPLATE)
+    assert fields == {
+        "name": "etl",
+        "namespace": "data",
+        "labels": {"team": "data"},
+        "service_account_name": "etl-runner",
+        "node_selector": {"pool": "batch"},
+        "tolerations": [{"key": "batch", "operator": "Exists"}],
+        "security_context": {"runAsNonRoot": True, "runAsUser": 1000},
+        "volumes": [{"name": "cfg", "configMap": {"name": "etl-config"}}],
+        "init_containers": [{"name": "wait", "image": "busybox:1.36"}],
+        "image": "ghcr.io/example/etl:2.1",
+        "cmds": ["python", "-m", "etl"],
+        "env_vars": [{"name": "MODE", "value": "full"}],
+        "env_from": [{"configMapRef": {"name": "etl-env"}}],
+        "container_resources": {"requests": {"cpu": "2", "memory": "4Gi"}},
+        "volume_mounts": [{"name": "cfg", "mountPath": "/etc/etl"}],
+    }
+    validate_spec(fields)
+
+
+def test_a_v1pod_template_gives_the_same_fields_as_its_dict() -> None:
+    pod = k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="etl", labels={"team": "data"}),
+        spec=k8s.V1PodSpec(
+            restart_policy="Never",
+            containers=[k8s.V1Container(name="job", image="busybox", args=["run"])],
+        ),
+    )
+    assert pod_template_fields(pod, where="full_pod_spec") == {
+        "name": "etl",
+        "labels": {"team": "data"},
+        "image": "busybox",
+        "arguments": ["run"],
+    }
+
+
+def test_the_operators_parameters_are_laid_over_the_template_as_kpo_merges() -> None:
+    merged = over_template(
+        pod_template_fields(TEMPLATE),
+        {
+            "image": "ghcr.io/example/etl:2.2",
+            "labels": {"run": "nightly"},
+            "env_vars": [{"name": "DAY", "value": "2024-06-01"}],
+            "node_selector": {"zone": "a"},
+        },
+    )
+    assert merged["image"] == "ghcr.io/example/etl:2.2"
+    assert merged["labels"] == {"team": "data", "run": "nightly"}
+    assert merged["env_vars"] == [
+        {"name": "MODE", "value": "full"},
+        {"name": "DAY", "value": "2024-06-01"},
+    ]
+    assert merged["node_selector"] == {"pool": "batch", "zone": "a"}
+    assert merged["cmds"] == ["python", "-m", "etl"]
+    validate_spec(merged)
+
+
+def test_template_fields_that_contradict_routing_or_do_not_carry_over_are_refused() -> None:
+    template = {
+        "metadata": {"name": "x", "generateName": "x-"},
+        "spec": {
+            "nodeName": "gpu-node-7",
+            "schedulerName": "volcano",
+            "hostNetwork": True,
+            "restartPolicy": "OnFailure",
+            "topologySpreadConstraints": [],
+            "containers": [
+                {"name": "base", "image": "busybox", "livenessProbe": {"exec": {}}},
+                {"name": "proxy", "image": "envoyproxy/envoy:v1.30"},
+            ],
+        },
+        "status": {},
+    }
+    with pytest.raises(SpecError) as refused:
+        pod_template_fields(template)
+    problems = {p.field: p.message for p in refused.value.problems}
+    assert set(problems) == {
+        "pod_template_dict.status",
+        "pod_template_dict.metadata.generateName",
+        "pod_template_dict.spec.nodeName",
+        "pod_template_dict.spec.schedulerName",
+        "pod_template_dict.spec.hostNetwork",
+        "pod_template_dict.spec.restartPolicy",
+        "pod_template_dict.spec.topologySpreadConstraints",
+        "pod_template_dict.spec.containers[0].livenessProbe",
+        "pod_template_dict.spec.containers[1]",
+    }
+    assert "each cluster's scheduler the node" in problems["pod_template_dict.spec.nodeName"]
+    assert (
+        "as an init container with restartPolicy Always"
+        in (problems["pod_template_dict.spec.containers[1]"])
+    )
+
+
+def test_template_values_that_ask_for_nothing_are_not_refusals() -> None:
+    fields = pod_template_fields(
+        {"spec": {"hostNetwork": False, "schedulerName": "default-scheduler", "containers": []}}
+    )
+    assert fields == {}
 
 
 # ----------------------------------------------------------------------- the operator
