@@ -4,8 +4,9 @@ Records come first (a pod's job always has a record before the pod exists), then
 listed cluster: a pod with no record is an orphan left by a crash between a record's
 deletion and its pod's, and is deleted; pods of attempts that are not their job's current
 one are deleted before anything else is done for that job; the current attempt's pod is
-observed; a live attempt whose pod is absent from a listed cluster is resolved by the
-state machine (``POD_ABSENT``: a create that never happened is sent again under the same
+observed; a live attempt whose pod is not in a listed cluster's cache is resolved by
+reading the pod (the cache may lag the apiserver): if the read finds none, the state
+machine decides (``POD_ABSENT``: a create that never happened is sent again under the same
 name; a pod deleted while we were down fails its job, never runs it twice). A cluster
 that could not be listed is marked unreachable: its jobs wait for it to be seen again.
 
@@ -18,9 +19,9 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
-from dispatcher.core.lifecycle import LIVE, Event
+from dispatcher.core.lifecycle import LIVE
 from dispatcher.dispatching.jobs import Job
-from dispatcher.dispatching.mailbox import Mail, Mailboxes
+from dispatcher.dispatching.mailbox import RESOLVE, Mail, Mailboxes
 from dispatcher.dispatching.pod_events import PodEvents
 from dispatcher.dispatching.pods import PodActions
 from dispatcher.dispatching.ports import Cache
@@ -80,8 +81,10 @@ def reattach(
                 if not owner.state.finished:
                     adopted += 1
                     mail.post(owner.id, observation_mail(pod, seen_deleted=False))
+        # Not in the cache's list: gone, or not seen yet (the informer lags the apiserver).
+        # Only a read says which; the state machine decides on what the read finds.
         for job in table.select(_live_on(cluster, present)):
-            mail.post(job.id, Mail(Event.POD_ABSENT))
+            mail.post(job.id, Mail(RESOLVE))
     events.active = True
     log.info("reattach.done", jobs=len(table), pods_adopted=adopted)
 

@@ -14,7 +14,7 @@ from typing import Any
 from dispatcher.core import TaskSpec, parse_task_spec
 from tests.simulation.harness import Simulation
 from tests.simulation.store import StoreFault
-from tests.simulation.world import CREATE_ERROR, SUCCEED_AFTER, Fault
+from tests.simulation.world import CREATE_ERROR, FAIL_AFTER, SUCCEED_AFTER, Fault
 
 
 def task(
@@ -278,3 +278,33 @@ def test_a_timer_whose_write_is_being_retried_is_not_posted_again_every_turn() -
     sim.set_reachable(cluster, True)
     sim.settle()
     sim.check_final()
+
+
+def test_a_new_leader_whose_cache_lags_reads_the_pod_before_calling_it_gone() -> None:
+    # Found by a random hypothesis seed: the replica that takes over had not yet seen the
+    # pod's watch events when it re-attached, judged the pod deleted ("node-lost"), and
+    # then never cleaned up the pod, which was there all along and had failed on its own.
+    sim = Simulation()
+    sim.start_process()  # the standby, started before the pod exists
+    sub = sim.submit(
+        parse_task_spec(
+            {
+                "image": "busybox:1.36",
+                "name": "lagging",
+                "idempotency_key": "lagging",
+                "on_finish_action": "delete_pod",
+                "annotations": {FAIL_AFTER: "1s"},
+                "container_resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+            }
+        )
+    )
+    leader = sim.leader()
+    assert leader is not None
+    sim.run_once(leader)
+    sim.run_task(leader, 0)  # the pod is created; nobody has delivered its events yet
+    sim.crash(leader, replace=False)
+    sim.settle()
+    stored = sim.world.store.peek(sub.job_id)
+    assert stored is not None
+    assert stored.record.get("failure") == "exit-code", stored.record
+    sim.check_final()  # and its pod is gone, as delete_pod says
