@@ -219,18 +219,6 @@ def _percentile(values: list[float], q: float) -> float:
 class Serve(ServiceProcess):
     """``dispatcher serve`` from the code in ``repo`` (this checkout, or a worktree)."""
 
-    def __init__(self, config: Path, log: Path, repo: Path) -> None:
-        super().__init__(config, log)
-        self.repo = repo
-
-    def env(self) -> dict[str, str]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.repo != REPO:
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (str(self.repo), os.environ.get("PYTHONPATH")) if p
-            )
-        return env
-
     def imported_from(self) -> str:
         """Where the ``dispatcher`` package this process imports lives."""
         return subprocess.run(
@@ -253,36 +241,6 @@ class Serve(ServiceProcess):
             check=False,
         )
         return None if done.returncode == 0 else (done.stdout + done.stderr).strip()
-
-    def start(self, timeout: float = 60.0) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [
-                    sys.executable,
-                    "-m",
-                    "dispatcher.cli",
-                    "serve",
-                    "--config",
-                    str(self.config),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.repo,
-                env=self.env(),
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dispatcher exited ({self.proc.returncode}):\n{self.tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"dispatcher not ready after {timeout}s:\n{self.tail()}")
 
 
 @contextlib.contextmanager

@@ -114,9 +114,20 @@ REPO = Path(__file__).resolve().parents[1]
 class ServiceProcess(LocalProcess):
     """One ``dispatcher serve`` process; can be killed with SIGKILL and started again."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, repo: Path = REPO) -> None:
         super().__init__(log)
         self.config = config
+        #: The code this process runs (this checkout, or another commit's worktree).
+        self.repo = repo
+
+    def env(self) -> dict[str, str]:
+        """The process's environment; another ``repo``'s code comes first on its path."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.repo != REPO:
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(self.repo), os.environ.get("PYTHONPATH")) if p
+            )
+        return env
 
     def start(self, timeout: float = 60.0) -> None:
         with self.log.open("ab") as out:
@@ -135,8 +146,8 @@ class ServiceProcess(LocalProcess):
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                cwd=self.repo,
+                env=self.env(),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
