@@ -225,7 +225,26 @@ def _check_file(path: Path, index: int, own: frozenset[str]) -> CheckedFile:
         checked.error = f"{type(exc).__name__}: {exc} (at {last.filename}:{last.lineno})"
     finally:
         CHECKING.reset(token)
+    for dag_id, task_id, kind, given in _mapped_decorated_tasks(module):
+        if not any((t.dag_id, t.task_id) == (dag_id, task_id) for t in checked.tasks):
+            record(dag_id, task_id, kind, given, None)
     return checked
+
+
+def _mapped_decorated_tasks(module: types.ModuleType) -> Iterator[tuple[str, str, str, Any]]:
+    """Mapped tasks of the module's DAGs that build no operator while the DAG is parsed
+    (``@task.dispatcher(...)`` functions ``.expand()``-ed): their partial arguments."""
+    from airflow.sdk import DAG  # noqa: PLC0415
+
+    from dispatcher.airflow.operators import DispatcherPodOperator  # noqa: PLC0415
+
+    for dag in (v for v in vars(module).values() if isinstance(v, DAG)):
+        for task in dag.tasks:
+            cls = getattr(task, "operator_class", None)
+            given = getattr(task, "partial_kwargs", None)
+            if isinstance(cls, type) and issubclass(cls, DispatcherPodOperator) and given:
+                kind = getattr(cls, "custom_operator_name", None) or cls.__name__
+                yield dag.dag_id, task.task_id, f"{kind}, mapped", given
 
 
 def check_folder(folder: Path) -> list[CheckedFile]:

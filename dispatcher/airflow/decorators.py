@@ -31,7 +31,7 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
 
-from dispatcher.airflow.operators import DispatcherPodOperator
+from dispatcher.airflow.operators import CHECKING, DispatcherPodOperator, _kpo_only_removed
 
 __all__ = ["RESULT_PATH", "dispatcher_cmd_task", "dispatcher_task"]
 
@@ -154,6 +154,14 @@ class _DispatcherCmdDecoratedOperator(DecoratedOperator, DispatcherPodOperator):
         return super().execute(context)
 
 
+def _refuse_at_decoration(kwargs: dict[str, Any], decorator: str) -> None:
+    """Refused parameters fail the DAG's import where the decorator is, as the operator's
+    do: a mapped decorated task builds no operator until it runs. (``dispatcher airflow
+    check`` reports them from the task instead.)"""
+    if CHECKING.get() is None:
+        _kpo_only_removed({"task_id": decorator, **kwargs})
+
+
 def dispatcher_task(
     python_callable: Callable[..., Any] | None = None,
     multiple_outputs: bool | None = None,
@@ -162,6 +170,7 @@ def dispatcher_task(
     """``@task.dispatcher``: run the decorated function in a container wherever the
     dispatcher routes it; takes ``DispatcherPodOperator``'s parameters (``image`` is
     required) and ``use_dill``."""
+    _refuse_at_decoration(kwargs, "@task.dispatcher")
     return task_decorator_factory(
         python_callable=python_callable,
         multiple_outputs=multiple_outputs,
@@ -178,6 +187,7 @@ def dispatcher_cmd_task(
     """``@task.dispatcher_cmd``: the decorated function returns the container's command
     (``args_only=True``: its arguments, for the image's entrypoint); takes
     ``DispatcherPodOperator``'s parameters."""
+    _refuse_at_decoration(kwargs, "@task.dispatcher_cmd")
     return task_decorator_factory(
         python_callable=python_callable,
         multiple_outputs=multiple_outputs,

@@ -59,6 +59,11 @@ def test_the_check_of_the_test_dags_names_each_parameters_fate_and_fails_on_a_re
 
     decorated = section(out, "decorated.count_rows")
     assert decorated[0] == "  decorated.count_rows (@task.dispatcher)"
+    mapped = section(out, "decorated.double")
+    assert mapped == [
+        "  decorated.double (@task.dispatcher, mapped)",
+        "    carried over: image, on_finish_action",
+    ]
     assert section(out, "failing.oom")[-1] == "    dispatcher: gpu_model"
     # Only from_a_template is refused.
     assert out.splitlines()[-1].endswith(

@@ -62,6 +62,18 @@ def test_dispatcher_task_refuses_a_command_of_its_own() -> None:
         f()
 
 
+def test_a_refused_parameter_fails_where_the_decorator_is_mapped_or_not() -> None:
+    from airflow.sdk import task
+    from airflow.sdk.exceptions import AirflowException
+
+    # A mapped decorated task (``f.expand(...)``) builds no operator until it runs, so
+    # the decorator itself refuses, when the DAG is parsed.
+    with pytest.raises(AirflowException) as refused:
+        task.dispatcher(image="python:3.12", hostnetwork=True)
+    assert "'@task.dispatcher' cannot honour" in str(refused.value)
+    assert "- hostnetwork: host networking" in str(refused.value)
+
+
 def pod_environment(container: dict[str, Any]) -> dict[str, str]:
     """The container's variables as the kubelet would set them; a secret's value is a
     stand-in (the test stack's pods are simulated: nothing reads the Secret)."""
@@ -98,6 +110,7 @@ def test_decorated_tasks_run_their_function_and_their_command_in_the_pod(
         annotate={
             "count_rows": succeed("1s", result=json.dumps(COUNTED)),
             "announce": succeed("1s"),
+            "double": succeed("1s", result="0"),
         },
         logical_date=LOGICAL_DATE,
     )
@@ -111,6 +124,11 @@ def test_decorated_tasks_run_their_function_and_their_command_in_the_pod(
     announce = pod_of(stack, namespace, "announce")["spec"]["containers"][0]
     assert announce["command"] == ["echo", "partition 2024-06-01 is ready"]
     assert not announce["args"]
+    # Each mapped instance's pod runs the function with its own argument.
+    for index, expected in ((0, 2), (1, 4)):
+        assert run.task("double", index)["state"] == "success", run.log
+        pod = pod_of(stack, namespace, "double", f"map_index={index}")
+        assert json.loads(run_container_here(pod["spec"]["containers"][0], tmp_path)) == expected
 
 
 def test_secret_takes_the_providers_arguments_and_checks_them() -> None:

@@ -16,12 +16,13 @@ from tests.stack import Stack
 LOGICAL_DATE = datetime(2024, 6, 1, 3, 0, tzinfo=UTC)
 
 
-def pod_of(stack: Stack, namespace: str, task_id: str) -> Any:
+def pod_of(stack: Stack, namespace: str, task_id: str, *selector: str) -> Any:
+    """The one pod of ``task_id`` (and the other label ``selector``s) on any cluster."""
     found = []
     for cluster in CLUSTERS:
         with stack.kube(cluster) as kube:
             pods = client.CoreV1Api(kube).list_namespaced_pod(
-                namespace, label_selector=f"task_id={task_id}"
+                namespace, label_selector=",".join([f"task_id={task_id}", *selector])
             )
             found += [pod.to_dict() for pod in pods.items]
     assert len(found) == 1, found

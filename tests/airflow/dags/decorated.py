@@ -1,7 +1,8 @@
 """TaskFlow tasks in containers, as ``@task.kubernetes`` and ``@task.kubernetes_cmd`` DAGs
 write them with the decorator renamed: a function that runs in the container and returns
-a value a downstream task reads, a function that returns the container's command, and a
-``Secret`` from ``dispatcher.airflow`` (no cncf.kubernetes provider needed)."""
+a value a downstream task reads, a function that returns the container's command, a
+mapped function, and a ``Secret`` from ``dispatcher.airflow`` (no cncf.kubernetes
+provider needed)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ with DAG(
     def report(counted: dict[str, Any]) -> str:
         return f"{counted['partition']}: {counted['rows']} rows"
 
+    @task.dispatcher(image="registry.example.com/python:3.12", on_finish_action="keep_pod")
+    def double(x: int) -> int:
+        return 2 * x
+
     counted = count_rows("{{ ds }}", scale=2)
     report(counted)
     counted >> announce("{{ ds }}")
+    double.expand(x=[1, 2])
