@@ -88,7 +88,13 @@ class DispatcherPodOperator(BaseOperator):
     ``service_account_name``, ``priority_class_name``, ``startup_timeout_seconds``,
     ``schedule_timeout_seconds``, ``active_deadline_seconds``, ``on_finish_action``,
     ``termination_message_policy``, ``get_logs``, ``do_xcom_push``, ``deferrable``,
-    ``skip_on_exit_code``, ``reattach_on_restart``, ``poll_interval``. See
+    ``skip_on_exit_code``, ``reattach_on_restart``, ``poll_interval``; the pod fields
+    ``env_from``, ``configmaps``, ``init_containers``, ``ports``, ``security_context``,
+    ``container_security_context``, ``termination_grace_period``,
+    ``automount_service_account_token``, ``host_aliases``, ``dnspolicy``, ``dns_config``,
+    ``hostname``, ``subdomain``, ``runtime_class_name``; and, as routing hints,
+    ``in_cluster``, ``kubernetes_conn_id``, ``cluster_context``, ``config_file``. Templates
+    render as in KPO, inside Kubernetes model objects too. See
     ``docs/airflow-migration.md`` for each KPO parameter.
 
     Added:
