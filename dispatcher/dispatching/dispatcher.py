@@ -19,6 +19,10 @@ How work flows (``run_once`` is one turn of the loop; ``start`` runs it on a thr
 5. **Timers** (``run_once``): resolve reads due, unschedulable and startup timeouts,
    clusters unreachable past their policy, lingering finished pods, expired outcomes.
 
+Until ``reattach`` has rebuilt the jobs from the records, every job request is refused
+with ``StoreError`` (the API's 503 + ``Retry-After``): a replica that has just taken the
+Lease must not answer "no such job" (404) about a job whose record it has not read yet.
+
 Guarantees (each checked by tests/simulation and by the stack tests): one live pod per job
 (an attempt's pod name is fixed in its record before it is created; pods of any other
 attempt are deleted as soon as they are seen; a relaunch while the old cluster is
@@ -108,6 +112,8 @@ class Dispatcher:
         self._runner: Runner = runner or self._own_runner  # type: ignore[assignment]
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # Set once ``reattach`` rebuilt the jobs: until then, job requests are refused.
+        self._attached = threading.Event()
         self._thread: threading.Thread | None = None
         self._jobs = JobTable()
         self._records = Recorder(store, fence, on_fenced)
@@ -177,7 +183,7 @@ class Dispatcher:
 
     def run_once(self) -> None:
         """One turn: due timers and retries, then routing of queued jobs."""
-        if self.fenced:
+        if self.fenced or not self._attached.is_set():
             return
         now = self._clock()
         self._check_timers(now)
@@ -198,11 +204,19 @@ class Dispatcher:
             reach=self._reach,
             clock=self._clock,
         )
+        self._attached.set()
         self._publish()
+
+    def _require_attached(self) -> None:
+        """Refuse a job request (to be retried) until the jobs were rebuilt from the
+        records: an empty table would call every job unknown."""
+        if not self._attached.is_set():
+            raise StoreError("this replica is still reading the job records; retry")
 
     # ----- submission -----------------------------------------------------------------
     def submit(self, spec: TaskSpec) -> tuple[dict[str, Any], bool]:
         """Accept a validated task; returns (job view, created). Same key -> same job."""
+        self._require_attached()
         job_id = job_id_for(spec.idempotency_key)
         # A concurrent submission of the same key finishes first; then it is a duplicate.
         with self._jobs.submitting(job_id) as existing:
@@ -256,6 +270,7 @@ class Dispatcher:
 
     # ----- reads ----------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any]:
+        self._require_attached()
         return self._jobs.require(job_id).view()
 
     def find(self, idempotency_key: str) -> dict[str, Any]:
@@ -264,6 +279,7 @@ class Dispatcher:
     def list(
         self, *, state: str | None = None, cluster: str | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:
+        self._require_attached()
         jobs = sorted(
             self._jobs.select(
                 lambda j: (
@@ -277,11 +293,13 @@ class Dispatcher:
 
     def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
         """Block until the job has finished or ``timeout`` passed (long poll)."""
+        self._require_attached()
         return self._jobs.wait_finished(job_id, timeout, time.monotonic).view()
 
     def logs(
         self, job_id: str, *, follow: bool = False, tail_lines: int | None = None
     ) -> Iterator[str]:
+        self._require_attached()
         job = self._jobs.require(job_id)
         attempt = job.attempt
         if attempt is None:
@@ -300,12 +318,14 @@ class Dispatcher:
     # ----- client actions -------------------------------------------------------------
     def request_cancel(self, job_id: str) -> threading.Event:
         """Post a cancel; the returned event is set once it was handled (record written)."""
+        self._require_attached()
         self._jobs.require(job_id)
         return self._mail.post(job_id, Mail(Event.CANCEL)).done
 
     def cancel(self, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
         """Cancel; answer once the record says cancelling, or cancelled if the pod went
         within ``cancel_answer_wait_seconds`` (or the job had already finished)."""
+        self._require_attached()
         self._jobs.require(job_id)
         mail = self._mail.post(job_id, Mail(Event.CANCEL))
         if not mail.done.wait(timeout):
@@ -316,6 +336,7 @@ class Dispatcher:
         return self.wait(job_id, timeout=self._service.cancel_answer_wait_seconds)
 
     def request_acknowledge(self, job_id: str) -> threading.Event:
+        self._require_attached()
         job = self._jobs.require(job_id)
         if not job.state.finished:
             raise Conflict(f"job {job_id} is {job.state.value}, not finished", job_id=job_id)

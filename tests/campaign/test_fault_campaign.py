@@ -19,6 +19,11 @@ from tests.stack import Stack
 FIXED_SEED = 20261202
 RANDOM_SEED = random.SystemRandom().randrange(1, 2**31)
 #: Seeds that once made the checker fail: (seed, the violation it named).
+#: Not listed because it is ``FIXED_SEED`` itself: 20261202 failed the 15-minute benchmark
+#: run at 3b12c92 (``final_state_missing`` and ``pod_left_behind``: a replica re-attaching
+#: after taking the Lease answered a cancel with 404), at minute 14, which this 1-minute
+#: run never reaches; ``tests/simulation/test_races.py`` replays it
+#: (``test_a_new_leader_still_reattaching_says_retry_never_no_such_job``).
 REGRESSION_SEEDS: list[tuple[int, str]] = []
 
 SEEDS = [

@@ -13,7 +13,8 @@ The invariants (``check``):
 1. at most one live pod per job across all clusters (overlaps under a ``relaunch``
    unreachable policy are counted in ``overlaps`` instead);
 2. a record that reached a finished state never changes state again (store history);
-3. nothing lost: a job the client was told exists keeps its record until acknowledged;
+3. nothing lost: a job the client was told exists keeps its record until acknowledged, and
+   no replica answers "no such job" about a job whose record exists (a client stops there);
 4. a job whose record says ``cancelled`` has no live pod at rest (no runner task, no
    undelivered event, every cluster reachable);
 5. (at create time, in ``World.check_create``) the pod's attempt was recorded first, the
@@ -36,7 +37,7 @@ from dispatcher.core import OnFinishAction, RoutingPolicy, TaskSpec
 from dispatcher.dispatching import dispatcher as dispatcher_module
 from dispatcher.dispatching.jobs import job_id_for
 from dispatcher.dispatching.records import Fence, RecordStore
-from dispatcher.errors import DispatcherError
+from dispatcher.errors import DispatcherError, NotFound
 from dispatcher.settings import ServiceSettings
 from tests.simulation.cache import FakeCache
 from tests.simulation.store import FINISHED_STATES, record_state
@@ -237,6 +238,7 @@ class Simulation:
         self.steps = 0
         self.start_process()
         self.elect()
+        self.drain()  # the first leader has re-attached before the client starts
 
     # ----- processes --------------------------------------------------------------------------
     def start_process(self) -> Process:
@@ -318,7 +320,12 @@ class Simulation:
         return None
 
     def elect(self) -> None:
-        """A live replica that never led takes the Lease once it is free, and reattaches."""
+        """A live replica that never led takes the Lease once it is free, and reattaches.
+
+        As in the service (``Service._lead``), the re-attachment runs apart from the
+        election, as a task of the process's runner: from the moment the replica holds
+        the Lease its API takes job requests, also before the re-attachment has run.
+        """
         if self.leader() is not None:
             return
         for process in reversed(self.alive()):  # the oldest candidate first
@@ -326,7 +333,8 @@ class Simulation:
                 continue
             if self.world.try_acquire(process.name):
                 process.led = True
-                self._guard(process, "reattach", process.dispatcher.reattach)
+                reattach = process.dispatcher.reattach
+                process.runner.submit(functools.partial(self._guard, process, "reattach", reattach))
                 return
 
     def crash(self, process: Process, *, graceful: bool = False, replace: bool = True) -> None:
@@ -370,6 +378,12 @@ class Simulation:
         except ProcessExited:
             self.world.log(f"client: {what}: the connection to {process.name} broke")
             return False, "process exited"
+        except NotFound as exc:
+            if self.world.store.peek(exc.job_id) is not None:
+                # A client takes a 404 at its word: the job is lost to it.
+                self.fail(f"client: {what}: {process.name} said {exc} while its record exists")
+            self.world.log(f"client: {what} to {process.name} failed: {exc}")
+            return False, f"{process.name}: {exc}"
         except DispatcherError as exc:
             self.world.log(f"client: {what} to {process.name} failed: {exc}")
             return False, f"{process.name}: {exc}"

@@ -308,3 +308,31 @@ def test_a_new_leader_whose_cache_lags_reads_the_pod_before_calling_it_gone() ->
     assert stored is not None
     assert stored.record.get("failure") == "exit-code", stored.record
     sim.check_final()  # and its pod is gone, as delete_pod says
+
+
+def test_a_new_leader_still_reattaching_says_retry_never_no_such_job() -> None:
+    # Found by the fault campaign (seed 20261202, 15 min, at 3b12c92): the replica that had
+    # just taken the Lease answered a cancel with 404 before it had read the records; the
+    # client took it at its word, and the task it meant to cancel ran on.
+    sim = Simulation()
+    sim.start_process()  # a standby replica
+    sub = sim.submit(task("reattaching", seconds=300))
+    sim.run_for(3)
+    old = sim.leader()
+    assert old is not None
+    sim.crash(old, replace=False)
+    sim.advance(sim.world.lease_duration + 1)  # the standby takes the Lease...
+    new = sim.leader()
+    assert new is not None
+    assert new is not old
+    assert new.runner.pending  # ...and has not re-attached yet
+    sim.cancel(sub)  # the client asks it at once
+    assert not sub.cancel_requested  # "retry" (a 503), not "no such job"
+    sim.run_tasks()  # re-attached
+    sim.cancel(sub)
+    assert sub.cancel_requested
+    sim.run_for(20)
+    assert sim.state(sub.job_id) == "cancelled"
+    assert sim.world.live_pods_by_job().get(sub.job_id) is None
+    sim.settle()
+    sim.check_final()
