@@ -35,6 +35,8 @@ _ROUTING_FIELDS = frozenset(
         "requirements",
         "namespace",
         "priority_class_name",
+        # Init containers count in the pod's requests, as the scheduler counts them.
+        "init_containers",
     }
 )
 
