@@ -60,6 +60,8 @@ class CampaignConfig:
     drain_seconds: float = 180.0
     #: Then: how long finished pods have to be cleaned up.
     cleanup_seconds: float = 60.0
+    #: The replicas' ``finished_pod_linger_seconds`` (``None``: the dispatcher's default).
+    finished_pod_linger_seconds: float | None = None
     #: A task that another reachable cluster has room for must run within this.
     failover_bound_seconds: float = 60.0
     #: Shortens fault pauses and the gaps between faults (CI-sized campaigns: about 0.5).
@@ -199,7 +201,9 @@ def run_campaign(  # noqa: PLR0915 - the campaign's steps, in order
         for watch in watches.values():
             watch.start()
             watching.append(watch)
-        service = {"leader_election": True}
+        service: dict[str, Any] = {"leader_election": True}
+        if config.finished_pod_linger_seconds is not None:
+            service["finished_pod_linger_seconds"] = config.finished_pod_linger_seconds
         declared: dict[str, Any] = {}
         for index in range(REPLICAS):
             settings = dispatcher_settings(
