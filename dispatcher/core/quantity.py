@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
 
 __all__ = [
@@ -28,10 +29,12 @@ __all__ = [
     "MAX_AMOUNT",
     "MEMORY",
     "PODS",
+    "add_requests",
     "describe_amount",
     "format_amount",
     "is_byte_resource",
     "parse_quantity",
+    "pod_requests_with_init",
     "to_amount",
 ]
 
@@ -147,3 +150,34 @@ def describe_amount(resource: str, amount: int) -> str:
     if is_byte_resource(resource):
         return f"{format_amount(resource, amount)} {resource}"
     return f"{amount} {resource}"
+
+
+def add_requests(total: dict[str, int], more: Mapping[str, int]) -> None:
+    """Add ``more`` (resource -> amount) into ``total``."""
+    for name, amount in more.items():
+        total[name] = total.get(name, 0) + amount
+
+
+def pod_requests_with_init(
+    containers: Mapping[str, int], init_containers: Iterable[tuple[Mapping[str, int], bool]]
+) -> dict[str, int]:
+    """A pod's requests as the scheduler counts them (``PodRequests``): the containers'
+    sum, raised to the peak while one init container runs; an init container that is a
+    sidecar (``(requests, True)``: ``restartPolicy: Always``) runs alongside everything
+    after it and is added to the sum."""
+    total = dict(containers)
+    sidecars: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    for requests, sidecar in init_containers:
+        if sidecar:
+            add_requests(total, requests)
+            add_requests(sidecars, requests)
+            during = dict(sidecars)
+        else:
+            during = dict(requests)
+            add_requests(during, sidecars)
+        for name, amount in during.items():
+            peak[name] = max(peak.get(name, 0), amount)
+    for name, amount in peak.items():
+        total[name] = max(total.get(name, 0), amount)
+    return total

@@ -235,11 +235,6 @@ class NodeInfo:
         )
 
 
-def _add(total: dict[str, int], more: Mapping[str, int]) -> None:
-    for name, amount in more.items():
-        total[name] = total.get(name, 0) + amount
-
-
 def _container_requests(container: Mapping[str, Any], where: str) -> dict[str, int]:
     resources = container.get("resources") or {}
     # The API server defaults requests to limits; pods from the API have that already,
@@ -258,27 +253,24 @@ def pod_requests(pod: Mapping[str, Any]) -> dict[str, int]:
     The pod slot itself is not included (see ``usage_by_node``).
     """
     spec = pod.get("spec") or {}
-    total: dict[str, int] = {}
+    containers: dict[str, int] = {}
     for index, container in enumerate(spec.get("containers") or ()):
-        _add(total, _container_requests(container, f"spec.containers[{index}]"))
-    sidecars: dict[str, int] = {}
-    init_peak: dict[str, int] = {}
-    for index, container in enumerate(spec.get("initContainers") or ()):
-        requests = _container_requests(container, f"spec.initContainers[{index}]")
-        if container.get("restartPolicy") == "Always":
-            _add(total, requests)
-            _add(sidecars, requests)
-            during = dict(sidecars)
-        else:
-            during = dict(requests)
-            _add(during, sidecars)
-        for name, amount in during.items():
-            init_peak[name] = max(init_peak.get(name, 0), amount)
-    for name, amount in init_peak.items():
-        total[name] = max(total.get(name, 0), amount)
+        quantity.add_requests(
+            containers, _container_requests(container, f"spec.containers[{index}]")
+        )
+    total = quantity.pod_requests_with_init(
+        containers,
+        (
+            (
+                _container_requests(container, f"spec.initContainers[{index}]"),
+                container.get("restartPolicy") == "Always",
+            )
+            for index, container in enumerate(spec.get("initContainers") or ())
+        ),
+    )
     pod_level = (spec.get("resources") or {}).get("requests")
     total.update(_parse_resources(pod_level, "spec.resources.requests"))
-    _add(total, _parse_resources(spec.get("overhead"), "spec.overhead"))
+    quantity.add_requests(total, _parse_resources(spec.get("overhead"), "spec.overhead"))
     return {name: amount for name, amount in total.items() if amount}
 
 
@@ -295,7 +287,7 @@ def usage_by_node(pods: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]
         if not node_name or is_terminated(pod):
             continue
         used = usage.setdefault(node_name, {})
-        _add(used, pod_requests(pod))
+        quantity.add_requests(used, pod_requests(pod))
         used[quantity.PODS] = used.get(quantity.PODS, 0) + 1
     return usage
 

@@ -332,11 +332,6 @@ class Requirements(_Model):
     cluster_hints: ClusterHints = Field(default_factory=ClusterHints)
 
 
-def _add(total: dict[str, int], more: Mapping[str, int]) -> None:
-    for name, amount in more.items():
-        total[name] = total.get(name, 0) + amount
-
-
 class InitContainer(KubeModel):
     """A container that runs to completion before the task's own (``init_containers``);
     with ``restartPolicy: Always``, a sidecar that starts first and runs alongside it.
@@ -594,24 +589,16 @@ class TaskSpec(_Model):
         container runs; sidecars (``restartPolicy: Always``) run alongside everything
         after them.
         """
-        merged = dict(self.container_resources.effective_requests)
+        own = dict(self.container_resources.effective_requests)
         if self.gpus:
-            merged[quantity.GPU] = self.gpus
-        sidecars: dict[str, int] = {}
-        peak: dict[str, int] = {}
-        for container in self.init_containers:
-            own = container.resources.effective_requests
-            if container.restart_policy == "Always":
-                _add(merged, own)
-                _add(sidecars, own)
-                during = dict(sidecars)
-            else:
-                during = dict(own)
-                _add(during, sidecars)
-            for name, amount in during.items():
-                peak[name] = max(peak.get(name, 0), amount)
-        for name, amount in peak.items():
-            merged[name] = max(merged.get(name, 0), amount)
+            own[quantity.GPU] = self.gpus
+        merged = quantity.pod_requests_with_init(
+            own,
+            (
+                (c.resources.effective_requests, c.restart_policy == "Always")
+                for c in self.init_containers
+            ),
+        )
         merged[quantity.PODS] = 1
         return {name: amount for name, amount in merged.items() if amount}
 
