@@ -31,7 +31,11 @@ Listeners get ``(cluster, kind, event_type, obj)``:
 - ``("capacity", ADDED|MODIFIED|DELETED, None)`` when someone else's pod takes or frees
   resources (DELETED: it freed them), or an assumption expired (DELETED);
 - ``("health", "up"|"degraded"|"down"|"credentials-unavailable", None)`` when the
-  cluster's health changes (``status(cluster)`` says why).
+  cluster's health changes (``status(cluster)`` says why);
+- ``("listed", "first"|"relist", None)`` after our pods were listed (the first time, or
+  again after a broken or expired watch) and the list's events delivered: from then on
+  ``managed_pods(cluster)`` is the whole truth, and a pod that was created and deleted
+  between two lists, which no event reports, is known to be gone by its absence.
 
 Health: ``health(cluster)`` is ``Health.DOWN`` only when the cluster's API server is in
 trouble (``dispatcher.clusters.health``); ``Health.CREDENTIALS_UNAVAILABLE`` when we cannot
@@ -381,6 +385,9 @@ class ClusterCache:
         cluster = _Cluster(settings, connection, health)
         holder.append(cluster)
 
+        def listed(first: bool) -> None:
+            self._emit(name, "listed", "first" if first else "relist", None)
+
         def informer(
             watch: str, resource: str, label: str | None = None, fields: str | None = None
         ) -> Informer:
@@ -395,6 +402,7 @@ class ClusterCache:
                 health=health,
                 supervisor=self.supervisor,
                 draw=draw,
+                on_listed=listed if watch == MANAGED_PODS else None,
             )
 
         cluster.informers[NODES] = informer(NODES, "nodes")

@@ -10,7 +10,9 @@ pods, other pods) and reports every change to a handler, on its own daemon threa
 - 410 Gone (as the HTTP status or as an ``ERROR`` event in the stream) means the
   resourceVersion is too old: the informer lists again and ``diff_lists`` turns the
   difference between what it had and what it got into ADDED / MODIFIED / DELETED events, so
-  no change made while the watch was broken is lost;
+  no change made while the watch was broken is lost, except an object that came and went
+  between the two lists: neither side has it, so ``on_listed`` (called after every list's
+  diff, with whether it was the first) lets the owner check what it expected to be there;
 - other failures reconnect after an exponential backoff with jitter (``backoff_delay``);
 - the loop runs under a ``Supervisor``: anything it does not expect (a bug, a health
   callback that raises) is logged and counted there, the watch is reported disconnected,
@@ -155,7 +157,8 @@ class Informer:
     ``name`` labels the thread, logs and metrics (``nodes``, ``pods-managed``...);
     ``health`` learns whether the watch is connected; ``supervisor`` runs the thread (a
     private one unless given, whose health nobody asks); ``draw`` feeds the backoff jitter
-    and the timeout spread (``# fixed for tests``).
+    and the timeout spread (``# fixed for tests``); ``on_listed(first)`` is called on the
+    informer's thread after each list's events were handled.
     """
 
     def __init__(
@@ -171,6 +174,7 @@ class Informer:
         health: ClusterHealth | None = None,
         supervisor: Supervisor | None = None,
         draw: Callable[[], float] = random.random,
+        on_listed: Callable[[bool], None] | None = None,
     ) -> None:
         self.source = source
         self.resource: Resource = resource
@@ -179,6 +183,7 @@ class Informer:
         self.field_selector = field_selector
         self.options = options or WatchOptions()
         self._handler = handler
+        self._on_listed = on_listed
         self._health = health
         self._supervisor = supervisor or Supervisor()
         self._draw = draw
@@ -355,6 +360,13 @@ class Informer:
             objects=len(fresh),
             first=first,
         )
+        if self._on_listed is not None:
+            # After the diff: what the list lacks and the old items never had (an object
+            # that came and went between watches) no diff can tell; the owner can ask.
+            try:
+                self._on_listed(first)
+            except Exception:
+                log.exception("informer.on_listed_failed", cluster=self.cluster, informer=self.name)
 
     def _watch(self) -> bool:
         """Watch until the stream ends; returns whether it delivered anything."""

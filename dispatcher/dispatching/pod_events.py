@@ -6,7 +6,9 @@ of any other attempt must not run: it is deleted, and counted in
 running. A live pod of a finished job (a create answered late, a cancelled job's pod) is
 deleted too. When an unreachable cluster answers again, ``sweep`` deletes every pod there
 that is not its job's current attempt before anything else, and has each live attempt
-there whose pod was not listed read again (it went while nobody watched).
+there whose pod was not listed read again (it went while nobody watched). ``sweep`` runs
+again after every list of the cluster's pods: a health change can come before the list
+that follows it, and a watch that expired (410) relists without any health change.
 
 Only an active dispatcher (the leader, after ``reattach`` rebuilt its jobs) judges pods: a
 follower's empty job table must not make every pod look like an orphan.
@@ -78,6 +80,10 @@ class PodEvents:
             self.on_pod(cluster, event_type, obj)
         elif kind == "health":
             self._on_health(cluster)
+        elif kind == "listed":
+            # A pod created and deleted between two lists sends no event: after every
+            # list, a live attempt whose pod is not listed is read.
+            self.sweep(cluster)
         # Every kind of event (pod, node, capacity, health) may free room: let queued
         # jobs try again.
         self._wake()

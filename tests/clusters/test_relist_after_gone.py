@@ -51,6 +51,8 @@ def test_changes_made_while_the_watch_was_gone_are_all_seen_after_the_relist(
         lambda cluster, kind, event_type, obj: (
             events.append((kind, event_type, obj["metadata"]["name"]))
             if obj is not None and kind == "pod"
+            else events.append((kind, event_type, cluster))
+            if kind == "listed"
             else None
         )
     )
@@ -79,6 +81,11 @@ def test_changes_made_while_the_watch_was_gone_are_all_seen_after_the_relist(
             namespace, gpu_pod("created", 1, labels=managed(), node_name="a100-2")
         )
         api.create_namespaced_pod(namespace, gpu_pod("foreign", 3, node_name="a100-3"))
+        # And one of ours comes and goes: neither list has it, no diff can report it.
+        api.create_namespaced_pod(
+            namespace, gpu_pod("ephemeral", 1, labels=managed(), node_name="a100-2")
+        )
+        api.delete_namespaced_pod("ephemeral", namespace, grace_period_seconds=0)
         # A restarted API server has a fresh watch cache and etcd is compacted: the
         # informers' resourceVersion is now too old to resume from.
         a100_outage.stop()
@@ -99,3 +106,9 @@ def test_changes_made_while_the_watch_was_gone_are_all_seen_after_the_relist(
     assert ("pod", "DELETED", "deleted") in events
     assert ("pod", "ADDED", "created") in events
     assert ("pod", "MODIFIED", "finishes") in events
+    assert not [e for e in events if e[2] == "ephemeral"]
+    # What no diff tells, the owner learns from the list being whole: "listed" comes after
+    # the list's events (the dispatcher then reads the attempts the list lacks).
+    relisted = events.index(("listed", "relist", "gpu-a100"))
+    assert events.index(("pod", "DELETED", "deleted")) < relisted
+    assert events.index(("pod", "ADDED", "created")) < relisted

@@ -44,8 +44,8 @@ class Event:
 
     seq: int
     cluster: str
-    kind: str  # "pod" | "health"
-    type: str  # ADDED / MODIFIED / DELETED, or up / down
+    kind: str  # "pod" | "health" | "listed"
+    type: str  # ADDED / MODIFIED / DELETED, or up / down, or first / relist
     obj: dict[str, Any] | None
     relisted: bool = False  # from a list: the cache's view has it already
 
@@ -58,7 +58,7 @@ class Event:
 
     def describe(self) -> str:
         if self.obj is None:
-            return f"{self.cluster} health {self.type}"
+            return f"{self.cluster} {self.kind} {self.type}"
         phase = (self.obj.get("status") or {}).get("phase")
         return f"{self.cluster} {self.type} {self.key[2]} ({phase})"
 
@@ -169,6 +169,7 @@ class FakeCache:
         fresh = {
             f"{p.namespace}/{p.name}": copy.deepcopy(p.obj) for p in world_cluster.pods.values()
         }
+        first = cluster not in self._views
         old = self._views.get(cluster, {})
         # Watch events not delivered yet are superseded by the list.
         self.events = [e for e in self.events if not (e.cluster == cluster and e.kind == "pod")]
@@ -185,6 +186,9 @@ class FakeCache:
                 self._queue(Event(self.world.next_seq(), cluster, "pod", "DELETED", pod, True))
         self._views[cluster] = fresh
         self._watching.add(cluster)
+        # As the real cache does once the list's diff is out: the list is the whole truth.
+        listed = "first" if first else "relist"
+        self._queue(Event(self.world.next_seq(), cluster, "listed", listed, None))
         for name in [n for n, a in self._assumed[cluster].items() if self._settled(cluster, n, a)]:
             del self._assumed[cluster][name]
         self._changed()

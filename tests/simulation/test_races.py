@@ -237,6 +237,30 @@ def test_a_pod_deleted_before_the_cache_ever_saw_it_still_ends_its_job() -> None
     sim.check_final()
 
 
+def test_a_pod_that_came_and_went_unwatched_is_read_when_the_informer_lists_again() -> None:
+    # Fault campaign seed 406888241 on the stack: a pod created just after gpu-a100's
+    # apiserver came back, while the informers still waited out their backoff, finished
+    # and was deleted before their watch (410 Gone) listed again. The list has no such pod
+    # and the old cache never had one, so the diff says nothing: the job stayed pending.
+    sim = Simulation()
+    sub = sim.submit(task("unwatched", seconds=5))
+    sim.run_once()
+    sim.run_tasks()  # recorded, created, answered: the job is pending
+    leader = sim.leader()
+    assert leader is not None
+    plane = sim.world.clusters["plane"]
+    (pod,) = plane.pods.values()
+    plane.remove(pod)
+    # None of its watch events arrive; the cluster's health never changes...
+    leader.cache.events = [e for e in leader.cache.events if e.kind != "pod"]
+    leader.cache.relist("plane")  # ...and the relist finds nothing where nothing was known.
+    sim.run_for(180)
+    assert sim.state(sub.job_id) in ("failed", "succeeded")
+    assert len(sim.pods_created(sub.job_id)) == 1
+    sim.settle()
+    sim.check_final()
+
+
 def test_a_task_that_never_starts_leaves_no_live_pod_whatever_its_finish_action() -> None:
     from tests.simulation.world import NEVER_START
 
