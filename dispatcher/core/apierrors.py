@@ -13,7 +13,10 @@ here, so a failure means the same thing in both:
    (``spec.containers[0].image: Required value``,
    ``metadata.name: Invalid value: a lowercase RFC 1123 subdomain must consist of ...``),
    since an env value or an argument may be a secret;
-4. ``health_signal`` says what a failure tells about the API server: only transport
+4. ``authorizer_denied`` tells a 403 of the authorizer (RBAC: who may do what, which a
+   restarted API server may answer until its caches have synced, kubernetes#121635) from
+   one of admission (PodSecurity, a quota, a webhook: about the object itself);
+5. ``health_signal`` says what a failure tells about the API server: only transport
    failures and 5xx count against it; a 429 is an answer (the server is alive and shedding
    load); a credential problem (none to be had, or refused) is ours, not the cluster's.
 """
@@ -38,6 +41,7 @@ from dispatcher.errors import (
 __all__ = [
     "HealthSignal",
     "api_error",
+    "authorizer_denied",
     "classify_status",
     "health_signal",
     "retry_after_seconds",
@@ -168,6 +172,16 @@ def status_message(status: int, body: Mapping[str, Any]) -> str:
         message = body.get("message")
         text = message if isinstance(message, str) else ""
     return _clip(text, MESSAGE_LIMIT)
+
+
+#: The authorizer's words (``staging/src/k8s.io/apiserver/pkg/endpoints/handlers/
+#: responsewriters``' ``forbiddenMessage``): ``User "u" cannot create resource "pods" ...``.
+_AUTHORIZER_DENIAL = re.compile(r'User "[^"]*" cannot [a-z]+ resource "')
+
+
+def authorizer_denied(error: ApiError) -> bool:
+    """Whether a 403 came from the authorizer (who is asking), not from admission (what)."""
+    return error.status == 403 and _AUTHORIZER_DENIAL.search(str(error)) is not None
 
 
 def api_error(

@@ -21,6 +21,7 @@ import structlog
 
 from dispatcher import metrics
 from dispatcher.core import FailureClass, OnFinishAction, build_pod, placement_for
+from dispatcher.core.apierrors import authorizer_denied
 from dispatcher.core.backoff import backoff_delay
 from dispatcher.core.lifecycle import LIVE, Event, State
 from dispatcher.dispatching.facts import RESOLVE_SAFETY_SECONDS, UNRESOLVED
@@ -80,6 +81,10 @@ class PodActions:
         except ApiError as exc:
             if exc.kind is ErrorKind.CONFLICT:  # the name exists: this attempt's pod
                 self._mail.post(job.id, Mail(Event.CREATED, {}))
+            elif authorizer_denied(exc):
+                # Not the pod: this cluster's RBAC, maybe not loaded yet after a restart.
+                # Retried with backoff; after ``launch_retries``, another cluster is tried.
+                self._uncertain(job, attempt, exc, retry_after=exc.retry_after)
             elif exc.kind is ErrorKind.PERMANENT:
                 self._refused(job, attempt, exc)
             else:

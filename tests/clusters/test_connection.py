@@ -11,6 +11,7 @@ import pytest
 from kubernetes import client
 
 from dispatcher.clusters import ClusterHealth, Connection, HealthPolicy
+from dispatcher.core.apierrors import authorizer_denied
 from dispatcher.errors import ApiError, ClusterUnavailable, ErrorKind, UnavailableCause
 from dispatcher.metrics import sample_value
 from dispatcher.settings import ClientSettings
@@ -79,6 +80,24 @@ def test_api_errors_keep_the_status_and_never_echo_request_values(
     assert forbidden.value.status == 403
     assert forbidden.value.kind is ErrorKind.PERMANENT
     assert "cannot create resource" in str(forbidden.value)  # the apiserver's own words
+    assert authorizer_denied(forbidden.value)  # who asks: retried, then another cluster
+
+
+def test_a_403_of_admission_is_about_the_pod_not_the_asker(
+    provider: KubeconfigProvider, stack: Stack, namespace: str
+) -> None:
+    # The PodSecurity admission plugin (on by default) answers 403 too, in other words.
+    with stack.kube("gpu-a100") as admin:
+        client.CoreV1Api(admin).patch_namespace(
+            namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "baseline"}}}
+        )
+    privileged = gpu_pod("privileged", 1)
+    privileged["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    with pytest.raises(ApiError) as refused:
+        Connection("gpu-a100", provider).create_pod(namespace, privileged)
+    assert refused.value.status == 403
+    assert "PodSecurity" in str(refused.value)
+    assert not authorizer_denied(refused.value)  # the pod is refused: no retry can help
 
 
 def test_an_invalid_pod_is_a_permanent_error_naming_each_field_without_its_value(

@@ -123,6 +123,21 @@ def test_a_permanent_422_fails_the_job_at_once_with_the_api_servers_words() -> N
     sim.check_final()
 
 
+def test_an_authorizer_403_on_create_is_retried_not_taken_for_a_refused_pod() -> None:
+    # Long campaigns: a GPU cluster's API server, just restarted, denied a create or two
+    # before its RBAC caches had synced; the job failed as launch-refused. Nothing about
+    # the pod was refused: this cluster's authorizer said no, for now.
+    sim = Simulation()
+    sub = sim.submit(task("race-403", seconds=5))
+    sim.run_once()
+    sim.world.clusters["plane"].arm("create", Fault.FORBIDDEN, job_id=sub.job_id)
+    sim.run_for(60)
+    assert sim.state(sub.job_id) == "succeeded"
+    assert len(sim.pods_created(sub.job_id)) == 1
+    sim.settle()
+    sim.check_final()
+
+
 def test_a_running_job_on_an_unreachable_cluster_waits_and_never_runs_twice() -> None:
     sim = Simulation()
     sub = sim.submit(task("race-partition", gpus=1, seconds=300))  # fits either GPU cluster

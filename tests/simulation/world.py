@@ -288,6 +288,9 @@ class Fault(StrEnum):
     LOST_RESPONSE = "lost-response"  # it happened, then the answer was lost (a timeout)
     TIMEOUT_AFTER = "timeout-after"  # it happened, then 504 (the API server timed out)
     CONFLICT_AFTER = "conflict-after"  # create: a first try landed, its retry got 409
+    #: 403 from the authorizer; nothing happened. A restarted API server answers so until
+    #: its RBAC informers have synced (kubernetes/kubernetes#121635).
+    FORBIDDEN = "forbidden"
 
     @property
     def after(self) -> bool:
@@ -429,6 +432,19 @@ class FakeCluster:
                 what,
                 504,
                 {"reason": "Timeout", "message": "the server was unable to return a response"},
+            )
+        if fault is Fault.FORBIDDEN:
+            verb, _, _ = what.partition(" ")
+            return api_error(
+                self.name,
+                what,
+                403,
+                {
+                    "reason": "Forbidden",
+                    "message": f'pods is forbidden: User "system:serviceaccount:dispatch:'
+                    f'dispatcher" cannot {verb} resource "pods" in API group "" in the '
+                    'namespace "dispatch"',
+                },
             )
         if fault is Fault.THROTTLED:
             return api_error(
