@@ -219,10 +219,6 @@ class CredentialProvider:
             CREDENTIAL_EXPIRY.labels(cluster=cluster).set(0)
             log.info("credentials.invalidate", cluster=cluster)
 
-    def refusal(self, cluster: str) -> KubeconfigRejected | None:
-        """The refusal of ``cluster``'s last fetch, if it was refused."""
-        return self._state(cluster).refused
-
     def expiry(self, cluster: str) -> float | None:
         """Unix time the cached credential of ``cluster`` expires (``None``: not known)."""
         current = self._state(cluster).current
