@@ -55,6 +55,7 @@ from dispatcher.settings import (
     ClientSettings,
     ClusterSettings,
     Credentials,
+    InsecureAllowances,
     KubeconfigFileCredentials,
 )
 from tests.clusters.provider import KubeconfigProvider
@@ -198,6 +199,7 @@ def measure(
             )
         ),
         client=ClientSettings(),
+        allow_insecure=InsecureAllowances(allow_private_addresses=True),
     )
     time.sleep(5)  # let the pods' last status updates settle
     base_start, base_watches = server.read()

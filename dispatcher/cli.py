@@ -24,6 +24,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dispatcher.client import ApiClientError, DispatcherClient
@@ -315,18 +316,25 @@ def clusters_command(
     Console(highlight=False).print(clusters_table(clusters))
 
 
+def _health_words(cluster: dict[str, Any]) -> str:
+    refusal = cluster.get("refusal")
+    if not refusal:
+        return str(cluster["health"])
+    return f"{cluster['health']}: {refusal['reason']}\n{escape(refusal['message'])}"
+
+
 def clusters_table(clusters: list[dict[str, Any]]) -> Table:
     table = Table()
     for column in ("cluster", "role", "health", "nodes", "CPU free/total", "GPUs free/total"):
         table.add_column(column)
-    health_style = {"up": "green", "degraded": "yellow", "down": "red"}
+    health_style = {"up": "green", "degraded": "yellow", "down": "red", "refused": "red"}
     for c in clusters:
         style = health_style.get(c["health"], "white")
         gpus = ", ".join(f"{g['free']}/{g['allocatable']} {g['model']}" for g in c["gpus"]) or "-"
         table.add_row(
             c["name"],
             c["role"],
-            f"[{style}]{c['health']}[/{style}]",
+            f"[{style}]{_health_words(c)}[/{style}]",
             str(c["nodes"]),
             f"{c['cpu_free']:g}/{c['cpu_allocatable']:g}",
             gpus,

@@ -13,9 +13,11 @@ token, kubeconfig, Vault response body or certificate key may end up in a messag
     ├── RoutingError            no cluster can ever run the task
     ├── CredentialError         getting credentials for ``cluster`` failed
     │   ├── VaultError          Vault refused or failed (``status``; never the body)
-    │   └── KubeconfigRejected  a kubeconfig breaks a safety rule (``reason``)
+    │   └── KubeconfigRejected  a kubeconfig breaks a safety rule (``reason``; ``refusal``:
+    │                           a ``RefusalReason``, bounded, for metrics and the API)
     ├── ClusterError            talking to ``cluster`` failed; ``kind`` says what to do
-    │   ├── ClusterUnavailable  no answer; ``cause``: transport, breaker or credentials
+    │   ├── ClusterUnavailable  no answer; ``cause``: transport, breaker, credentials or
+    │                           refused (``refusal`` then says why)
     │   └── ApiError            the API server answered an error (``status``, ``reason``,
     │                           ``kind`` from ``classify_status``, ``retry_after``)
     ├── StoreError              the job record store refused or failed a write
@@ -30,8 +32,10 @@ way everywhere (the dispatcher and the simulation): give up on ``PERMANENT``, re
 ``CONFLICT``, list again on ``GONE``, wait ``retry_after`` on ``THROTTLED``, back off and
 retry on ``TRANSIENT``. ``ClusterUnavailable`` is always ``TRANSIENT``; its ``cause`` says
 whether the API server could not be reached (``TRANSPORT``), the circuit breaker refused to
-try (``BREAKER``) or no credentials could be had (``CREDENTIALS``: Vault, a kubeconfig), in
-which case the cluster itself may be fine.
+try (``BREAKER``), no credentials could be had (``CREDENTIALS``: Vault unavailable), in
+which case the cluster itself may be fine, or what Vault holds for the cluster was refused by
+our own rules (``REFUSED``: an exec plugin, a server other than the pinned one, a loopback
+address...), which no retry of the request can mend: someone must fix Vault or the settings.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ __all__ = [
     "KubeconfigRejected",
     "NotFound",
     "Problem",
+    "RefusalReason",
     "RoutingError",
     "SnapshotError",
     "SpecError",
@@ -217,11 +222,44 @@ class VaultError(CredentialError):
         super().__init__(message, cluster=cluster)
 
 
-class KubeconfigRejected(CredentialError):
-    """A kubeconfig breaks a safety rule (exec plugin, file path, insecure TLS...)."""
+class RefusalReason(StrEnum):
+    """Why a cluster's credentials were refused by our rules; a bounded metric label.
 
-    def __init__(self, reason: str, *, cluster: str | None = None) -> None:
+    When one kubeconfig breaks several rules, the first of this order that applies names
+    the refusal (``KubeconfigRejected.refusal``); its message lists every problem.
+    """
+
+    #: The API server is not the one the cluster's ``pin.server`` names.
+    SERVER_MISMATCH = "server-mismatch"
+    #: The CA bundle holds a certificate not in the cluster's ``pin.ca_sha256``.
+    CA_MISMATCH = "ca-mismatch"
+    #: Loopback, link-local, unspecified or cloud metadata address (at vetting or connect).
+    PRIVATE_ADDRESS = "private-address"
+    #: ``exec`` or ``auth-provider``: the client would run a program.
+    EXEC_PLUGIN = "exec-plugin"
+    #: A field names a local file (tokenFile, certificate-authority, client-key...).
+    LOCAL_FILE = "local-file"
+    #: ``http://`` or ``insecure-skip-tls-verify`` without the cluster's allowance.
+    INSECURE_TRANSPORT = "insecure-transport"
+    #: Basic auth, impersonation, proxies, fields we do not know.
+    UNSUPPORTED = "unsupported"
+    #: Not a usable kubeconfig (YAML, structure, missing credential or context).
+    INVALID = "invalid"
+
+
+class KubeconfigRejected(CredentialError):
+    """A kubeconfig breaks a safety rule (exec plugin, file path, insecure TLS, a server
+    or CA other than the pinned one...); ``refusal`` is the bounded reason code."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        cluster: str | None = None,
+        refusal: RefusalReason = RefusalReason.INVALID,
+    ) -> None:
         self.reason = reason
+        self.refusal = refusal
         super().__init__(f"kubeconfig rejected: {reason}", cluster=cluster)
 
 
@@ -271,9 +309,13 @@ class UnavailableCause(StrEnum):
     TRANSPORT = "transport"
     #: Not sent: the cluster's circuit breaker is open after repeated failures.
     BREAKER = "breaker"
-    #: Not sent: no usable credentials (Vault unreachable or refusing, a kubeconfig
-    #: rejected). Says nothing about the cluster itself.
+    #: Not sent: no usable credentials (Vault unreachable or refusing, a client of ours
+    #: closed). Says nothing about the cluster itself.
     CREDENTIALS = "credentials"
+    #: Not sent, or cut off before anything was sent: the credentials or the address were
+    #: refused by our own rules (``ClusterUnavailable.refusal`` says which). Says nothing
+    #: about the cluster; retrying cannot help until Vault or the settings change.
+    REFUSED = "refused"
 
 
 class ClusterError(DispatcherError):
@@ -300,8 +342,11 @@ class ClusterUnavailable(ClusterError):
         *,
         cluster: str,
         cause: UnavailableCause = UnavailableCause.TRANSPORT,
+        refusal: RefusalReason | None = None,
     ) -> None:
         self.cause = cause
+        #: Set with cause ``REFUSED``.
+        self.refusal = refusal
         super().__init__(message, cluster=cluster)
 
 

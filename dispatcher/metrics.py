@@ -147,14 +147,22 @@ CLUSTER_UP = Gauge(
 )
 CLUSTER_HEALTH = Gauge(
     "dispatcher_cluster_health",
-    "Cluster health as a one-hot state set (up, degraded, down, credentials-unavailable).",
+    "Cluster health as a one-hot state set (up, degraded, down, credentials-unavailable, refused).",
     ["cluster", "state"],
     registry=REGISTRY,
 )
 CLUSTER_HEALTH_REASON = Gauge(
     "dispatcher_cluster_health_reason",
     "Why the cluster has its health, one-hot (ok, throttled, watch-disconnected, errors, "
-    "slow, unreachable, credentials).",
+    "slow, unreachable, credentials, refused).",
+    ["cluster", "reason"],
+    registry=REGISTRY,
+)
+CLUSTER_REFUSED = Gauge(
+    "dispatcher_cluster_refused",
+    "1 for the rule that refused the cluster's credentials (server-mismatch, ca-mismatch, "
+    "private-address, exec-plugin, local-file, insecure-transport, unsupported, invalid); "
+    "all 0 when they are accepted.",
     ["cluster", "reason"],
     registry=REGISTRY,
 )
@@ -237,7 +245,7 @@ THREAD_RESTARTS = Counter(
 )
 
 #: ``dispatcher.core.Health`` and ``dispatcher.clusters.HealthReason`` values (a test checks).
-HEALTH_STATES = ("up", "degraded", "down", "credentials-unavailable")
+HEALTH_STATES = ("up", "degraded", "down", "credentials-unavailable", "refused")
 HEALTH_REASONS = (
     "ok",
     "throttled",
@@ -246,6 +254,18 @@ HEALTH_REASONS = (
     "slow",
     "unreachable",
     "credentials",
+    "refused",
+)
+#: ``dispatcher.errors.RefusalReason`` values (a test checks): the bounded ``reason`` label.
+REFUSAL_REASONS = (
+    "server-mismatch",
+    "ca-mismatch",
+    "private-address",
+    "exec-plugin",
+    "local-file",
+    "insecure-transport",
+    "unsupported",
+    "invalid",
 )
 
 
@@ -258,6 +278,14 @@ def record_cluster_health(cluster: str, state: str, reason: str) -> None:
             1 if candidate == reason else 0
         )
     CLUSTER_UP.labels(cluster=cluster).set(0 if state == "down" else 1)
+
+
+def record_cluster_refused(cluster: str, reason: str | None) -> None:
+    """Set the one-hot refusal reason of ``cluster`` (``None``: not refused, all 0)."""
+    for candidate in REFUSAL_REASONS:
+        CLUSTER_REFUSED.labels(cluster=cluster, reason=candidate).set(
+            1 if candidate == reason else 0
+        )
 
 
 def record_capacity(

@@ -17,14 +17,16 @@ Sections are nested models; add new ones as fields of ``Settings``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
@@ -176,10 +178,74 @@ class Credentials(_Section):
 
 
 class InsecureAllowances(_Section):
-    """Escape hatches for test clusters; both refused by default."""
+    """Escape hatches for test clusters; all refused by default."""
 
     allow_http: bool = False
     allow_insecure_skip_tls_verify: bool = False
+    #: Let the API server be at a loopback (127.0.0.0/8, ::1, localhost), link-local
+    #: (169.254.0.0/16, fe80::/10), unspecified (0.0.0.0, ::) or cloud metadata address
+    #: (169.254.169.254, fd00:ec2::254, metadata.google.internal). Judged on the URL at
+    #: vetting and on the address actually connected to, so DNS cannot sneak one in.
+    allow_private_addresses: bool = False
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _fingerprints(value: Any) -> Any:
+    """One fingerprint or a list; ``sha256:`` prefix, colons and case are forgiven."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        return value
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            return value
+        text = item.strip().lower().removeprefix("sha256:").replace(":", "")
+        if not _SHA256_HEX.fullmatch(text):
+            raise ValueError(
+                "must be the SHA-256 of the CA certificate's DER bytes, 64 hex digits "
+                "(e.g. `openssl x509 -in ca.crt -outform DER | sha256sum`)"
+            )
+        out.append(text)
+    return tuple(out)
+
+
+class ClusterPin(_Section):
+    """What the cluster's credential must point at; one from Vault that points elsewhere
+    is refused (``server-mismatch``, ``ca-mismatch``) and the cluster reported refused."""
+
+    #: The API server URL, compared after normalising scheme and host case, the default
+    #: port and a trailing slash.
+    server: str | None = None
+    #: SHA-256 fingerprints (of the DER bytes) the CA certificates may have: every
+    #: certificate of the credential's CA bundle must be one of them (list two to rotate).
+    ca_sha256: Annotated[tuple[str, ...], BeforeValidator(_fingerprints)] = ()
+
+    @field_validator("server")
+    @classmethod
+    def _server_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = _check_url(value, allow_http=True, flag="")
+            if problem:
+                raise ValueError(problem)
+        return value
+
+
+class RefusedRetry(_Section):
+    """How often a refused credential is fetched again (capped exponential, jittered):
+    someone may have fixed it, but asking Vault every second for it helps nobody."""
+
+    base_seconds: float = Field(default=5.0, gt=0, le=3600)
+    max_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.max_seconds < self.base_seconds:
+            raise ValueError("max_seconds must be at least base_seconds")
+        return self
 
 
 class ClientSettings(_Section):
@@ -222,6 +288,10 @@ class ClusterSettings(_Section):
     role: ClusterRole = ClusterRole.EXTERNAL
     credentials: Credentials
     allow_insecure: InsecureAllowances = Field(default_factory=InsecureAllowances)
+    #: The API server URL and/or CA a credential from Vault must have (none by default).
+    pin: ClusterPin = Field(default_factory=ClusterPin)
+    #: Backoff between fetches of a credential that our rules refused.
+    refused_retry: RefusedRetry = Field(default_factory=RefusedRetry)
     #: Cluster labels tasks can select on, e.g. ``topology.kubernetes.io/region``.
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
     cost: CostTable = Field(default_factory=CostTable)

@@ -327,12 +327,14 @@ def _clusters(g: Layout) -> None:
         state_timeline(
             "Cluster health",
             "up, degraded (routable, with problems), credentials unavailable (not routed to; "
-            "its pods are left alone) or down (its API server is in trouble; avoided by "
-            "routing).",
+            "its pods are left alone), refused (its credential breaks our rules; tasks only it "
+            "could run are rejected; reason in dispatcher_cluster_refused) or down (its API "
+            "server is in trouble; avoided by routing).",
             f'3 * max by (cluster) (dispatcher_cluster_health{{{CL}, state="up"}})'
             f' + 2 * max by (cluster) (dispatcher_cluster_health{{{CL}, state="degraded"}})'
             f" + max by (cluster) (dispatcher_cluster_health"
-            f'{{{CL}, state="credentials-unavailable"}})',
+            f'{{{CL}, state="credentials-unavailable"}})'
+            f' - max by (cluster) (dispatcher_cluster_health{{{CL}, state="refused"}})',
             "{{cluster}}",
             value_map(
                 {
@@ -340,6 +342,7 @@ def _clusters(g: Layout) -> None:
                     "2": ("degraded", "orange"),
                     "1": ("credentials unavailable", "purple"),
                     "0": ("down", "red"),
+                    "-1": ("refused", "dark-red"),
                 }
             ),
         ),
@@ -350,11 +353,13 @@ def _clusters(g: Layout) -> None:
         state_timeline(
             "Why a cluster is not up",
             "dispatcher_cluster_health_reason while not ok: throttled, watch-disconnected, "
-            "errors, slow (degraded); credentials (Vault or a refused credential); "
+            "errors, slow (degraded); credentials (Vault unavailable, or a 401); refused "
+            "(with the rule: server-mismatch, ca-mismatch, private-address, exec-plugin...); "
             "unreachable (down). The dispatcher's cluster.health_changed log line has the "
             "message.",
             f"max by (cluster, reason) "
-            f'(dispatcher_cluster_health_reason{{{CL}, reason!="ok"}}) == 1',
+            f'(dispatcher_cluster_health_reason{{{CL}, reason!~"ok|refused"}}) == 1'
+            f" or max by (cluster, reason) (dispatcher_cluster_refused{{{CL}}}) == 1",
             "{{cluster}} {{reason}}",
             value_map({"1": ("yes", "orange")}),
         ),

@@ -119,10 +119,18 @@ class GpuModel(BaseModel):
     free: int
 
 
+class RefusalModel(BaseModel):
+    #: A ``dispatcher.errors.RefusalReason`` value (``server-mismatch``, ``exec-plugin``...).
+    reason: str
+    message: str
+
+
 class ClusterModel(BaseModel):
     name: str
     role: str
     health: str
+    #: Why our rules refuse the cluster's credentials (``health: refused`` only).
+    refusal: RefusalModel | None = None
     labels: dict[str, str]
     nodes: int
     cpu_allocatable: float
@@ -399,6 +407,11 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
     return app
 
 
+def _refusal_view(refusal: str) -> dict[str, str]:
+    reason, _, message = refusal.partition(": ")
+    return {"reason": reason, "message": message}
+
+
 def cluster_view(state: ClusterState) -> dict[str, Any]:
     """One cluster as ``GET /v1/clusters`` shows it."""
     capacity = state.capacity()
@@ -406,6 +419,7 @@ def cluster_view(state: ClusterState) -> dict[str, Any]:
         "name": state.name,
         "role": state.info.role.value,
         "health": state.health.value,
+        "refusal": _refusal_view(state.refusal) if state.refusal else None,
         "labels": dict(state.info.labels),
         "nodes": state.node_count,
         "cpu_allocatable": capacity.cpu_millicores[0] / 1000,

@@ -133,6 +133,10 @@ class Service:
         synced = self.cache.wait_synced(sync_timeout)
         if not synced:
             log.warning("service.caches_not_synced", timeout=sync_timeout)
+        refused = self.cache.refused()
+        if refused:
+            # Not waited for: a refused credential needs a person (see GET /v1/clusters).
+            log.error("service.clusters_refused", clusters=list(refused))
         if self.elector is None:
             self.dispatcher.start()
             metrics.LEADER.set(1)

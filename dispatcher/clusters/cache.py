@@ -30,8 +30,8 @@ Listeners get ``(cluster, kind, event_type, obj)``:
   anything routing looks at (not on status heartbeats);
 - ``("capacity", ADDED|MODIFIED|DELETED, None)`` when someone else's pod takes or frees
   resources (DELETED: it freed them), or an assumption expired (DELETED);
-- ``("health", "up"|"degraded"|"down"|"credentials-unavailable", None)`` when the
-  cluster's health changes (``status(cluster)`` says why);
+- ``("health", "up"|"degraded"|"down"|"credentials-unavailable"|"refused", None)`` when
+  the cluster's health (or the reason it is refused) changes (``status(cluster)`` says why);
 - ``("listed", "first"|"relist", None)`` after our pods were listed (the first time, or
   again after a broken or expired watch) and the list's events delivered: from then on
   ``managed_pods(cluster)`` is the whole truth, and a pod that was created and deleted
@@ -39,7 +39,9 @@ Listeners get ``(cluster, kind, event_type, obj)``:
 
 Health: ``health(cluster)`` is ``Health.DOWN`` only when the cluster's API server is in
 trouble (``dispatcher.clusters.health``); ``Health.CREDENTIALS_UNAVAILABLE`` when we cannot
-get or use credentials for it, which must not move its running work elsewhere.
+get or use credentials for it, which must not move its running work elsewhere;
+``Health.REFUSED`` when our rules refuse what Vault holds for it (``status(cluster).refusal``
+says which rule); ``wait_synced`` does not wait for a refused cluster.
 ``status(cluster)`` adds the machine reason and a message for an SRE. When a request finds
 credentials unavailable, the cluster's open watches are reconnected: their reconnection
 (with fresh credentials, or failing for want of them) is what tells when they are back.
@@ -106,6 +108,8 @@ RUNNING_PODS_FIELD_SELECTOR = "status.phase!=Succeeded,status.phase!=Failed"
 OTHER_PODS_LABEL_SELECTOR = f"{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}"
 
 _SCORED_RESOURCES = (quantity.CPU, quantity.MEMORY)
+#: How often ``wait_synced`` looks whether a cluster not synced yet was refused meanwhile.
+_SYNC_POLL = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,11 +215,13 @@ class _Cluster:
             return self.built[1]
         for name in list(self.stale):
             self._refresh(name)
+        status = self.health.status()
         state = ClusterState.build(
             self.info,
-            health=self.health.current(),
+            health=status.health,
             nodes=self.node_infos.values(),
             queue_depth=self.unplaced(),
+            refusal=status.message.removeprefix("refused: "),
         )
         self.built = (self.version, state)
         return state
@@ -441,14 +447,26 @@ class ClusterCache:
             self._timer.join(max(0.0, deadline - self._clock()))
 
     def wait_synced(self, timeout: float, clusters: Iterable[str] | None = None) -> bool:
-        """Wait until every informer (of ``clusters``, default all) listed once."""
+        """Wait until every informer (of ``clusters``, default all) listed once, or its
+        cluster is ``Health.REFUSED``: a refused credential needs a person, not time, so
+        waiting for it would only hold readiness back (``refused()`` names them)."""
         deadline = self._clock() + timeout
         names = list(clusters) if clusters is not None else list(self._clusters)
         for name in names:
-            for informer in self._cluster(name).informers.values():
-                if not informer.wait_synced(max(0.0, deadline - self._clock())):
-                    return False
+            cluster = self._cluster(name)
+            for informer in cluster.informers.values():
+                while not informer.wait_synced(min(_SYNC_POLL, max(0.0, deadline - self._clock()))):
+                    if cluster.health.current() is Health.REFUSED:
+                        break
+                    if self._clock() >= deadline:
+                        return False
         return True
+
+    def refused(self) -> tuple[str, ...]:
+        """The clusters whose credentials are refused now."""
+        return tuple(
+            name for name, c in self._clusters.items() if c.health.current() is Health.REFUSED
+        )
 
     def synced(self, cluster: str) -> bool:
         return all(i.synced for i in self._cluster(cluster).informers.values())
@@ -634,7 +652,7 @@ class ClusterCache:
     def _on_health(self, cluster: _Cluster, new: Health) -> None:
         with cluster.lock:
             cluster.changed()
-        if new is Health.CREDENTIALS_UNAVAILABLE:
+        if new in (Health.CREDENTIALS_UNAVAILABLE, Health.REFUSED):
             # Streams opened earlier may still flow on an old credential; reopening them
             # finds out whether credentials can be had, and keeps finding out (backoff).
             disconnected = cluster.health.disconnected_watches()

@@ -13,7 +13,9 @@ Every request
   (``dispatcher.core.apierrors.health_signal``): transport errors and 5xx count against it;
   a 429 is an answer (``ApiError`` kind ``THROTTLED`` with ``retry_after``); a
   ``CredentialError`` from the provider (Vault unavailable, a kubeconfig rejected) becomes
-  ``ClusterUnavailable`` with cause ``CREDENTIALS`` and never counts against the cluster.
+  ``ClusterUnavailable`` with cause ``CREDENTIALS`` and never counts against the cluster;
+  a ``KubeconfigRejected`` (from the provider, or raised by the client at connect time for
+  an address our rules refuse) becomes cause ``REFUSED`` with its ``RefusalReason``.
 
 Responses stay raw JSON dicts (``_preload_content=False`` then ``json.loads``): cheaper than
 the client's model classes, and what ``dispatcher.core`` reads. Library errors are
@@ -41,7 +43,13 @@ from kubernetes.client.exceptions import ApiException
 from dispatcher.clusters.health import ClusterHealth
 from dispatcher.clusters.pacing import TokenBucket
 from dispatcher.core.apierrors import api_error
-from dispatcher.errors import ApiError, ClusterUnavailable, CredentialError, UnavailableCause
+from dispatcher.errors import (
+    ApiError,
+    ClusterUnavailable,
+    CredentialError,
+    KubeconfigRejected,
+    UnavailableCause,
+)
 from dispatcher.metrics import KUBE_API_REQUESTS
 from dispatcher.settings import ClientSettings
 
@@ -202,6 +210,10 @@ class Connection:
                 if self._health is not None:
                     self._health.request_failed(error, self._clock() - started)
                 raise error from exc
+            except KubeconfigRejected as exc:
+                # Raised at connect time (the address), before anything was sent.
+                self._count(verb, "refused")
+                raise self._refused(what, exc) from exc
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 self._count(verb, "error")
                 raise self._unanswered(
@@ -217,6 +229,8 @@ class Connection:
         """The provider's current client; a credential failure is not the cluster's."""
         try:
             return self._provider.api_client(self.cluster)
+        except KubeconfigRejected as exc:
+            raise self._refused(what, exc) from exc
         except CredentialError as exc:
             words = str(exc).removeprefix(f"{self.cluster}: ")
             raise self._unanswered(
@@ -226,6 +240,19 @@ class Connection:
                     cause=UnavailableCause.CREDENTIALS,
                 )
             ) from exc
+
+    def _refused(self, what: str, exc: KubeconfigRejected) -> ClusterUnavailable:
+        # Not ``what``: the refusal is the cluster's, whichever request met it.
+        del what
+        words = str(exc).removeprefix(f"{self.cluster}: ")
+        return self._unanswered(
+            ClusterUnavailable(
+                f"refused: {exc.refusal.value}: {words}",
+                cluster=self.cluster,
+                cause=UnavailableCause.REFUSED,
+                refusal=exc.refusal,
+            )
+        )
 
     def _unanswered(self, error: ClusterUnavailable) -> ClusterUnavailable:
         if self._health is not None:

@@ -6,10 +6,14 @@ elsewhere, so nothing that is not the API server's own failure leads there:
 
 - a 429 is an answer: it counts as a success for the breaker and keeps the cluster
   *degraded* (``throttled``) for ``throttled_seconds`` or the server's Retry-After;
-- credentials we cannot get (Vault unavailable, a kubeconfig rejected) or that the API
-  server refuses (401 after one re-authentication) make the cluster
-  ``Health.CREDENTIALS_UNAVAILABLE``: not routable, but the cluster and its pods may be
-  fine. It lasts from the failure until a request or a watch (re)connection gets through;
+- credentials we cannot get (Vault unavailable) or that the API server refuses (401 after
+  one re-authentication) make the cluster ``Health.CREDENTIALS_UNAVAILABLE``: not
+  routable, but the cluster and its pods may be fine. It lasts from the failure until a
+  request or a watch (re)connection gets through;
+- credentials our own rules refuse (a kubeconfig with an exec plugin, a server or CA other
+  than the pinned one, a loopback address: ``UnavailableCause.REFUSED``) make it
+  ``Health.REFUSED`` with the ``RefusalReason`` in ``HealthStatus.refusal``, until a
+  request or watch gets through with a credential that passes;
 - any other error answer (403, 404, 409, 422...) is about the request, and counts as the
   server being alive.
 
@@ -49,7 +53,14 @@ import urllib3
 from dispatcher import metrics
 from dispatcher.core import Health
 from dispatcher.core.apierrors import HealthSignal, health_signal
-from dispatcher.errors import ApiError, ClusterError, CredentialError
+from dispatcher.errors import (
+    ApiError,
+    ClusterError,
+    ClusterUnavailable,
+    CredentialError,
+    KubeconfigRejected,
+    RefusalReason,
+)
 
 __all__ = [
     "Breaker",
@@ -85,6 +96,8 @@ class HealthReason(StrEnum):
     UNREACHABLE = "unreachable"
     #: CREDENTIALS_UNAVAILABLE: no usable credentials (Vault, kubeconfig) or refused (401).
     CREDENTIALS = "credentials"
+    #: REFUSED: our rules refused its credentials or address (``HealthStatus.refusal``).
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +107,8 @@ class HealthStatus:
     health: Health
     reason: HealthReason
     message: str = ""
+    #: Which rule refused the credentials (``Health.REFUSED`` only).
+    refusal: RefusalReason | None = None
 
     def __str__(self) -> str:
         return f"{self.health.value}: {self.message}" if self.message else self.health.value
@@ -164,6 +179,7 @@ class HealthMachine:
         self._throttled_until: float | None = None
         self._throttled_message = ""
         self._credentials: str | None = None
+        self._refused: tuple[RefusalReason, str] | None = None
 
     @property
     def consecutive_failures(self) -> int:
@@ -217,6 +233,7 @@ class HealthMachine:
         """No answer, or a 5xx: counts against the API server."""
         # A request went out, so credentials were there.
         self._credentials = None
+        self._refused = None
         self._consecutive += 1
         self._last_failure = message
         self._recent.append(False)
@@ -229,8 +246,13 @@ class HealthMachine:
         """No usable credentials, or the API server refused them: says nothing about it."""
         self._credentials = message
 
+    def refused(self, now: float, refusal: RefusalReason, message: str = "") -> None:
+        """Our rules refused the credentials or the address: says nothing about the server."""
+        self._refused = (refusal, message)
+
     def _answered(self) -> None:
         self._credentials = None
+        self._refused = None
         self._consecutive = 0
         self._recent.append(True)
         if self.breaker is not Breaker.CLOSED:
@@ -255,6 +277,7 @@ class HealthMachine:
         """A list or watch request of ``name`` succeeded (with fresh credentials)."""
         self._down[name] = None
         self._credentials = None
+        self._refused = None
 
     def watch_disconnected(
         self,
@@ -262,6 +285,7 @@ class HealthMachine:
         now: float,
         signal: HealthSignal = HealthSignal.FAILED,
         message: str = "",
+        refusal: RefusalReason | None = None,
     ) -> None:
         """Watch ``name`` broke or could not be (re)opened; ``signal`` says why."""
         before = self._down.get(name)
@@ -269,6 +293,8 @@ class HealthMachine:
         self._down[name] = _Disconnected(since, signal, message)
         if signal is HealthSignal.CREDENTIALS:
             self._credentials = message
+        elif signal is HealthSignal.REFUSED:
+            self._refused = (refusal or RefusalReason.INVALID, message)
 
     def watch_data(self, name: str, now: float) -> None:
         """A watch delivered an event: the API server serves; counts as a probe when due.
@@ -299,6 +325,9 @@ class HealthMachine:
                 if self._consecutive
                 else "probing after repeated failures",
             )
+        if self._refused is not None:
+            refusal, message = self._refused
+            return HealthStatus(Health.REFUSED, HealthReason.REFUSED, message, refusal)
         if self._credentials is not None:
             return HealthStatus(
                 Health.CREDENTIALS_UNAVAILABLE,
@@ -351,10 +380,19 @@ def error_signal(error: BaseException | None) -> HealthSignal:
     """What an exception that ended a request or watch says about the API server."""
     if isinstance(error, ClusterError):
         return health_signal(error)
+    if isinstance(error, KubeconfigRejected):
+        return HealthSignal.REFUSED
     if isinstance(error, CredentialError):
         return HealthSignal.CREDENTIALS
     # Not translated (or no error given): counted against the server, as before.
     return HealthSignal.FAILED
+
+
+def error_refusal(error: BaseException | None) -> RefusalReason | None:
+    """The refusal an error carries (``ClusterUnavailable`` or ``KubeconfigRejected``)."""
+    if isinstance(error, ClusterUnavailable | KubeconfigRejected):
+        return error.refusal
+    return None
 
 
 def _words(error: BaseException | None) -> str:
@@ -371,8 +409,9 @@ class ClusterHealth:
     """One cluster's ``HealthMachine`` shared by its threads; publishes every change.
 
     ``on_change(old, new)`` runs on the thread that caused the change, outside the state
-    lock, one call at a time per cluster; it is told about changes of health, not of the
-    reason or message alone (those are published as metrics and logged).
+    lock, one call at a time per cluster; it is told about changes of health or of the
+    refusal reason, not of the reason or message alone (those are published as metrics
+    and logged).
     """
 
     def __init__(
@@ -394,6 +433,7 @@ class ClusterHealth:
         metrics.record_cluster_health(
             cluster, self._published.health.value, self._published.reason.value
         )
+        metrics.record_cluster_refused(cluster, None)
 
     def _update(self, change: Callable[[HealthMachine, float], object]) -> None:
         with self._notify:
@@ -402,18 +442,24 @@ class ClusterHealth:
                 change(self._machine, now)
                 new = self._machine.status(now)
                 old, self._published = self._published, new
-            if (new.health, new.reason) == (old.health, old.reason):
+            if (new.health, new.reason, new.refusal) == (old.health, old.reason, old.refusal):
                 return
             metrics.record_cluster_health(self.cluster, new.health.value, new.reason.value)
+            metrics.record_cluster_refused(
+                self.cluster, new.refusal.value if new.refusal is not None else None
+            )
             log.info(
                 "cluster.health_changed",
                 cluster=self.cluster,
                 old=old.health.value,
                 new=new.health.value,
                 reason=new.reason.value,
+                refusal=new.refusal.value if new.refusal is not None else None,
                 message=new.message,
             )
-            if self._on_change is not None and new.health is not old.health:
+            if self._on_change is not None and (
+                new.health is not old.health or new.refusal is not old.refusal
+            ):
                 self._on_change(old.health, new.health)
 
     def allow_request(self) -> bool:
@@ -440,6 +486,9 @@ class ClusterHealth:
     def credentials_failed(self, message: str = "") -> None:
         self._update(lambda machine, now: machine.credentials_failed(now, message))
 
+    def refused(self, refusal: RefusalReason, message: str = "") -> None:
+        self._update(lambda machine, now: machine.refused(now, refusal, message))
+
     def request_failed(self, error: ClusterError, latency: float | None = None) -> None:
         """Report a failed request by what its error says about the API server."""
         signal = health_signal(error)
@@ -452,6 +501,8 @@ class ClusterHealth:
             self.failed(error.detail)
         elif signal is HealthSignal.CREDENTIALS:
             self.credentials_failed(error.detail)
+        elif signal is HealthSignal.REFUSED:
+            self.refused(error_refusal(error) or RefusalReason.INVALID, error.detail)
 
     # ----- what the informers report -----------------------------------------------------
     def watch_connected(self, name: str) -> None:
@@ -459,8 +510,10 @@ class ClusterHealth:
 
     def watch_disconnected(self, name: str, error: BaseException | None = None) -> None:
         """Watch ``name`` broke or failed to (re)open, with ``error`` saying why."""
-        signal, message = error_signal(error), _words(error)
-        self._update(lambda machine, now: machine.watch_disconnected(name, now, signal, message))
+        signal, message, refusal = error_signal(error), _words(error), error_refusal(error)
+        self._update(
+            lambda machine, now: machine.watch_disconnected(name, now, signal, message, refusal)
+        )
 
     def watch_data(self, name: str) -> None:
         # Hot path (every watch event): skip the update when it cannot change anything.

@@ -42,7 +42,7 @@ from dispatcher.clusters.connection import (
 )
 from dispatcher.clusters.health import ClusterHealth
 from dispatcher.clusters.pacing import backoff_delay
-from dispatcher.errors import ApiError, ClusterUnavailable, DispatcherError
+from dispatcher.errors import ApiError, ClusterUnavailable, DispatcherError, UnavailableCause
 from dispatcher.metrics import WATCH_RESTARTS
 from dispatcher.supervise import SupervisedThread, Supervisor, SupervisorPolicy
 
@@ -316,7 +316,10 @@ class Informer:
         if self._health is not None:
             # The error says whose trouble it is: the API server's, or our credentials'.
             self._health.watch_disconnected(self.name, exc)
-        log.warning(
+        # A refused credential is logged once per fetch by the provider; repeating it for
+        # every informer retry would only bury it.
+        refused = isinstance(exc, ClusterUnavailable) and exc.cause is UnavailableCause.REFUSED
+        (log.debug if refused and failures > 1 else log.warning)(
             "informer.disconnected",
             cluster=self.cluster,
             informer=self.name,

@@ -74,6 +74,8 @@ class HealthSignal(StrEnum):
     FAILED = "failed"
     #: Our credentials are unavailable or refused: nothing is known about the server.
     CREDENTIALS = "credentials"
+    #: Our own rules refused the credentials or the address: nothing is known about it.
+    REFUSED = "refused"
     #: Nothing was sent (the breaker refused): nothing learned.
     NOT_SENT = "not-sent"
 
@@ -83,6 +85,8 @@ def health_signal(error: ClusterError) -> HealthSignal:
     if isinstance(error, ClusterUnavailable):
         if error.cause is UnavailableCause.CREDENTIALS:
             return HealthSignal.CREDENTIALS
+        if error.cause is UnavailableCause.REFUSED:
+            return HealthSignal.REFUSED
         if error.cause is UnavailableCause.BREAKER:
             return HealthSignal.NOT_SENT
         return HealthSignal.FAILED

@@ -6,7 +6,9 @@ policy: one that stands for clusters becomes an allow-list; one the policy does 
 restricts nothing and is named in the decision's notes. Then, for each cluster, in order:
 
 1. cluster filters: allow-lists (the task's and its hint's), cluster labels (region),
-   node-selector conflicts with the cluster's pod defaults;
+   node-selector conflicts with the cluster's pod defaults; then a cluster whose
+   credentials were refused (``Health.REFUSED``) can run nothing until someone fixes them
+   (REJECT, "refused: <reason>");
 2. static node filters, once per node shape (per node only when the task names a per-node
    label): GPU model, node selector, required node affinity, taints, and whether the task
    fits an *empty* node of the shape. No shape passing means the cluster can never run the
@@ -103,6 +105,8 @@ class Reason(StrEnum):
     INSUFFICIENT_CAPACITY = "insufficient-capacity"
     COST_UNKNOWN = "cost-unknown"
     OVER_COST_CAP = "over-cost-cap"
+    #: Its credentials break our rules (``Health.REFUSED``); the message says which.
+    CLUSTER_REFUSED = "cluster-refused"
 
 
 class Strategy(StrEnum):
@@ -602,6 +606,14 @@ def _judge_cluster(
     refused = _cluster_filters(task, state, constraints, hint)
     if refused is not None:
         return ClusterVerdict(state.name, Verdict.REJECT, *refused)
+    if state.health is Health.REFUSED:
+        # Waiting would be forever: the credential needs a person, not time.
+        return ClusterVerdict(
+            state.name,
+            Verdict.REJECT,
+            Reason.CLUSTER_REFUSED,
+            f"refused: {state.refusal or 'its credentials were refused'}",
+        )
     if not state.shapes:
         if not state.health.routable:
             # A down cluster's nodes may just be unknown (never listed): wait for it.

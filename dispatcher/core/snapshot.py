@@ -80,6 +80,11 @@ class Health(StrEnum):
     #: We have no usable credentials for it (Vault unavailable, credential refused); the
     #: cluster itself may be fine and its pods keep running. Tasks wait, as for DOWN.
     CREDENTIALS_UNAVAILABLE = "credentials-unavailable"
+    #: What Vault (or a file) holds for it breaks our rules: an exec plugin, a server or CA
+    #: other than the pinned one, a loopback address... (``ClusterState.refusal`` says
+    #: which). Not routable, and tasks that only it could run are rejected: it does not
+    #: recover until someone fixes the credential. Its pods keep running.
+    REFUSED = "refused"
 
     @property
     def routable(self) -> bool:
@@ -413,6 +418,8 @@ class ClusterState:
     shapes: tuple[NodeShape, ...]
     #: Tasks waiting for this cluster; the least-loaded strategy avoids long queues.
     queue_depth: int = 0
+    #: Why it is ``Health.REFUSED``: ``"<reason code>: <message>"`` (empty otherwise).
+    refusal: str = ""
 
     @property
     def name(self) -> str:
@@ -453,6 +460,7 @@ class ClusterState:
         health: Health = Health.UP,
         nodes: Iterable[NodeInfo] = (),
         queue_depth: int = 0,
+        refusal: str = "",
     ) -> ClusterState:
         groups: dict[tuple[Any, ...], list[NodeInfo]] = {}
         for node in nodes:
@@ -460,7 +468,13 @@ class ClusterState:
         shapes = sorted(
             (NodeShape.of(group) for group in groups.values()), key=lambda s: s.nodes[0].name
         )
-        return cls(info=info, health=health, shapes=tuple(shapes), queue_depth=queue_depth)
+        return cls(
+            info=info,
+            health=health,
+            shapes=tuple(shapes),
+            queue_depth=queue_depth,
+            refusal=refusal if health is Health.REFUSED else "",
+        )
 
     @classmethod
     def from_k8s(

@@ -11,20 +11,30 @@
   ``_request_timeout`` itself (watches pass their own, longer read timeout).
 * urllib3 retries only failed connects, never a read (a POST must not be sent twice) and
   follows no redirects (the bearer token must not be sent elsewhere).
+* Unless the cluster allows private addresses, every new connection's peer address is
+  judged (``addresses.private_address``) right after the TCP connect and before TLS or any
+  byte is sent: a hostname that resolves, or re-resolves (DNS rebinding), to a loopback,
+  link-local or metadata address is refused with ``KubeconfigRejected``
+  (``private-address``), which urllib3 does not retry.
 
 I/O: writes key material files; network I/O happens when the returned client is used.
 """
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes.client import ApiClient, Configuration
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.util.retry import Retry
 
+from dispatcher.credentials.addresses import private_address
 from dispatcher.credentials.kubeconfig import VettedKubeconfig
 from dispatcher.credentials.material import KeyMaterial
+from dispatcher.errors import KubeconfigRejected, RefusalReason
 from dispatcher.settings import ClientSettings
 
 __all__ = ["ClusterApiClient", "build_api_client"]
@@ -86,6 +96,53 @@ class ClusterApiClient(ApiClient):
         return f"<ClusterApiClient {self.cluster} {self.configuration.host}>"
 
 
+def _judge_peer(sock: socket.socket, host: str, cluster: str) -> socket.socket:
+    try:
+        peer = str(sock.getpeername()[0])
+    except OSError:
+        sock.close()
+        raise
+    why = private_address(peer)
+    if why is None:
+        return sock
+    sock.close()
+    raise KubeconfigRejected(
+        f"the API server host {host} resolved to {peer}, {why}; nothing was sent (set "
+        "allow_insecure.allow_private_addresses: true for a test cluster that really "
+        "listens there)",
+        cluster=cluster,
+        refusal=RefusalReason.PRIVATE_ADDRESS,
+    )
+
+
+class _GuardedHTTPConnection(HTTPConnection):
+    cluster = ""
+
+    def _new_conn(self) -> socket.socket:
+        return _judge_peer(super()._new_conn(), self.host, self.cluster)
+
+
+class _GuardedHTTPSConnection(HTTPSConnection):
+    cluster = ""
+
+    def _new_conn(self) -> socket.socket:
+        return _judge_peer(super()._new_conn(), self.host, self.cluster)
+
+
+def _guard_addresses(client: ApiClient, cluster: str) -> None:
+    """Make every connection of ``client`` judge its peer address before sending."""
+    http = type("GuardedHTTPConnection", (_GuardedHTTPConnection,), {"cluster": cluster})
+    https = type("GuardedHTTPSConnection", (_GuardedHTTPSConnection,), {"cluster": cluster})
+    pools = {
+        "http": type("GuardedHTTPPool", (urllib3.HTTPConnectionPool,), {"ConnectionCls": http}),
+        "https": type("GuardedHTTPSPool", (urllib3.HTTPSConnectionPool,), {"ConnectionCls": https}),
+    }
+    manager = client.rest_client.pool_manager
+    manager.clear()
+    # An instance attribute of its own: the module-level default dict stays untouched.
+    manager.pool_classes_by_scheme = pools
+
+
 def build_api_client(
     vetted: VettedKubeconfig,
     settings: ClientSettings | None = None,
@@ -128,12 +185,15 @@ def build_api_client(
             material.remove()
             raise
     try:
-        return ClusterApiClient(
+        client = ClusterApiClient(
             configuration,
             cluster=vetted.cluster,
             timeout=(settings.connect_timeout_seconds, settings.read_timeout_seconds),
             material=material,
         )
+        if not vetted.allow_private_addresses:
+            _guard_addresses(client, vetted.cluster)
+        return client
     except BaseException:
         if material is not None:
             material.remove()

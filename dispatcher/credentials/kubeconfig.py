@@ -6,12 +6,16 @@ passwords (basic auth), talk through a proxy or skip TLS verification. The dispa
 kubeconfigs from Vault and from mounted files, so each of those is an attack surface: this
 module allows only inline material (a bearer token and/or an inline client certificate and
 key, an inline CA) on an ``https://`` server, and refuses everything else it does not know.
-``http://`` and ``insecure-skip-tls-verify`` pass only with the cluster's explicit
-``InsecureAllowances``.
+``http://``, ``insecure-skip-tls-verify`` and loopback, link-local or metadata addresses
+(``addresses.private_address``) pass only with the cluster's explicit ``InsecureAllowances``.
+A cluster's ``ClusterPin`` ties the chosen context to the expected API server URL and/or CA
+certificates (SHA-256 of each DER certificate): a kubeconfig that points elsewhere is
+refused (``server-mismatch``, ``ca-mismatch``).
 
 What passes is a frozen ``VettedKubeconfig``: the only thing ``clients.build_api_client``
 accepts. Rejections raise ``KubeconfigRejected`` naming the cluster and every offending
-field (``users[0].user.exec is refused: exec plugins would run a program``), never a value.
+field (``users[0].user.exec is refused: exec plugins would run a program``), never a
+secret value, and a bounded ``RefusalReason`` (the first of its order that applies).
 
 I/O: none; ``parse_kubeconfig`` parses text it is given.
 """
@@ -20,19 +24,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
+import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-from dispatcher.errors import KubeconfigRejected
-from dispatcher.settings import InsecureAllowances
+from dispatcher.credentials.addresses import private_address
+from dispatcher.errors import KubeconfigRejected, RefusalReason
+from dispatcher.settings import ClusterPin, InsecureAllowances
 
 __all__ = [
     "VettedKubeconfig",
+    "ca_fingerprints",
     "parse_kubeconfig",
     "vet_kubeconfig",
     "vet_token_credentials",
@@ -59,31 +67,49 @@ _CLUSTER_FIELDS = frozenset(
 _USER_FIELDS = frozenset({"token", "client-certificate-data", "client-key-data", "extensions"})
 
 # Known dangerous fields and why; anything else unknown is refused as unknown.
+_BASIC = "basic authentication is not supported; use a token or a client certificate"
+_IMPERSONATION = "impersonation is not supported"
 _REFUSED_USER_FIELDS = {
-    "exec": "exec plugins would run a program",
-    "auth-provider": "auth-provider plugins would run a program or fetch tokens elsewhere",
-    "tokenFile": "it names a local file; put the token inline as `token`",
-    "client-certificate": (
-        "it names a local file; put the certificate inline as client-certificate-data"
+    "exec": ("exec plugins would run a program", RefusalReason.EXEC_PLUGIN),
+    "auth-provider": (
+        "auth-provider plugins would run a program or fetch tokens elsewhere",
+        RefusalReason.EXEC_PLUGIN,
     ),
-    "client-key": "it names a local file; put the key inline as client-key-data",
-    "username": "basic authentication is not supported; use a token or a client certificate",
-    "password": "basic authentication is not supported; use a token or a client certificate",
-    "as": "impersonation is not supported",
-    "as-uid": "impersonation is not supported",
-    "as-groups": "impersonation is not supported",
-    "as-user-extra": "impersonation is not supported",
+    "tokenFile": (
+        "it names a local file; put the token inline as `token`",
+        RefusalReason.LOCAL_FILE,
+    ),
+    "client-certificate": (
+        "it names a local file; put the certificate inline as client-certificate-data",
+        RefusalReason.LOCAL_FILE,
+    ),
+    "client-key": (
+        "it names a local file; put the key inline as client-key-data",
+        RefusalReason.LOCAL_FILE,
+    ),
+    "username": (_BASIC, RefusalReason.UNSUPPORTED),
+    "password": (_BASIC, RefusalReason.UNSUPPORTED),
+    "as": (_IMPERSONATION, RefusalReason.UNSUPPORTED),
+    "as-uid": (_IMPERSONATION, RefusalReason.UNSUPPORTED),
+    "as-groups": (_IMPERSONATION, RefusalReason.UNSUPPORTED),
+    "as-user-extra": (_IMPERSONATION, RefusalReason.UNSUPPORTED),
 }
 _REFUSED_CLUSTER_FIELDS = {
     "certificate-authority": (
-        "it names a local file; put the CA inline as certificate-authority-data"
+        "it names a local file; put the CA inline as certificate-authority-data",
+        RefusalReason.LOCAL_FILE,
     ),
-    "proxy-url": "proxies are not supported; the dispatcher talks to the API server directly",
+    "proxy-url": (
+        "proxies are not supported; the dispatcher talks to the API server directly",
+        RefusalReason.UNSUPPORTED,
+    ),
 }
+_PRECEDENCE = {reason: rank for rank, reason in enumerate(RefusalReason)}
 
 _TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no spaces, newlines or header tricks
 _PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 _PEM_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+_PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +127,9 @@ class VettedKubeconfig:
     tls_server_name: str | None = None
     #: Only ever true when the cluster's ``allow_insecure_skip_tls_verify`` is set.
     insecure_skip_tls_verify: bool = False
+    #: The cluster's ``allow_private_addresses``: whether connections may reach loopback,
+    #: link-local or metadata addresses (``clients`` checks each connection's peer).
+    allow_private_addresses: bool = False
 
     def __post_init__(self) -> None:
         if self.token is None and (self.client_cert_pem is None or self.client_key_pem is None):
@@ -120,16 +149,22 @@ class VettedKubeconfig:
 
 
 class _Problems:
-    """Collects every problem, so one rejection lists them all."""
+    """Collects every problem, so one rejection lists them all, and the gravest kind."""
 
     def __init__(self) -> None:
         self.items: list[str] = []
+        self.kinds: set[RefusalReason] = set()
 
-    def add(self, where: str, message: str) -> None:
+    def add(self, where: str, message: str, kind: RefusalReason = RefusalReason.INVALID) -> None:
         self.items.append(f"{where} {message}")
+        self.kinds.add(kind)
 
-    def refuse(self, where: str, why: str) -> None:
-        self.add(where, f"is refused: {why}")
+    def refuse(self, where: str, why: str, kind: RefusalReason = RefusalReason.UNSUPPORTED) -> None:
+        self.add(where, f"is refused: {why}", kind)
+
+    def rejection(self, cluster: str) -> KubeconfigRejected:
+        kind = min(self.kinds, key=_PRECEDENCE.__getitem__, default=RefusalReason.INVALID)
+        return KubeconfigRejected("; ".join(self.items), cluster=cluster, refusal=kind)
 
 
 def parse_kubeconfig(
@@ -138,6 +173,7 @@ def parse_kubeconfig(
     cluster: str,
     context: str | None = None,
     allow: InsecureAllowances | None = None,
+    pin: ClusterPin | None = None,
 ) -> VettedKubeconfig:
     """Parse kubeconfig YAML and vet it (``vet_kubeconfig``).
 
@@ -153,7 +189,7 @@ def parse_kubeconfig(
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise KubeconfigRejected(f"not valid YAML{where}", cluster=cluster) from None
-    return vet_kubeconfig(data, cluster=cluster, context=context, allow=allow)
+    return vet_kubeconfig(data, cluster=cluster, context=context, allow=allow, pin=pin)
 
 
 def vet_kubeconfig(
@@ -162,6 +198,7 @@ def vet_kubeconfig(
     cluster: str,
     context: str | None = None,
     allow: InsecureAllowances | None = None,
+    pin: ClusterPin | None = None,
 ) -> VettedKubeconfig:
     """Check a parsed kubeconfig whole and return the selected context's connection.
 
@@ -207,8 +244,12 @@ def vet_kubeconfig(
             cluster=cluster,
             problems=problems,
         )
+    if vetted is not None:
+        vetted = replace(vetted, allow_private_addresses=allow.allow_private_addresses)
+    if vetted is not None and pin is not None:
+        _check_pin(vetted, pin, problems)
     if problems.items or vetted is None:
-        raise KubeconfigRejected("; ".join(problems.items), cluster=cluster)
+        raise problems.rejection(cluster)
     return vetted
 
 
@@ -220,6 +261,7 @@ def vet_token_credentials(
     ca_pem: str | None,
     namespace: str | None = None,
     allow: InsecureAllowances | None = None,
+    pin: ClusterPin | None = None,
 ) -> VettedKubeconfig:
     """Vet a server URL, bearer token and CA that did not come as a kubeconfig."""
     allow = allow or InsecureAllowances()
@@ -230,10 +272,74 @@ def vet_token_credentials(
     if ca_pem is not None and _PEM_CERTIFICATE not in ca_pem:
         problems.add("ca", "must hold PEM certificates (-----BEGIN CERTIFICATE-----)")
     if problems.items:
-        raise KubeconfigRejected("; ".join(problems.items), cluster=cluster)
-    return VettedKubeconfig(
-        cluster=cluster, server=server, ca_pem=ca_pem, token=token, namespace=namespace
+        raise problems.rejection(cluster)
+    vetted = VettedKubeconfig(
+        cluster=cluster,
+        server=server,
+        ca_pem=ca_pem,
+        token=token,
+        namespace=namespace,
+        allow_private_addresses=allow.allow_private_addresses,
     )
+    if pin is not None:
+        _check_pin(vetted, pin, problems)
+        if problems.items:
+            raise problems.rejection(cluster)
+    return vetted
+
+
+def ca_fingerprints(ca_pem: str) -> tuple[str, ...]:
+    """SHA-256 (hex) of the DER bytes of every certificate in a PEM bundle, in order."""
+    found = []
+    for block in _PEM_BLOCK.findall(ca_pem):
+        try:
+            der = ssl.PEM_cert_to_DER_cert(block)
+        except ValueError:
+            continue
+        found.append(hashlib.sha256(der).hexdigest())
+    return tuple(found)
+
+
+def _normal_url(url: str) -> tuple[str, str, int | None, str] | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    port = port if port is not None else {"https": 443, "http": 80}.get(scheme)
+    return (scheme, (parts.hostname or "").rstrip(".").lower(), port, parts.path.rstrip("/"))
+
+
+def _check_pin(vetted: VettedKubeconfig, pin: ClusterPin, problems: _Problems) -> None:
+    """The chosen context must reach the pinned server, through the pinned CAs only."""
+    if pin.server is not None and _normal_url(vetted.server) != _normal_url(pin.server):
+        problems.add(
+            "server",
+            f"{vetted.server} is not the API server pinned for this cluster ({pin.server}); "
+            "fix the credential in Vault, or pin.server if the cluster moved",
+            RefusalReason.SERVER_MISMATCH,
+        )
+    if not pin.ca_sha256:
+        return
+    if vetted.insecure_skip_tls_verify or vetted.ca_pem is None:
+        problems.add(
+            "certificate-authority-data",
+            "is missing, but the cluster pins its CA (pin.ca_sha256): the server's "
+            "certificate could not be checked against it",
+            RefusalReason.CA_MISMATCH,
+        )
+        return
+    fingerprints = ca_fingerprints(vetted.ca_pem)
+    unpinned = [f for f in fingerprints if f not in pin.ca_sha256]
+    if unpinned or not fingerprints:
+        shown = ", ".join(f"sha256:{f}" for f in unpinned) or "none readable"
+        problems.add(
+            "certificate-authority-data",
+            f"holds a CA certificate not pinned for this cluster ({shown}); every "
+            "certificate of the bundle must be listed in pin.ca_sha256",
+            RefusalReason.CA_MISMATCH,
+        )
 
 
 # ----------------------------------------------------------------------------- checks
@@ -280,7 +386,7 @@ def _check_cluster(
 ) -> None:
     for key in body:
         if key in _REFUSED_CLUSTER_FIELDS:
-            problems.refuse(f"{where}.{key}", _REFUSED_CLUSTER_FIELDS[key])
+            problems.refuse(f"{where}.{key}", *_REFUSED_CLUSTER_FIELDS[key])
         elif key not in _CLUSTER_FIELDS:
             problems.refuse(f"{where}.{key}", "unknown cluster field")
     server = body.get("server")
@@ -298,6 +404,7 @@ def _check_cluster(
             f"{where}.insecure-skip-tls-verify",
             "TLS verification cannot be skipped (set allow_insecure."
             "allow_insecure_skip_tls_verify: true for a test cluster)",
+            RefusalReason.INSECURE_TRANSPORT,
         )
     elif insecure and "certificate-authority-data" in body:
         problems.add(
@@ -325,11 +432,19 @@ def _check_server(where: str, server: str, allow: InsecureAllowances, problems: 
                 where,
                 "plain http:// would send the credential unencrypted; use https:// "
                 "(or set allow_insecure.allow_http: true for a test cluster)",
+                RefusalReason.INSECURE_TRANSPORT,
             )
     elif parts.scheme != "https":
         problems.add(where, "must be an https:// URL")
     if not hostname:
         problems.add(where, "has no host")
+    elif not allow.allow_private_addresses and (why := private_address(hostname)):
+        problems.refuse(
+            where,
+            f"{hostname} is {why}; the credential would be sent there (set allow_insecure."
+            "allow_private_addresses: true for a test cluster that really listens there)",
+            RefusalReason.PRIVATE_ADDRESS,
+        )
     if parts.username is not None or parts.password is not None:
         problems.refuse(where, "a URL must not carry credentials")
     if parts.query or parts.fragment:
@@ -339,7 +454,7 @@ def _check_server(where: str, server: str, allow: InsecureAllowances, problems: 
 def _check_user(where: str, body: Mapping[str, Any], problems: _Problems) -> None:
     for key in body:
         if key in _REFUSED_USER_FIELDS:
-            problems.refuse(f"{where}.{key}", _REFUSED_USER_FIELDS[key])
+            problems.refuse(f"{where}.{key}", *_REFUSED_USER_FIELDS[key])
         elif key not in _USER_FIELDS:
             problems.refuse(f"{where}.{key}", "unknown user field")
     token = body.get("token")

@@ -20,6 +20,12 @@ next ``api_client()`` fetches once, and concurrent callers wait for that one fet
 per cluster; an invalidation of a client that is no longer current does nothing).
 ``call(cluster, fn)`` wraps that: a rotation is picked up without the caller seeing the 401.
 
+A credential our rules refuse (``KubeconfigRejected``: an exec plugin, a server or CA other
+than the cluster's ``pin``, a loopback address...) is remembered: until the cluster's
+``refused_retry`` backoff (``core.backoff.backoff_delay``: capped, exponential, jittered)
+has passed, every caller gets the same refusal again without Vault being asked, and one
+``kubeconfig.rejected`` error is logged per fetch, not per caller.
+
 A replaced client is closed at once (its key material removed): take a client from
 ``api_client()`` for each operation or watch (re)connection rather than keeping one.
 
@@ -33,6 +39,7 @@ import base64
 import binascii
 import json
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +50,7 @@ from typing import Any, Protocol, TypeVar
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
+from dispatcher.core.backoff import backoff_delay
 from dispatcher.credentials.clients import ClusterApiClient, build_api_client
 from dispatcher.credentials.kubeconfig import (
     VettedKubeconfig,
@@ -110,6 +118,11 @@ class _Cluster:
     #: Why the next fetch happens (for the log): initial, invalidated.
     pending_reason: str = "initial"
     fetches: int = 0
+    #: The last refusal and how many fetches in a row were refused.
+    refused: KubeconfigRejected | None = None
+    refusals: int = 0
+    #: No fetch before this time while refused (the backoff).
+    refused_until: float = 0.0
 
 
 class CredentialProvider:
@@ -125,8 +138,10 @@ class CredentialProvider:
         key_dir: Path | None = None,  # None: the system temporary directory
         service_account_dir: Path = SERVICE_ACCOUNT_DIR,
         environ: Mapping[str, str] | None = None,  # None: os.environ
+        draw: Callable[[], float] = random.random,  # the backoff jitter; fixed for tests
     ) -> None:
         self._clock = clock
+        self._draw = draw
         self._vault = vault
         self._key_dir = key_dir
         self._renew_ahead = (
@@ -177,7 +192,8 @@ class CredentialProvider:
             except CredentialError as exc:
                 if expired:
                     raise
-                state.retry_at = now + _REFRESH_RETRY_SECONDS
+                # A refused refresh waits for the refusal backoff (set by the fetch).
+                state.retry_at = max(state.retry_at, now + _REFRESH_RETRY_SECONDS)
                 log.warning(
                     "credentials.refresh_failed",
                     cluster=cluster,
@@ -276,10 +292,33 @@ class CredentialProvider:
     def _fetch_locked(self, state: _Cluster, reason: str) -> _Current:
         name = state.settings.name
         kind = state.source.kind
+        now = self._clock()
+        if state.refused is not None and now < state.refused_until:
+            raise state.refused
         try:
             fetched = state.source.fetch()
         except KubeconfigRejected as exc:
-            log.error("kubeconfig.rejected", cluster=name, source=kind, reason=exc.reason)
+            retry = state.settings.refused_retry
+            state.refused = exc
+            state.refusals += 1
+            wait = backoff_delay(
+                state.refusals,
+                base=retry.base_seconds,
+                cap=retry.max_seconds,
+                jitter=retry.jitter,
+                draw=self._draw(),
+            )
+            state.refused_until = now + wait
+            state.retry_at = max(state.retry_at, state.refused_until)
+            log.error(
+                "kubeconfig.rejected",
+                cluster=name,
+                source=kind,
+                refusal=exc.refusal.value,
+                reason=exc.reason,
+                refusals=state.refusals,
+                retry_in=round(wait, 1),
+            )
             raise
         except CredentialError as exc:
             log.warning("credentials.fetch_failed", cluster=name, source=kind, error=str(exc))
@@ -294,6 +333,9 @@ class CredentialProvider:
             refresh_at=_refresh_at(now, fetched.expires_at, self._renew_ahead, max_age),
         )
         previous, state.current = state.current, current
+        if state.refused is not None:
+            log.info("kubeconfig.accepted", cluster=name, source=kind, after=state.refusals)
+        state.refused, state.refusals, state.refused_until = None, 0, 0.0
         state.retry_at = 0.0
         state.pending_reason = "initial"
         state.fetches += 1
@@ -389,6 +431,7 @@ class _VaultKVSource:
             cluster=self._cluster.name,
             context=ref.context,
             allow=self._cluster.allow_insecure,
+            pin=self._cluster.pin,
         )
         return _Fetched(
             vetted, expires_at=_jwt_expiry(vetted.token), details={"kv_version": entry.version}
@@ -434,6 +477,7 @@ class _SecretsEngineSource:
             ca_pem=ca_pem,
             namespace=ref.kubernetes_namespace,
             allow=self._cluster.allow_insecure,
+            pin=self._cluster.pin,
         )
         return _Fetched(
             vetted,
@@ -458,6 +502,7 @@ class _KubeconfigFileSource:
             cluster=self._cluster.name,
             context=ref.context,
             allow=self._cluster.allow_insecure,
+            pin=self._cluster.pin,
         )
         return _Fetched(vetted, expires_at=_jwt_expiry(vetted.token))
 
@@ -499,6 +544,7 @@ class _InClusterSource:
             ca_pem=ca_pem,
             namespace=namespace or None,
             allow=self._cluster.allow_insecure,
+            pin=self._cluster.pin,
         )
         return _Fetched(vetted, expires_at=_jwt_expiry(vetted.token), max_age=_IN_CLUSTER_MAX_AGE)
 

@@ -15,6 +15,7 @@ from dispatcher.settings import (
     ClientSettings,
     ClusterSettings,
     Credentials,
+    InsecureAllowances,
     KubeconfigFileCredentials,
 )
 from tests.clusters.provider import KubeconfigProvider
@@ -40,6 +41,7 @@ def cluster_settings(
             )
         ),
         client=ClientSettings(watch_all_pods=watch_all_pods, **client_kwargs),
+        allow_insecure=InsecureAllowances(allow_private_addresses=True),
         pod_defaults=PodDefaults.model_validate(pod_defaults or {}),
     )
 

@@ -18,7 +18,7 @@ from dispatcher.core import Health
 from dispatcher.credentials import CredentialProvider, VaultSession
 from dispatcher.errors import ClusterUnavailable, ErrorKind, UnavailableCause
 from dispatcher.metrics import sample_value
-from dispatcher.settings import ClientSettings, ClusterSettings
+from dispatcher.settings import ClientSettings, ClusterSettings, InsecureAllowances
 from tests.clusters.conftest import FAST, gpu_pod, managed, wait_for
 from tests.credentials.conftest import a100_from_kv, approle_auth, settings_with
 from tests.stack import StackEnv
@@ -52,6 +52,7 @@ def a100_cache(
         name=CLUSTER,
         credentials=a100_from_kv(stack_env).credentials,
         client=ClientSettings(watch_all_pods=False),
+        allow_insecure=InsecureAllowances(allow_private_addresses=True),
     )
     cache = ClusterCache([settings], provider, options=FAST)
     caches.append(cache)

@@ -77,3 +77,9 @@ def test_the_cache_and_connection_offer_what_the_dispatcher_uses() -> None:
 def test_the_health_metrics_know_every_health_and_reason() -> None:
     assert tuple(h.value for h in Health) == metrics.HEALTH_STATES
     assert tuple(r.value for r in HealthReason) == metrics.HEALTH_REASONS
+
+
+def test_refusal_reasons_are_the_metric_labels() -> None:
+    from dispatcher.errors import RefusalReason
+
+    assert tuple(r.value for r in RefusalReason) == metrics.REFUSAL_REASONS

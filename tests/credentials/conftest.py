@@ -24,6 +24,7 @@ from dispatcher.metrics import sample_value
 from dispatcher.settings import (
     ClusterSettings,
     Credentials,
+    InsecureAllowances,
     KubeconfigFileCredentials,
     Settings,
     VaultAppRoleAuth,
@@ -163,6 +164,7 @@ def a100_from_kv(stack_env: StackEnv, **kv: Any) -> ClusterSettings:
         credentials=Credentials(
             vault_kv=VaultKVCredentials(path=stack_env.vault.kv_paths["gpu-a100"], **kv)
         ),
+        allow_insecure=InsecureAllowances(allow_private_addresses=True),
     )
 
 
@@ -179,6 +181,7 @@ def h100_from_secrets_engine(stack_env: StackEnv, ttl_seconds: int = 600) -> Clu
                 ttl_seconds=ttl_seconds,
             )
         ),
+        allow_insecure=InsecureAllowances(allow_private_addresses=True),
     )
 
 
@@ -186,7 +189,7 @@ def from_file(name: str, path: Path, **extra: Any) -> ClusterSettings:
     return ClusterSettings(
         name=name,
         credentials=Credentials(kubeconfig_file=KubeconfigFileCredentials(path=path)),
-        **extra,
+        **{"allow_insecure": InsecureAllowances(allow_private_addresses=True), **extra},
     )
 
 

@@ -14,7 +14,13 @@ from kubernetes.client import Configuration
 from dispatcher.core import ClusterRole
 from dispatcher.credentials import ClusterApiClient, CredentialProvider, VaultSession
 from dispatcher.errors import CredentialError, VaultError
-from dispatcher.settings import ClientSettings, ClusterSettings, Credentials, InClusterCredentials
+from dispatcher.settings import (
+    ClientSettings,
+    ClusterSettings,
+    Credentials,
+    InClusterCredentials,
+    InsecureAllowances,
+)
 from tests.credentials.conftest import (
     Counter,
     a100_from_kv,
@@ -138,6 +144,7 @@ def test_kubeconfig_file_and_in_cluster_credentials_reach_the_plane(
             name="plane",
             role=ClusterRole.IN_PLANE,
             credentials=Credentials(in_cluster=InClusterCredentials()),
+            allow_insecure=InsecureAllowances(allow_private_addresses=True),
         ),
         from_file("plane-by-file", Path(stack_env.clusters["plane"].restricted_kubeconfig)),
     )

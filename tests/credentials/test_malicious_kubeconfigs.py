@@ -18,7 +18,7 @@ from kubernetes import config as kube_config
 
 from dispatcher.credentials import CredentialProvider, VaultSession
 from dispatcher.errors import KubeconfigRejected
-from dispatcher.settings import ClusterSettings, Credentials, VaultKVCredentials
+from dispatcher.settings import ClusterSettings, Credentials, InsecureAllowances, VaultKVCredentials
 from tests.credentials.conftest import (
     approle_auth,
     events,
@@ -55,7 +55,9 @@ def refused_from_kv(stack_env: StackEnv, kv_entry: Any, document: dict[str, Any]
     vault_settings = approle_auth(stack_env)
     session = VaultSession(vault_settings)
     cluster = ClusterSettings(
-        name="evil", credentials=Credentials(vault_kv=VaultKVCredentials(path=path))
+        name="evil",
+        credentials=Credentials(vault_kv=VaultKVCredentials(path=path)),
+        allow_insecure=InsecureAllowances(allow_private_addresses=True),
     )
     provider = CredentialProvider(settings_with(vault_settings, cluster), session)
     try:

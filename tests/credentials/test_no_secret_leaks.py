@@ -20,7 +20,7 @@ from dispatcher.credentials import CredentialProvider, VaultSession
 from dispatcher.errors import CredentialError, VaultError
 from dispatcher.logging import REDACTED, get_logger, is_secret_key, redact_secrets, redact_text
 from dispatcher.metrics import REGISTRY
-from dispatcher.settings import ClusterSettings, Credentials, VaultKVCredentials
+from dispatcher.settings import ClusterSettings, Credentials, InsecureAllowances, VaultKVCredentials
 from tests.credentials.conftest import (
     a100_from_kv,
     approle_auth,
@@ -153,7 +153,9 @@ def test_a_whole_credential_flow_leaks_nothing_into_logs_errors_or_metrics(
     vault_settings = kubernetes_auth(stack_env, jwt_file)
     session = VaultSession(vault_settings)
     evil = ClusterSettings(
-        name="evil", credentials=Credentials(vault_kv=VaultKVCredentials(path=evil_path))
+        name="evil",
+        credentials=Credentials(vault_kv=VaultKVCredentials(path=evil_path)),
+        allow_insecure=InsecureAllowances(allow_private_addresses=True),
     )
     provider = CredentialProvider(
         settings_with(

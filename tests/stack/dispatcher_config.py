@@ -115,6 +115,8 @@ def dispatcher_settings(
     }
     for cluster in settings["clusters"]:
         cluster["client"] = dict(client or {})
+        # The stack's API servers listen on 127.0.0.1, which production refuses.
+        cluster["allow_insecure"] = {"allow_private_addresses": True}
         cluster.update((clusters or {}).get(cluster["name"], {}))
     path = folder / "dispatcher.yaml"
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
