@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -121,7 +120,7 @@ def near_restricted(draw: st.DrawFn) -> Json:
 
 
 @pytest.fixture(scope="module")
-def enforcing_namespaces(stack: Stack) -> Iterator[dict[Level, str]]:
+def enforcing_namespaces(stack: Stack) -> dict[Level, str]:
     """A namespace in ``plane`` per level, labelled as the shipped namespaces are (dry runs
     only: nothing is ever created in them)."""
     names = {level: f"pss-{level}-{uuid.uuid4().hex[:6]}" for level in Level}
@@ -138,7 +137,7 @@ def enforcing_namespaces(stack: Stack) -> Iterator[dict[Level, str]]:
                     }
                 }
             )
-    yield names
+    return names
 
 
 def _apiserver_refuses(stack: Stack, namespace: str, pod: Json) -> str | None:
