@@ -480,8 +480,11 @@ class Dispatcher:
             job_id=new.id,
             state=new.state.value,
             cluster=new.cluster or "",
-            message=new.message,
+            failure_class=failure,
         )
+        # The message may quote the task's log tail (redacted, truncated, still the task's
+        # own words): kept out of the info log, readable in the job itself.
+        log.debug("job.finished_message", job_id=new.id, message=new.message)
 
     def _act(self, job: Job, action: Action, manifest: dict[str, Any] | None = None) -> Job:
         """Carry out one side effect; returns the job as it is afterwards."""
