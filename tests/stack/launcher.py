@@ -1291,6 +1291,7 @@ VAULT_POLICY_HCL = """
 path "{kv}/data/clusters/*" {{ capabilities = ["read"] }}
 path "{kv}/metadata/clusters/*" {{ capabilities = ["read", "list"] }}
 path "{k8s}/creds/*" {{ capabilities = ["update"] }}
+path "sys/leases/revoke/{k8s}/creds/*" {{ capabilities = ["update"] }}
 """
 
 
