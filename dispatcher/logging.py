@@ -16,7 +16,8 @@ passing it. It works at two levels:
   JWTs, PEM private keys, base64-encoded PEM blocks, ``Bearer``/``Basic`` credentials, Vault
   tokens (``hvs.``...) and ``token: ...``-style assignments cut out (``redact_text``).
 
-``redact_text`` is also what error messages built from library exceptions go through.
+``redact_text`` (from ``core.redaction``) is also what error messages built from library
+exceptions and failure messages built from log tails go through.
 
 I/O: ``configure_logging`` installs a handler writing to a stream (stderr by default).
 """
@@ -32,6 +33,8 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from dispatcher.core.redaction import REDACTED, redact_text
+
 __all__ = [
     "REDACTED",
     "configure_logging",
@@ -41,7 +44,6 @@ __all__ = [
     "redact_text",
 ]
 
-REDACTED = "[redacted]"
 
 _SECRET_WORDS = (
     "token",
@@ -79,35 +81,6 @@ _DESCRIPTIVE_SUFFIXES = (
     "_renewable",
 )
 
-_TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # PEM private keys, also cut off or with escaped newlines (inside a repr).
-    (
-        re.compile(
-            r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)",
-            re.DOTALL,
-        ),
-        REDACTED,
-    ),
-    # Base64 of "-----BEGIN" (kubeconfig *-data fields): keys and certificates alike.
-    (re.compile(r"LS0tLS1CRUdJTi[A-Za-z0-9+/=]*"), REDACTED),
-    # JWTs: base64url header starting with '{"' and at least a payload.
-    (re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?"), REDACTED),
-    # HTTP credentials.
-    (re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]+"), rf"\1\2{REDACTED}"),
-    # Vault tokens: current (hvs./hvb./hvr.) and legacy (s./b./r. + 24 characters).
-    (re.compile(r"\bhv[sbr]\.[A-Za-z0-9_-]{20,}"), REDACTED),
-    (re.compile(r"\b[sbr]\.[A-Za-z0-9]{24}\b"), REDACTED),
-    # Assignments and headers: `token: x`, "secret_id": "x", X-Vault-Token=x, password=x.
-    (
-        re.compile(
-            r"(?i)\b((?:[a-z0-9]+[_-])*(?:token|secret|secret[_-]id|password|passwd|jwt"
-            r"|authorization|client[_-]key[_-]data|api[_-]key))"
-            r"(['\"]?\s*[:=]\s*['\"]?)(?!\[redacted\]|(?:bearer|basic)\s)[^\s'\",;}\]]+"
-        ),
-        rf"\1\2{REDACTED}",
-    ),
-)
-
 
 def is_secret_key(key: str) -> bool:
     """Whether a value under ``key`` (an event or mapping key) must not be logged."""
@@ -115,13 +88,6 @@ def is_secret_key(key: str) -> bool:
     if normalized.endswith(_DESCRIPTIVE_SUFFIXES):
         return False
     return _SECRET_KEY.search(normalized) is not None
-
-
-def redact_text(text: str) -> str:
-    """``text`` with every credential-looking substring replaced by ``[redacted]``."""
-    for pattern, replacement in _TEXT_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def _redact_value(value: Any) -> Any:

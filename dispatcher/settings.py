@@ -40,6 +40,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from dispatcher.core import ClusterInfo, ClusterRole, CostTable, PodDefaults, RoutingPolicy
 from dispatcher.core.names import DNSLabel, LabelKey, LabelValue
+from dispatcher.core.podsecurity import PodSecurity
 from dispatcher.errors import ConfigError, Problem
 
 __all__ = [
@@ -297,6 +298,9 @@ class ClusterSettings(_Section):
     cost: CostTable = Field(default_factory=CostTable)
     client: ClientSettings = Field(default_factory=ClientSettings)
     pod_defaults: PodDefaults = Field(default_factory=PodDefaults)
+    #: The Pod Security Standard tasks meet here and the taints they may tolerate
+    #: (issue 14: pod security at submission; see ``dispatcher.core.podsecurity``).
+    pod_security: PodSecurity = Field(default_factory=PodSecurity)
     #: A running job on this cluster when it stops answering: wait (default) or relaunch.
     on_unreachable: UnreachablePolicy = Field(default_factory=UnreachablePolicy)
 
@@ -332,6 +336,7 @@ class ClusterSettings(_Section):
             labels=dict(self.labels),
             cost=self.cost,
             pod_defaults=self.pod_defaults,
+            pod_security=self.pod_security,
         )
 
 

@@ -10,8 +10,12 @@ path "secret/metadata/clusters/*" {
   capabilities = ["read", "list"]
 }
 
-# Short-lived ServiceAccount tokens from the Kubernetes secrets engine.
+# Short-lived ServiceAccount tokens from the Kubernetes secrets engine, and revoking
+# their leases once replaced or at shutdown.
 path "kubernetes-gpu-h100/creds/dispatcher" {
+  capabilities = ["update"]
+}
+path "sys/leases/revoke/kubernetes-gpu-h100/creds/dispatcher/*" {
   capabilities = ["update"]
 }
 

@@ -23,7 +23,7 @@ from dispatcher import __version__, metrics
 from dispatcher.api.app import create_app
 from dispatcher.clusters import ClusterCache
 from dispatcher.core import ClusterRole, Snapshot
-from dispatcher.credentials import CredentialProvider, VaultSession
+from dispatcher.credentials import CredentialProvider, VaultSession, remove_all_key_material
 from dispatcher.dispatching import Dispatcher, Fence, KubernetesRecords, RecordStore
 from dispatcher.dispatching.leader import LeaderElector
 from dispatcher.errors import ConfigError, Problem
@@ -120,6 +120,13 @@ class Service:
         if self.elector is not None:
             # Steps down if it still leads, releases the Lease it holds, ends its thread.
             self.elector.stop()
+        # os._exit runs no finalizer or atexit handler: revoke the Vault leases and remove
+        # the client key files now, or they would outlive the process.
+        try:
+            self.provider.close()
+        except Exception as exc:
+            log.error("service.exit_cleanup_failed", error=str(exc))
+        remove_all_key_material()
         log.error("service.exiting", code=STEPPED_DOWN_EXIT_CODE)
         os._exit(STEPPED_DOWN_EXIT_CODE)
 

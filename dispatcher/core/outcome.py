@@ -33,6 +33,7 @@ from enum import StrEnum
 from typing import Any
 
 from dispatcher.core.podspec import CONTAINER_NAME
+from dispatcher.core.redaction import redact_text
 
 __all__ = [
     "MAX_RESULT_BYTES",
@@ -46,6 +47,8 @@ __all__ = [
 #: Kubernetes keeps at most 4096 bytes of a container's termination message.
 MAX_RESULT_BYTES = 4096
 _MAX_MESSAGE = 1000
+#: How much of a failed task's log tail its job message keeps.
+_MAX_TAIL = 300
 
 _IMAGE_PULL_REASONS = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
@@ -125,6 +128,14 @@ def parse_result(message: str | None, *, max_bytes: int = MAX_RESULT_BYTES) -> A
         return json.loads(message)
     except (ValueError, RecursionError):
         return None
+
+
+def _log_tail(text: str) -> str:
+    """The last line of a termination message (with ``FallbackToLogsOnError``, the task's
+    log tail), cut to ``_MAX_TAIL`` characters and with credential-looking text redacted
+    by the logger's own rule: it becomes the job's message, which the API and records show."""
+    line = redact_text(text.strip().splitlines()[-1])
+    return line if len(line) <= _MAX_TAIL else line[: _MAX_TAIL - 1] + "…"
 
 
 def _clip(text: str) -> str:
@@ -265,8 +276,8 @@ def _failed(pod: Mapping[str, Any], status: Mapping[str, Any]) -> Outcome:
         if terminated.get("reason") and terminated.get("reason") != "Error":
             message += f" ({terminated['reason']})"
         tail = terminated.get("message")
-        if tail and result is None:
-            message += ": " + tail.strip().splitlines()[-1]
+        if tail and result is None and tail.strip():
+            message += ": " + _log_tail(tail)
         return Outcome(JobPhase.FAILED, FailureClass.EXIT_CODE, _clip(message), exit_code, result)
     stuck = _stuck_waiting(status, JobPhase.FAILED, None)
     if stuck is not None:

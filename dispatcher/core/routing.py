@@ -5,10 +5,11 @@ First the task's cluster hints (KubernetesPodOperator's ``in_cluster``,
 policy: one that stands for clusters becomes an allow-list; one the policy does not know
 restricts nothing and is named in the decision's notes. Then, for each cluster, in order:
 
-1. cluster filters: allow-lists (the task's and its hint's), cluster labels (region),
-   node-selector conflicts with the cluster's pod defaults; then a cluster whose
-   credentials were refused (``Health.REFUSED``) can run nothing until someone fixes them
-   (REJECT, "refused: <reason>");
+1. cluster filters: allow-lists (the task's and its hint's), the cluster's Pod Security
+   Standard level (``podsecurity``: a task breaking ``restricted`` goes to ``baseline``
+   clusters only), cluster labels (region), node-selector conflicts with the cluster's
+   pod defaults; then a cluster whose credentials were refused (``Health.REFUSED``) can
+   run nothing until someone fixes them (REJECT, "refused: <reason>");
 2. static node filters, once per node shape (per node only when the task names a per-node
    label): GPU model, node selector, required node affinity, taints, and whether the task
    fits an *empty* node of the shape. No shape passing means the cluster can never run the
@@ -38,6 +39,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from dispatcher.core import quantity
 from dispatcher.core.names import DNSLabel
+from dispatcher.core.podsecurity import Level, violations
 from dispatcher.core.podspec import Placement
 from dispatcher.core.scheduling import (
     PodConstraints,
@@ -96,6 +98,7 @@ class Reason(StrEnum):
     INSUFFICIENT_FREE = "insufficient-free-resources"
     # REJECT: can never run the task as configured
     NOT_ALLOWED = "not-allowed"
+    POD_SECURITY = "pod-security"
     CLUSTER_LABELS_MISMATCH = "cluster-labels-mismatch"
     NO_NODES = "no-nodes"
     GPU_MODEL_UNAVAILABLE = "gpu-model-unavailable"
@@ -450,6 +453,10 @@ def _cluster_hint(task: TaskSpec, snapshot: Snapshot, policy: RoutingPolicy) -> 
     return _Hint(decided[1].allowed, decided[1].why, tuple(notes))
 
 
+#: Fields named in a pod-security refusal; the rest are counted.
+_SHOWN_FIELDS = 5
+
+
 def _cluster_filters(
     task: TaskSpec, state: ClusterState, constraints: PodConstraints, hint: _Hint
 ) -> tuple[Reason, str] | None:
@@ -459,6 +466,16 @@ def _cluster_filters(
         return Reason.NOT_ALLOWED, f"not in the task's allowed_clusters ({allowed})"
     if hint.allowed is not None and state.name not in hint.allowed:
         return Reason.NOT_ALLOWED, f"not what the task asks for: {hint.why}"
+    level = state.info.pod_security.level
+    if level is not Level.BASELINE:
+        broken = violations(task, level)
+        if broken:
+            shown = ", ".join(problem.field for problem in broken[:_SHOWN_FIELDS])
+            more = f" and {len(broken) - _SHOWN_FIELDS} more" if len(broken) > _SHOWN_FIELDS else ""
+            return Reason.POD_SECURITY, (
+                f"enforces the {level} Pod Security Standard, which the task breaks at "
+                f"{shown}{more}"
+            )
     selector = dict(wanted.cluster_selector)
     if wanted.region is not None:
         selector[REGION_LABEL] = wanted.region

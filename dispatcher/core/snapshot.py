@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dispatcher.core import quantity
 from dispatcher.core.names import DNSLabel, LabelKey, LabelValue
+from dispatcher.core.podsecurity import PodSecurity
 from dispatcher.core.spec import PodDefaults
 from dispatcher.errors import Problem, SnapshotError
 
@@ -398,6 +399,7 @@ class ClusterInfo:
     labels: Mapping[str, str] = field(default_factory=dict)
     cost: CostTable = field(default_factory=CostTable)
     pod_defaults: PodDefaults = field(default_factory=PodDefaults)
+    pod_security: PodSecurity = field(default_factory=PodSecurity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,6 +528,7 @@ class _ClusterDocument(BaseModel):
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
     cost: CostTable = Field(default_factory=CostTable)
     pod_defaults: PodDefaults = Field(default_factory=PodDefaults)
+    pod_security: PodSecurity = Field(default_factory=PodSecurity)
     queue_depth: int = Field(default=0, ge=0)
     nodes: list[dict[str, Any]] = Field(default_factory=list)
     pods: list[dict[str, Any]] = Field(default_factory=list)
@@ -582,6 +585,7 @@ def snapshot_from_document(
             labels=doc.labels,
             cost=doc.cost,
             pod_defaults=doc.pod_defaults,
+            pod_security=doc.pod_security,
         )
         nodes = _expand_nodes(doc.nodes, f"{where}.nodes")
         try:

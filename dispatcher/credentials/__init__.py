@@ -21,7 +21,7 @@ from dispatcher.credentials.kubeconfig import (
     vet_kubeconfig,
     vet_token_credentials,
 )
-from dispatcher.credentials.material import KeyMaterial
+from dispatcher.credentials.material import KeyMaterial, remove_all_key_material
 from dispatcher.credentials.provider import SERVICE_ACCOUNT_DIR, CredentialProvider
 from dispatcher.credentials.vault import KVEntry, LeasedToken, VaultSession
 
@@ -36,6 +36,7 @@ __all__ = [
     "VettedKubeconfig",
     "build_api_client",
     "parse_kubeconfig",
+    "remove_all_key_material",
     "vet_kubeconfig",
     "vet_token_credentials",
 ]

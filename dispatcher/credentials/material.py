@@ -3,7 +3,9 @@
 urllib3 and requests load a client certificate and key (and requests a CA bundle) from file
 paths, at every new connection. ``KeyMaterial`` is a directory made by ``tempfile.mkdtemp``
 (mode 0700, owned by us) holding 0600 files created exclusively; ``remove()`` deletes it
-and is also run when the object is garbage collected or the process exits.
+and is also run when the object is garbage collected or the process exits normally.
+``remove_all_key_material()`` deletes every directory still alive: for a process about to
+leave by ``os._exit``, which runs neither finalizers nor ``atexit`` handlers.
 
 I/O: creates, writes and removes files under the directory.
 """
@@ -16,7 +18,7 @@ import tempfile
 import weakref
 from pathlib import Path
 
-__all__ = ["KeyMaterial"]
+__all__ = ["KeyMaterial", "remove_all_key_material"]
 
 
 class KeyMaterial:
@@ -27,6 +29,7 @@ class KeyMaterial:
         # mkdtemp makes it 0700 already; chmod again in case of an unusual umask-less FS.
         self.path.chmod(0o700)
         self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
+        _LIVE.add(self)
 
     def write(self, name: str, content: str) -> Path:
         """Create ``name`` (0600, never following or replacing an existing file)."""
@@ -48,3 +51,12 @@ class KeyMaterial:
     def remove(self) -> None:
         """Delete the directory and its files (idempotent)."""
         self._finalizer()
+
+
+_LIVE: weakref.WeakSet[KeyMaterial] = weakref.WeakSet()
+
+
+def remove_all_key_material() -> None:
+    """Delete every key directory of this process (before ``os._exit``)."""
+    for material in list(_LIVE):
+        material.remove()

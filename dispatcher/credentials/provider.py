@@ -92,6 +92,8 @@ class _Fetched:
     details: Mapping[str, Any] = field(default_factory=dict)
     #: Re-read after this long even without an expiry (None: only on expiry or 401).
     max_age: float | None = None
+    #: The Vault lease behind the credential, revoked once it is replaced or dropped.
+    lease_id: str | None = None
 
 
 class _Source(Protocol):
@@ -106,6 +108,7 @@ class _Current:
     fetched_at: float
     expires_at: float | None
     refresh_at: float | None
+    lease_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -216,6 +219,7 @@ class CredentialProvider:
             state.current = None
             state.pending_reason = "invalidated"
             current.client.close()
+            self._revoke(cluster, current)
             CREDENTIAL_EXPIRY.labels(cluster=cluster).set(0)
             log.info("credentials.invalidate", cluster=cluster)
 
@@ -270,11 +274,24 @@ class CredentialProvider:
             with state.lock:
                 if state.current is not None:
                     state.current.client.close()
+                    self._revoke(name, state.current)
                     state.current = None
                     CREDENTIAL_EXPIRY.labels(cluster=name).set(0)
         log.info("credentials.closed")
 
     # ------------------------------------------------------------------------- internals
+
+    def _revoke(self, cluster: str, dropped: _Current) -> None:
+        """Revoke the Vault lease of a credential no longer used; a failure is logged (the
+        lease still ends at its TTL)."""
+        if dropped.lease_id is None or self._vault is None:
+            return
+        try:
+            self._vault.revoke_lease(dropped.lease_id, cluster=cluster)
+        except CredentialError as exc:
+            log.warning("credentials.revoke_failed", cluster=cluster, error=str(exc))
+            return
+        log.info("credentials.revoked", cluster=cluster)
 
     def _state(self, cluster: str) -> _Cluster:
         state = self._clusters.get(cluster)
@@ -331,6 +348,7 @@ class CredentialProvider:
             fetched_at=now,
             expires_at=fetched.expires_at,
             refresh_at=_refresh_at(now, fetched.expires_at, self._renew_ahead, max_age),
+            lease_id=fetched.lease_id,
         )
         previous, state.current = state.current, current
         if state.refused is not None:
@@ -341,6 +359,7 @@ class CredentialProvider:
         state.fetches += 1
         if previous is not None:
             previous.client.close()
+            self._revoke(name, previous)
         CREDENTIAL_EXPIRY.labels(cluster=name).set(fetched.expires_at or 0)
         log.info(
             "credentials.fetch" if state.fetches == 1 else "credentials.refetch",
@@ -484,6 +503,7 @@ class _SecretsEngineSource:
             # Vault asked the API server for a token of exactly the lease's length.
             expires_at=leased.expires_at,
             details={"service_account": leased.service_account, "namespace": leased.namespace},
+            lease_id=leased.lease_id or None,
         )
 
 

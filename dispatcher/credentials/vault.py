@@ -236,6 +236,19 @@ class VaultSession:
             namespace=namespace if isinstance(namespace, str) else kubernetes_namespace,
         )
 
+    def revoke_lease(self, lease_id: str, *, cluster: str | None = None) -> None:
+        """End a lease we no longer use (a replaced Kubernetes secrets engine token).
+
+        The path form (``sys/leases/revoke/<lease id>``) lets a policy allow revoking only
+        the leases of the creds paths it may read.
+        """
+        where = f"sys/leases/revoke/{lease_id}"
+
+        def revoke(client: hvac.Client) -> Any:
+            return client.adapter.put(f"/v1/{where}")
+
+        self._authenticated("revoke_lease", where, revoke, cluster=cluster)
+
     def invalidate(self, generation: int, *, reason: str = "invalidated") -> None:
         """Forget the token of ``generation`` and log in again, once for all callers.
 

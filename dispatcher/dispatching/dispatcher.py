@@ -54,6 +54,7 @@ from dispatcher import metrics
 from dispatcher.core import CONTAINER_NAME, RoutingPolicy, TaskSpec, Verdict, route
 from dispatcher.core.backoff import backoff_delay
 from dispatcher.core.lifecycle import Action, Event, State, transition
+from dispatcher.core.podsecurity import submission_problems
 from dispatcher.core.routing import Decision
 from dispatcher.dispatching import facts, recovery, timers
 from dispatcher.dispatching.cycle import Router
@@ -70,6 +71,7 @@ from dispatcher.dispatching.tracking import Reachability
 from dispatcher.errors import (
     Conflict,
     Fenced,
+    SpecError,
     StaleRecord,
     StoreError,
 )
@@ -215,7 +217,11 @@ class Dispatcher:
 
     # ----- submission -----------------------------------------------------------------
     def submit(self, spec: TaskSpec) -> tuple[dict[str, Any], bool]:
-        """Accept a validated task; returns (job view, created). Same key -> same job."""
+        """Accept a validated task; returns (job view, created). Same key -> same job.
+
+        Raises ``SpecError`` (nothing created) when the task breaks pod security.
+        """
+        self._check_pod_security(spec)
         self._require_attached()
         job_id = job_id_for(spec.idempotency_key)
         # A concurrent submission of the same key finishes first; then it is a duplicate.
@@ -264,8 +270,15 @@ class Dispatcher:
         metrics.SUBMISSIONS.labels(outcome="duplicate").inc()
         return existing.view()
 
+    def _check_pod_security(self, spec: TaskSpec) -> None:
+        problems = submission_problems(spec, (c.info for c in self._cache.snapshot().clusters))
+        if problems:
+            metrics.SUBMISSIONS.labels(outcome="invalid").inc()
+            raise SpecError(problems)
+
     def explain(self, spec: TaskSpec) -> Decision:
         """Route without launching (the API's dry run)."""
+        self._check_pod_security(spec)
         return route(spec, self._cache.snapshot(), self._policy)
 
     # ----- reads ----------------------------------------------------------------------
@@ -467,8 +480,11 @@ class Dispatcher:
             job_id=new.id,
             state=new.state.value,
             cluster=new.cluster or "",
-            message=new.message,
+            failure_class=failure,
         )
+        # The message may quote the task's log tail (redacted, truncated, still the task's
+        # own words): kept out of the info log, readable in the job itself.
+        log.debug("job.finished_message", job_id=new.id, message=new.message)
 
     def _act(self, job: Job, action: Action, manifest: dict[str, Any] | None = None) -> Job:
         """Carry out one side effect; returns the job as it is afterwards."""

@@ -18,6 +18,7 @@ EXPECTED = {
     "VettedKubeconfig",
     "build_api_client",
     "parse_kubeconfig",
+    "remove_all_key_material",
     "vet_kubeconfig",
     "vet_token_credentials",
 }

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import DynamicApiError
 
@@ -295,6 +296,20 @@ def test_external_cluster_rbac_is_accepted_and_least_privilege(
         assert not cluster.can(dispatcher, "create", "pods", namespace="dispatch")
         assert not cluster.can(dispatcher, "get", "secrets", namespace="batch")
         assert not cluster.can(dispatcher, "create", "pods", namespace="batch", subresource="exec")
+        # The task namespace enforces the baseline Pod Security Standard: a second line
+        # behind the dispatcher's own check.
+        privileged = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "privileged"},
+            "spec": {
+                "containers": [
+                    {"name": "c", "image": "busybox", "securityContext": {"privileged": True}}
+                ]
+            },
+        }
+        with pytest.raises(ApiException, match="violates PodSecurity"):
+            client.CoreV1Api(api).create_namespaced_pod("batch", privileged, dry_run="All")
         minter = "system:serviceaccount:kube-system:vault-token-minter"
         token = {"namespace": "batch", "subresource": "token"}
         assert cluster.can(minter, "create", "serviceaccounts", name="kube-dispatcher", **token)

@@ -35,6 +35,8 @@ def test_vault_accepts_the_policy_and_it_grants_only_what_is_needed(
             "secret/data/clusters/gpu-a100": ["read"],
             "secret/metadata/clusters/gpu-a100": ["list", "read"],
             "kubernetes-gpu-h100/creds/dispatcher": ["update"],
+            "sys/leases/revoke/kubernetes-gpu-h100/creds/dispatcher/abc": ["update"],
+            "sys/leases/revoke/secret/data/clusters/x": ["deny"],
             "secret/data/other-team/db": ["deny"],
             "kubernetes-gpu-h100/creds/admin": ["deny"],
             "sys/policies/acl/kube-dispatcher": ["deny"],

@@ -3,7 +3,9 @@ it exits, so another replica takes over at once instead of after the Lease expir
 
 On the real stack: the replica's state namespace lets it hold the Lease but not list job
 records, so re-attaching (its first act as leader) fails. Judged from outside: the process's
-exit code, and the Lease as the apiserver holds it after the process is gone.
+exit code, the Lease as the apiserver holds it after the process is gone, and its
+temporary directory: the client key files of a cluster reached with a client certificate
+are gone too, although ``os._exit`` runs no finalizer.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 from kubernetes import client
 
 from dispatcher.api.service import STEPPED_DOWN_EXIT_CODE
+from tests.credentials.test_key_material import cert_kubeconfig  # noqa: F401 - a fixture
 from tests.stack import Stack
 from tests.stack.dispatcher_config import dispatcher_settings
 from tests.stack.launcher import DISPATCHER_NAMESPACE, DISPATCHER_SA
@@ -50,9 +53,29 @@ def lease_only_namespace(stack: Stack) -> str:
     return name
 
 
+def _fetch_of(log: str, cluster: str) -> str:
+    """The log line of ``cluster``'s first credential fetch (empty if none)."""
+    return next(
+        (
+            line
+            for line in log.splitlines()
+            if '"credentials.fetch"' in line and f'"cluster": "{cluster}"' in line
+        ),
+        "",
+    )
+
+
 def test_a_replica_that_cannot_start_leading_releases_the_lease_then_exits(
-    stack: Stack, namespace: str, lease_only_namespace: str, tmp_path: Path
+    stack: Stack,
+    namespace: str,
+    lease_only_namespace: str,
+    tmp_path: Path,
+    cert_kubeconfig: Path,  # noqa: F811 - the fixture
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    keys = tmp_path / "tmp"
+    keys.mkdir()
+    monkeypatch.setenv("TMPDIR", str(keys))  # where the replica's key directories go
     config = dispatcher_settings(
         stack,
         tmp_path,
@@ -63,6 +86,7 @@ def test_a_replica_that_cannot_start_leading_releases_the_lease_then_exits(
             "lease_name": LEASE,
             "state_namespace": lease_only_namespace,
         },
+        clusters={"gpu-a100": {"credentials": {"kubeconfig_file": {"path": str(cert_kubeconfig)}}}},
     )
     replica = ServiceProcess(config, tmp_path / "replica.log")
     replica.start()
@@ -73,6 +97,9 @@ def test_a_replica_that_cannot_start_leading_releases_the_lease_then_exits(
         replica.stop()
     log = replica.tail(400)
     assert code == STEPPED_DOWN_EXIT_CODE, log
+    # It did have key files: gpu-a100's client authenticated with its certificate.
+    assert '"client_certificate": true' in _fetch_of(log, "gpu-a100"), log
+    assert list(keys.iterdir()) == [], log
     with stack.kube("plane") as api:
         lease = client.CoordinationV1Api(api).read_namespaced_lease(LEASE, lease_only_namespace)
     # It did lead (one acquisition), and nobody holds the Lease once it is gone.

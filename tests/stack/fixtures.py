@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .launcher import Stack, StackEnv, StackError
+from .launcher import TASK_NAMESPACE_LABELS, Stack, StackEnv, StackError
 
 _START_FAILURE: list[str] = []
 
@@ -50,7 +50,12 @@ def namespace(stack: Stack) -> Iterator[str]:
     for spec in stack.clusters:
         with stack.kube(spec) as api:
             client.CoreV1Api(api).create_namespace(
-                {"metadata": {"name": name, "labels": {"kube-dispatcher.dev/test": "true"}}}
+                {
+                    "metadata": {
+                        "name": name,
+                        "labels": {"kube-dispatcher.dev/test": "true", **TASK_NAMESPACE_LABELS},
+                    }
+                }
             )
         stack.grant_task_namespace(spec, name)
     yield name

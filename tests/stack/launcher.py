@@ -50,6 +50,13 @@ RECORDS_CRD = CHART_DIR / "crds" / "dispatchjobs.yaml"
 FENCING_POLICY = CHART_DIR / "files" / "fencing.yaml"
 
 TASK_NAMESPACE = "dispatch"
+#: Labels of every namespace tasks run in (``dispatch`` and the tests' own): the API
+#: server's PodSecurity admission enforces the baseline standard there, as the shipped
+#: namespaces in deploy/ do, behind the dispatcher's own check.
+TASK_NAMESPACE_LABELS = {
+    "pod-security.kubernetes.io/enforce": "baseline",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
 DISPATCHER_NAMESPACE = "kube-dispatcher"
 DISPATCHER_SA = "kube-dispatcher"
 RESTRICTED_SA = "dispatcher"
@@ -738,7 +745,8 @@ class Stack:
         rbac = client.RbacAuthorizationV1Api(api)
         namespaces = [TASK_NAMESPACE] + ([DISPATCHER_NAMESPACE] if spec.name == "plane" else [])
         for ns in namespaces:
-            core.create_namespace({"metadata": {"name": ns}})
+            labels = TASK_NAMESPACE_LABELS if ns == TASK_NAMESPACE else {}
+            core.create_namespace({"metadata": {"name": ns, "labels": labels}})
         # The identity the dispatcher uses in this cluster: in `plane` its own
         # ServiceAccount, elsewhere the restricted user whose kubeconfig lives in Vault.
         sa_ns = DISPATCHER_NAMESPACE if spec.name == "plane" else TASK_NAMESPACE
@@ -1283,6 +1291,7 @@ VAULT_POLICY_HCL = """
 path "{kv}/data/clusters/*" {{ capabilities = ["read"] }}
 path "{kv}/metadata/clusters/*" {{ capabilities = ["read", "list"] }}
 path "{k8s}/creds/*" {{ capabilities = ["update"] }}
+path "sys/leases/revoke/{k8s}/creds/*" {{ capabilities = ["update"] }}
 """
 
 

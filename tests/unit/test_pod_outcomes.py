@@ -69,6 +69,22 @@ def test_non_zero_exit_shows_the_last_log_line() -> None:
     assert outcome.message == "container base exited with code 2: ValueError: bad input"
 
 
+def test_the_log_tail_in_a_failure_message_is_redacted_and_truncated() -> None:
+    # With FallbackToLogsOnError the termination message is the task's log tail, which
+    # may print its credentials; the job message is shown by the API and kept in records.
+    line = (
+        "connect failed: password=hunter2 Authorization: Bearer abc.def "
+        "vault hvs.CAESIJlongvaulttokenvalue0123 " + "x" * 2000
+    )
+    outcome = classify_pod(_pod("Failed", state=_terminated(1, message="start\n" + line)))
+    for leak in ("hunter2", "abc.def", "hvs.CAESIJlongvaulttokenvalue0123"):
+        assert leak not in outcome.message
+    assert outcome.message.startswith(
+        "container base exited with code 1: connect failed: password=[redacted]"
+    )
+    assert len(outcome.message) < 400
+
+
 @pytest.mark.parametrize(
     ("reason", "failure"),
     [
