@@ -213,7 +213,7 @@ class Connection:
             except KubeconfigRejected as exc:
                 # Raised at connect time (the address), before anything was sent.
                 self._count(verb, "refused")
-                raise self._refused(what, exc) from exc
+                raise self._refused(exc) from exc
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 self._count(verb, "error")
                 raise self._unanswered(
@@ -230,7 +230,7 @@ class Connection:
         try:
             return self._provider.api_client(self.cluster)
         except KubeconfigRejected as exc:
-            raise self._refused(what, exc) from exc
+            raise self._refused(exc) from exc
         except CredentialError as exc:
             words = str(exc).removeprefix(f"{self.cluster}: ")
             raise self._unanswered(
@@ -241,9 +241,8 @@ class Connection:
                 )
             ) from exc
 
-    def _refused(self, what: str, exc: KubeconfigRejected) -> ClusterUnavailable:
-        # Not ``what``: the refusal is the cluster's, whichever request met it.
-        del what
+    def _refused(self, exc: KubeconfigRejected) -> ClusterUnavailable:
+        # Without the request's words: the refusal is the cluster's, whichever request met it.
         words = str(exc).removeprefix(f"{self.cluster}: ")
         return self._unanswered(
             ClusterUnavailable(
