@@ -100,6 +100,8 @@ def test_changes_made_while_the_watch_was_gone_are_all_seen_after_the_relist(
 
     # - 1 (deleted) - 2 (finished) + 1 (created) + 3 (foreign)
     wait_for(lambda: free_gpus(cache, "gpu-a100") == before - 1, timeout=2, what="usage")
+    # The event that proves the list's events are all out (none is still on its way).
+    wait_for(lambda: ("listed", "relist", "gpu-a100") in events, timeout=5, what="listed")
     pods = {p["metadata"]["name"]: p for p in cache.managed_pods("gpu-a100")}
     assert set(pods) == {"finishes", "created"}
     assert pods["finishes"]["status"]["phase"] == "Succeeded"
