@@ -20,6 +20,9 @@ token, kubeconfig, Vault response body or certificate key may end up in a messag
     │                           refused (``refusal`` then says why)
     │   └── ApiError            the API server answered an error (``status``, ``reason``,
     │                           ``kind`` from ``classify_status``, ``retry_after``)
+    ├── AccessError             an API caller refused
+    │   ├── Unauthenticated     no valid credential (401)
+    │   └── Forbidden           authenticated, not allowed; ``problems`` says what (403)
     ├── StoreError              the job record store refused or failed a write
     │   ├── StaleRecord         the record changed since it was read (re-read, re-decide)
     │   └── Fenced              the writer is not the current leader (a newer term exists)
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
 __all__ = [
+    "AccessError",
     "ApiError",
     "ClusterError",
     "ClusterUnavailable",
@@ -59,6 +63,7 @@ __all__ = [
     "DispatcherError",
     "ErrorKind",
     "Fenced",
+    "Forbidden",
     "InputError",
     "JobError",
     "KubeconfigRejected",
@@ -70,6 +75,7 @@ __all__ = [
     "SpecError",
     "StaleRecord",
     "StoreError",
+    "Unauthenticated",
     "UnavailableCause",
     "VaultError",
     "classify_status",
@@ -373,6 +379,25 @@ class ApiError(ClusterError):
         self.kind = kind if kind is not None else classify_status(status)
         self.retry_after = retry_after
         super().__init__(message, cluster=cluster)
+
+
+class AccessError(DispatcherError):
+    """An API caller is refused; the message says why, never with the credential."""
+
+
+class Unauthenticated(AccessError):
+    """No credential, or one that is not (or no longer) valid."""
+
+
+class Forbidden(AccessError):
+    """Authenticated, but not allowed: each problem names what was refused and the setting
+    that would allow it."""
+
+    def __init__(self, problems: Sequence[Problem], *, tenant: str | None = None) -> None:
+        self.problems = tuple(problems)
+        self.tenant = tenant
+        who = f"tenant {tenant!r}" if tenant else "the caller"
+        super().__init__(f"{who} is not allowed: " + "; ".join(str(p) for p in self.problems))
 
 
 class StoreError(DispatcherError):

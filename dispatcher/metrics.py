@@ -38,7 +38,7 @@ BUILD_INFO = Info("dispatcher_build", "Version of the running dispatcher.", regi
 # ---- submissions and routing -------------------------------------------------------------
 SUBMISSIONS = Counter(
     "dispatcher_submissions_total",
-    "Task submissions by outcome (accepted, duplicate, rejected, invalid).",
+    "Task submissions by outcome (accepted, duplicate, rejected, invalid, forbidden).",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -41,10 +41,12 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from dispatcher.core import ClusterInfo, ClusterRole, CostTable, PodDefaults, RoutingPolicy
 from dispatcher.core.names import DNSLabel, LabelKey, LabelValue
 from dispatcher.core.podsecurity import PodSecurity
+from dispatcher.core.tenancy import TenantPolicy
 from dispatcher.errors import ConfigError, Problem
 
 __all__ = [
     "CONFIG_ENV",
+    "AuthSettings",
     "ClientSettings",
     "ClusterSettings",
     "Credentials",
@@ -53,6 +55,8 @@ __all__ = [
     "KubeconfigFileCredentials",
     "ServiceSettings",
     "Settings",
+    "StaticToken",
+    "TokenReviewAuth",
     "VaultAppRoleAuth",
     "VaultAuth",
     "VaultKVCredentials",
@@ -408,6 +412,72 @@ class VaultSettings(_Section):
         return self
 
 
+# ----------------------------------------------------------------------------- auth
+
+
+class StaticToken(_Section):
+    """A bearer token, stored as its SHA-256 (hex), standing for one tenant. Make one with
+    ``python -c 'import secrets; print(secrets.token_urlsafe(32))'`` and hash it with
+    ``printf %s "$TOKEN" | sha256sum``; only the hash goes into the settings."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    tenant: DNSLabel
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _lowercase(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+class TokenReviewAuth(_Section):
+    """ServiceAccount tokens of the in-plane cluster, checked with its TokenReview API: an
+    Airflow worker sends its projected token for ``audience`` (a token for the API server
+    itself, or for any other audience, is refused)."""
+
+    audience: str = Field(default="kube-dispatcher", min_length=1, max_length=253)
+    #: The cluster whose API server reviews the tokens; the in-plane cluster by default.
+    cluster: DNSLabel | None = None
+    #: An accepted token is trusted this long without asking again (refusals: at most 5 s).
+    cache_seconds: float = Field(default=10.0, ge=0, le=300)
+    #: At most this many reviewed tokens are remembered.
+    cache_size: int = Field(default=4096, ge=1, le=1_000_000)
+
+
+class AuthSettings(_Section):
+    """How API callers authenticate. At least one method, or the service refuses to start
+    unless ``insecure_development_mode`` is set (every caller is then an administrator)."""
+
+    token_review: TokenReviewAuth | None = None
+    static_tokens: tuple[StaticToken, ...] = ()
+    #: No authentication at all, for local development only; logged loudly at every start.
+    insecure_development_mode: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.token_review is not None or bool(self.static_tokens)
+
+    def problems(self) -> list[Problem]:
+        """Why the service must not start with these settings (none: it may)."""
+        if self.enabled and self.insecure_development_mode:
+            return [
+                Problem(
+                    "service.auth.insecure_development_mode",
+                    "cannot be combined with an authentication method; remove one",
+                )
+            ]
+        if not self.enabled and not self.insecure_development_mode:
+            return [
+                Problem(
+                    "service.auth",
+                    "no authentication method: set token_review (ServiceAccount tokens of "
+                    "the in-plane cluster) and/or static_tokens (sha256 hashes, each naming "
+                    "a tenant); insecure_development_mode: true runs without any, for local "
+                    "development only",
+                )
+            ]
+        return []
+
+
 class ServiceSettings(_Section):
     """How the dispatcher service itself runs: API, job state, failover, cleanup."""
 
@@ -417,8 +487,15 @@ class ServiceSettings(_Section):
     #: default; must name one of ``clusters``.
     state_cluster: DNSLabel | None = None
     state_namespace: DNSLabel = "kube-dispatcher"
-    #: Bearer tokens accepted by the API (empty: no authentication, for local use).
-    api_tokens: tuple[SecretStr, ...] = ()
+    #: Who may call the API (required: the service refuses to start without a method).
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    #: Serve ``/metrics`` on this port of its own (no authentication; metrics carry no
+    #: secret), and not on the API port; unset: on the API port, without authentication.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Larger request bodies are refused (413).
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: JSON nested deeper than this is refused (422); a task spec needs about 10.
+    max_json_depth: int = Field(default=64, ge=8, le=1000)
     #: A pod still unschedulable this long moves to another cluster (a task's own
     #: ``schedule_timeout_seconds`` wins).
     schedule_timeout_seconds: float = Field(default=300.0, gt=0, le=86400)
@@ -508,6 +585,9 @@ class Settings(BaseSettings):
 
     clusters: tuple[ClusterSettings, ...]
     routing: RoutingPolicy = Field(default_factory=RoutingPolicy)
+    #: Tenants by name: who they are (``callers``, or a static token naming them) and what
+    #: their tasks may ask for (``dispatcher.core.tenancy.TenantPolicy``).
+    tenants: dict[DNSLabel, TenantPolicy] = Field(default_factory=dict)
     vault: VaultSettings | None = None
     service: ServiceSettings = Field(default_factory=ServiceSettings)
 
@@ -612,6 +692,7 @@ def _cross_field_problems(data: Any) -> list[Problem]:
                 f"{state!r} is not one of the configured clusters ({known})",
             )
         )
+    problems.extend(_tenant_problems(data, first_seen))
     connections = _get(_get(data, "routing"), "airflow_connections")
     for key, names in connections.items() if isinstance(connections, Mapping) else ():
         listed = [names] if isinstance(names, str) else names
@@ -623,6 +704,48 @@ def _cross_field_problems(data: Any) -> list[Problem]:
                     f"routing.airflow_connections[{key}]",
                     f"{', '.join(map(repr, unknown))} is not one of the configured clusters "
                     f"({known})",
+                )
+            )
+    return problems
+
+
+def _tenant_problems(data: Any, clusters: Mapping[str, int]) -> list[Problem]:
+    """Tenants' clusters exist; static tokens name a tenant; a caller is one tenant's."""
+    tenants = _get(data, "tenants")
+    tenants = tenants if isinstance(tenants, Mapping) else {}
+    problems: list[Problem] = []
+    known = ", ".join(sorted(clusters)) or "none"
+    owner: dict[str, str] = {}
+    for name, tenant in tenants.items():
+        listed = _get(tenant, "clusters")
+        problems.extend(
+            Problem(
+                f"tenants.{name}.clusters",
+                f"{cluster!r} is not one of the configured clusters ({known})",
+            )
+            for cluster in (listed if isinstance(listed, list | tuple) else ())
+            if isinstance(cluster, str) and clusters and cluster not in clusters
+        )
+        callers = _get(tenant, "callers")
+        for caller in callers if isinstance(callers, list | tuple) else ():
+            if isinstance(caller, str) and caller in owner and owner[caller] != name:
+                problems.append(
+                    Problem(
+                        f"tenants.{name}.callers",
+                        f"{caller!r} is also a caller of tenant {owner[caller]!r}",
+                    )
+                )
+            owner.setdefault(str(caller), str(name))
+    auth = _get(_get(data, "service"), "auth")
+    tokens = _get(auth, "static_tokens")
+    for index, token in enumerate(tokens if isinstance(tokens, list | tuple) else ()):
+        tenant = _get(token, "tenant")
+        if isinstance(tenant, str) and tenant not in tenants:
+            problems.append(
+                Problem(
+                    f"service.auth.static_tokens[{index}].tenant",
+                    f"{tenant!r} is not one of the tenants "
+                    f"({', '.join(sorted(map(str, tenants))) or 'none'})",
                 )
             )
     return problems

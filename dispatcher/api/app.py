@@ -4,6 +4,12 @@ Errors are precise: a bad task spec is a 422 listing every field at fault, an un
 a 404, a clash of idempotency keys a 409. A client mistake never yields a 5xx; a 503 with
 ``Retry-After`` means "not now" (not ready, or a cluster unreachable).
 
+Every ``/v1`` request is authenticated (``Runtime.authenticate``: 401 without a valid
+token) and authorized for its tenant: a task asking for more than the tenant may have is a
+403 naming each refusal and the setting that allows it; another tenant's job is a 404
+(unless the caller is an administrator, or may read others' jobs and only reads). Bodies
+over ``max_body_bytes`` are a 413, JSON deeper than ``max_json_depth`` a 422.
+
 I/O: HTTP in, and whatever the dispatcher behind it does.
 """
 
@@ -14,7 +20,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any, Protocol
 
 import structlog
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from dispatcher import __version__, metrics
+from dispatcher.api.limits import BodyLimit, json_depth_problem
 from dispatcher.core import ClusterState, Snapshot, TaskSpec, parse_task_spec
+from dispatcher.core.tenancy import Principal, authorize, may_manage, may_read
 from dispatcher.dispatching import Dispatcher
 from dispatcher.errors import (
     ApiError,
@@ -31,9 +39,11 @@ from dispatcher.errors import (
     Conflict,
     DispatcherError,
     Fenced,
+    Forbidden,
     InputError,
     NotFound,
     Problem,
+    Unauthenticated,
 )
 
 API_PREFIX = "/v1"
@@ -48,7 +58,7 @@ class Runtime(Protocol):
     def healthy(self) -> tuple[bool, str]: ...
     def leading(self) -> bool: ...
     def snapshot(self) -> Snapshot: ...
-    def api_tokens(self) -> tuple[str, ...]: ...
+    def authenticate(self, authorization: str | None) -> Principal: ...
 
 
 class NotLeader(Exception):
@@ -94,6 +104,8 @@ class JobModel(BaseModel):
     id: str
     name: str | None
     idempotency_key: str | None
+    #: The submitter's tenant (``None``: submitted to a service without authentication).
+    tenant: str | None = None
     state: str
     cluster: str | None
     namespace: str | None
@@ -141,14 +153,19 @@ class ClusterModel(BaseModel):
 
 
 def _error(
-    status: int, error: str, detail: str, problems: list[Problem] | None = None
+    status: int,
+    error: str,
+    detail: str,
+    problems: list[Problem] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = ErrorModel(
         error=error,
         detail=detail,
         problems=[ProblemModel(field=p.field, message=p.message) for p in problems or []],
     )
-    headers = {"Retry-After": "5"} if status == 503 else None
+    if status == 503:
+        headers = {**(headers or {}), "Retry-After": "5"}
     return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
 
@@ -158,40 +175,91 @@ def _task_from_body(body: Any) -> TaskSpec:
     return parse_task_spec(body)
 
 
-async def _json_body(request: Request) -> Any:
+async def _json_body(request: Request, max_depth: int) -> Any:
     raw = await request.body()
+    deep = json_depth_problem(raw, max_depth)
+    if deep is not None:
+        raise InputError([Problem("", deep)])
     try:
         return json.loads(raw or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError([Problem("", f"the request body is not valid JSON: {exc}")]) from None
+    except RecursionError:
+        raise InputError([Problem("", "the request body is nested too deeply")]) from None
 
 
-def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per statement
+async def _caller(request: Request) -> Principal:
+    """Who sent the request (``Runtime.authenticate``); bound to its log context."""
+    # In a worker thread: the authentication may ask the in-plane API server (TokenReview).
+    runtime: Runtime = request.app.state.runtime
+    principal = await run_in_threadpool(runtime.authenticate, request.headers.get("authorization"))
+    structlog.contextvars.bind_contextvars(caller=principal.identity)
+    return principal
+
+
+Caller = Annotated[Principal, Depends(_caller)]
+
+
+def create_app(  # noqa: PLR0915 - one route per statement
+    runtime: Runtime,
+    *,
+    max_body_bytes: int = 1024 * 1024,
+    max_json_depth: int = 64,
+    metrics_route: bool = True,
+) -> FastAPI:
+    """The API; ``metrics_route`` False when ``/metrics`` has a port of its own."""
     app = FastAPI(
         title="kube-dispatcher",
         version=__version__,
         description="Routes batch tasks to the Kubernetes cluster that can run them.",
     )
-
-    def authorize(request: Request) -> None:
-        tokens = runtime.api_tokens()
-        if not tokens:
-            return
-        header = request.headers.get("authorization", "")
-        if not header.startswith("Bearer ") or header[7:] not in tokens:
-            raise HTTPException(status_code=401, detail="a valid bearer token is required")
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.state.runtime = runtime
 
     def require_leader() -> None:
         if not runtime.leading():
             raise NotLeader
+
+    def readable(principal: Principal, job_id: str) -> dict[str, Any]:
+        """The job, if ``principal`` may see it; otherwise it does not exist for them."""
+        job = runtime.dispatcher.get(job_id)
+        if not may_read(principal, job.get("tenant")):
+            raise NotFound(f"no job {job_id}", job_id=job_id)
+        return job
+
+    def manageable(principal: Principal, job_id: str) -> None:
+        if principal.admin:
+            return
+        job = readable(principal, job_id)
+        if not may_manage(principal, job.get("tenant")):
+            raise Forbidden(
+                [
+                    Problem(
+                        "",
+                        f"job {job_id} belongs to tenant {job.get('tenant')!r}: tenant "
+                        f"{principal.tenant!r} may read it (tenants.{principal.tenant}"
+                        ".read_others) but only its own tenant or an admin "
+                        "(role: admin) may cancel or acknowledge it",
+                    )
+                ],
+                tenant=principal.tenant,
+            )
+
+    def authorized_task(principal: Principal, spec: TaskSpec) -> None:
+        if principal.policy is None or principal.tenant is None:
+            return
+        problems = authorize(spec, principal.tenant, principal.policy)
+        if problems:
+            raise Forbidden(problems, tenant=principal.tenant)
 
     async def bind_job(job_id: str) -> None:
         # Async, so the binding is in the context the (threaded) endpoint copies: every log
         # line written while serving this request names the job.
         structlog.contextvars.bind_contextvars(job_id=job_id)
 
-    auth = [Depends(authorize)]
-    jobs = [Depends(authorize), Depends(require_leader)]
+    # The caller first: an unauthenticated request is a 401 on every replica. FastAPI
+    # resolves ``caller`` once per request; the endpoints' ``Caller`` gets the same one.
+    jobs = [Depends(_caller), Depends(require_leader)]
     one_job = [*jobs, Depends(bind_job)]
 
     @app.middleware("http")
@@ -206,6 +274,14 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
     @app.exception_handler(Fenced)
     def _fenced(_: Request, exc: Fenced) -> JSONResponse:
         return _error(503, "not_leader", "this replica no longer holds the leader lease; retry")
+
+    @app.exception_handler(Unauthenticated)
+    def _unauthenticated(_: Request, exc: Unauthenticated) -> JSONResponse:
+        return _error(401, "unauthenticated", str(exc), headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(Forbidden)
+    def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
+        return _error(403, "forbidden", str(exc), list(exc.problems))
 
     @app.exception_handler(InputError)
     def _input_error(_: Request, exc: InputError) -> JSONResponse:
@@ -252,9 +328,11 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         ready, why = runtime.ready()
         return PlainTextResponse(why, status_code=200 if ready else 503)
 
-    @app.get("/metrics", include_in_schema=False)
-    def prometheus() -> Response:
-        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    if metrics_route:
+
+        @app.get("/metrics", include_in_schema=False)
+        def prometheus() -> Response:
+            return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
         f"{API_PREFIX}/jobs",
@@ -278,19 +356,25 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
             }
         },
     )
-    async def submit(request: Request, response: Response) -> dict[str, Any]:
+    async def submit(request: Request, response: Response, principal: Caller) -> dict[str, Any]:
         """Submit a task. The same ``idempotency_key`` always yields the same job."""
         try:
-            spec = _task_from_body(await _json_body(request))
+            spec = _task_from_body(await _json_body(request, max_json_depth))
         except InputError:
             metrics.SUBMISSIONS.labels(outcome="invalid").inc()
             raise
-        view, created = await run_in_threadpool(runtime.dispatcher.submit, spec)
+        try:
+            authorized_task(principal, spec)
+        except Forbidden:
+            metrics.SUBMISSIONS.labels(outcome="forbidden").inc()
+            raise
+        view, created = await run_in_threadpool(runtime.dispatcher.submit, spec, principal.tenant)
         response.status_code = 201 if created else 200
         return view
 
     @app.get(f"{API_PREFIX}/jobs", response_model=list[JobModel], dependencies=jobs)
     def list_jobs(
+        principal: Caller,
         state: Annotated[
             str | None,
             Query(
@@ -304,10 +388,15 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
     ) -> list[dict[str, Any]]:
         if idempotency_key is not None:
             try:
-                return [runtime.dispatcher.find(idempotency_key)]
+                return [runtime.dispatcher.find(idempotency_key, principal.tenant)]
             except NotFound:
                 return []
-        return runtime.dispatcher.list(state=state, cluster=cluster, limit=limit)
+        return runtime.dispatcher.list(
+            state=state,
+            cluster=cluster,
+            limit=limit,
+            visible=lambda owner: may_read(principal, owner),
+        )
 
     @app.get(
         f"{API_PREFIX}/jobs/{{job_id}}",
@@ -315,8 +404,8 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         responses={404: {"model": ErrorModel}},
         dependencies=one_job,
     )
-    def get_job(job_id: str) -> dict[str, Any]:
-        return runtime.dispatcher.get(job_id)
+    def get_job(job_id: str, principal: Caller) -> dict[str, Any]:
+        return readable(principal, job_id)
 
     @app.get(
         f"{API_PREFIX}/jobs/{{job_id}}/wait",
@@ -325,9 +414,10 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         dependencies=one_job,
     )
     def wait_job(
-        job_id: str, timeout: Annotated[float, Query(ge=0, le=300)] = 30.0
+        job_id: str, principal: Caller, timeout: Annotated[float, Query(ge=0, le=300)] = 30.0
     ) -> dict[str, Any]:
         """Long poll: answers when the job has finished or after ``timeout`` seconds."""
+        readable(principal, job_id)
         return runtime.dispatcher.wait(job_id, timeout)
 
     @app.get(
@@ -337,10 +427,12 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
     )
     def job_logs(
         job_id: str,
+        principal: Caller,
         follow: bool = False,
         tail_lines: Annotated[int | None, Query(ge=1, le=100000)] = None,
     ) -> StreamingResponse:
         """The job's container log, as text; ``follow=true`` streams until the pod ends."""
+        readable(principal, job_id)
         lines = runtime.dispatcher.logs(job_id, follow=follow, tail_lines=tail_lines)
         first = _peek(lines)
         return StreamingResponse(first, media_type="text/plain; charset=utf-8")
@@ -351,7 +443,8 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         responses={404: {"model": ErrorModel}},
         dependencies=one_job,
     )
-    def cancel_job(job_id: str) -> dict[str, Any]:
+    def cancel_job(job_id: str, principal: Caller) -> dict[str, Any]:
+        manageable(principal, job_id)
         return runtime.dispatcher.cancel(job_id)
 
     @app.post(
@@ -360,15 +453,15 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
         responses={404: {"model": ErrorModel}, 409: {"model": ErrorModel}},
         dependencies=one_job,
     )
-    def acknowledge_job(job_id: str) -> Response:
+    def acknowledge_job(job_id: str, principal: Caller) -> Response:
         """The client has read the outcome; the job and its record are forgotten."""
+        manageable(principal, job_id)
         runtime.dispatcher.acknowledge(job_id)
         return Response(status_code=204)
 
     @app.post(
         f"{API_PREFIX}/route",
         responses={422: {"model": ErrorModel}},
-        dependencies=auth,
         openapi_extra={
             "requestBody": {
                 "content": {
@@ -378,13 +471,14 @@ def create_app(runtime: Runtime) -> FastAPI:  # noqa: PLR0915 - one route per st
             }
         },
     )
-    async def explain(request: Request) -> dict[str, Any]:
+    async def explain(request: Request, principal: Caller) -> dict[str, Any]:
         """Dry run: where the task would go and why every other cluster was passed over."""
-        spec = _task_from_body(await _json_body(request))
-        return runtime.dispatcher.explain(spec).to_dict()
+        spec = _task_from_body(await _json_body(request, max_json_depth))
+        authorized_task(principal, spec)
+        return runtime.dispatcher.explain(spec, principal.tenant).to_dict()
 
-    @app.get(f"{API_PREFIX}/clusters", response_model=list[ClusterModel], dependencies=auth)
-    def clusters() -> list[dict[str, Any]]:
+    @app.get(f"{API_PREFIX}/clusters", response_model=list[ClusterModel])
+    def clusters(principal: Caller) -> list[dict[str, Any]]:
         return [cluster_view(state) for state in runtime.snapshot().clusters]
 
     # The task spec's schema, referenced by the raw-body endpoints above (their bodies are

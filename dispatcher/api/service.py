@@ -18,11 +18,14 @@ from collections.abc import Callable
 
 import structlog
 import uvicorn
+from prometheus_client import start_http_server
 
 from dispatcher import __version__, metrics
 from dispatcher.api.app import create_app
+from dispatcher.api.auth import Authenticator, TokenReviewer
 from dispatcher.clusters import ClusterCache
 from dispatcher.core import ClusterRole, Snapshot
+from dispatcher.core.tenancy import Principal
 from dispatcher.credentials import CredentialProvider, VaultSession, remove_all_key_material
 from dispatcher.dispatching import Dispatcher, Fence, KubernetesRecords, RecordStore
 from dispatcher.dispatching.leader import LeaderElector
@@ -41,6 +44,9 @@ class Service:
     """Everything one dispatcher process runs."""
 
     def __init__(self, settings: Settings, *, store: RecordStore | None = None) -> None:
+        problems = settings.service.auth.problems()
+        if problems:
+            raise ConfigError(problems)
         self.settings = settings
         self.vault = VaultSession(settings.vault) if settings.vault else None
         self.provider = CredentialProvider(settings, self.vault)
@@ -84,7 +90,22 @@ class Service:
             unreachable={c.name: c.on_unreachable for c in settings.clusters},
             fence=fence,
             on_fenced=self._fenced if settings.service.leader_election else None,
+            tenants=settings.tenants if settings.service.auth.enabled else None,
         )
+        self.authenticator = Authenticator(
+            settings.service.auth, settings.tenants, self._reviewer(settings)
+        )
+
+    def _reviewer(self, settings: Settings) -> TokenReviewer | None:
+        review = settings.service.auth.token_review
+        if review is None:
+            return None
+        cluster = review.cluster or _in_plane(settings, "service.auth.token_review.cluster")
+        if settings.cluster(cluster) is None:
+            raise ConfigError(
+                [Problem("service.auth.token_review.cluster", f"{cluster!r} is not configured")]
+            )
+        return TokenReviewer(self.cache.connection(cluster), review.audience)
 
     def _lead(self) -> None:
         # Re-attaching lists every record and managed pod: not on the election thread,
@@ -183,8 +204,8 @@ class Service:
     def snapshot(self) -> Snapshot:
         return self.cache.snapshot()
 
-    def api_tokens(self) -> tuple[str, ...]:
-        return tuple(t.get_secret_value() for t in self.settings.service.api_tokens)
+    def authenticate(self, authorization: str | None) -> Principal:
+        return self.authenticator.authenticate(authorization)
 
 
 def _identity() -> str:
@@ -199,24 +220,39 @@ def _single_replica() -> Fence:
     return Fence(holder="", term=0)
 
 
-def _in_plane(settings: Settings) -> str:
+def _in_plane(settings: Settings, field: str = "service.state_cluster") -> str:
     for cluster in settings.clusters:
         if cluster.role is ClusterRole.IN_PLANE:
             return cluster.name
-    raise ConfigError(
-        [Problem("service.state_cluster", "required when no cluster has role in-plane")]
-    )
+    raise ConfigError([Problem(field, "required when no cluster has role in-plane")])
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
     """Run the service until interrupted: API first (so probes answer), then the rest."""
     configure_logging(json=settings.service.log_json, level=settings.service.log_level)
     service = Service(settings)
-    app = create_app(service)
+    if settings.service.auth.insecure_development_mode:
+        log.warning(
+            "service.authentication_disabled",
+            detail="INSECURE: service.auth.insecure_development_mode is set; every caller is "
+            "an administrator. For local development only.",
+        )
+    metrics_port = settings.service.metrics_port
+    app = create_app(
+        service,
+        max_body_bytes=settings.service.max_body_bytes,
+        max_json_depth=settings.service.max_json_depth,
+        metrics_route=metrics_port is None,
+    )
     starter = threading.Thread(target=_start_in_background, args=(service,), daemon=True)
 
     @app.on_event("startup")
     def _startup() -> None:
+        if metrics_port is not None:
+            # Its own port, so a NetworkPolicy can open it to Prometheus alone.
+            start_http_server(
+                metrics_port, addr=host or settings.service.host, registry=metrics.REGISTRY
+            )
         starter.start()
 
     @app.on_event("shutdown")

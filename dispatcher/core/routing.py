@@ -5,7 +5,7 @@ First the task's cluster hints (KubernetesPodOperator's ``in_cluster``,
 policy: one that stands for clusters becomes an allow-list; one the policy does not know
 restricts nothing and is named in the decision's notes. Then, for each cluster, in order:
 
-1. cluster filters: allow-lists (the task's and its hint's), the cluster's Pod Security
+1. cluster filters: allow-lists (the tenant's, the task's and its hint's), the cluster's Pod Security
    Standard level (``podsecurity``: a task breaking ``restricted`` goes to ``baseline``
    clusters only), cluster labels (region), node-selector conflicts with the cluster's
    pod defaults; then a cluster whose credentials were refused (``Health.REFUSED``) can
@@ -60,6 +60,7 @@ from dispatcher.core.snapshot import (
     gpu_model_matches,
 )
 from dispatcher.core.spec import TaskSpec
+from dispatcher.core.tenancy import ClusterAllowance
 
 __all__ = [
     "REGION_LABEL",
@@ -458,9 +459,15 @@ _SHOWN_FIELDS = 5
 
 
 def _cluster_filters(
-    task: TaskSpec, state: ClusterState, constraints: PodConstraints, hint: _Hint
+    task: TaskSpec,
+    state: ClusterState,
+    constraints: PodConstraints,
+    hint: _Hint,
+    allowance: ClusterAllowance | None,
 ) -> tuple[Reason, str] | None:
     wanted = task.requirements
+    if allowance is not None and state.name not in allowance.clusters:
+        return Reason.NOT_ALLOWED, f"not allowed: {allowance.why}"
     if wanted.allowed_clusters is not None and state.name not in wanted.allowed_clusters:
         allowed = ", ".join(wanted.allowed_clusters) or "none"
         return Reason.NOT_ALLOWED, f"not in the task's allowed_clusters ({allowed})"
@@ -618,9 +625,10 @@ def _judge_cluster(
     state: ClusterState,
     requests: tuple[tuple[str, int], ...],
     hint: _Hint,
+    allowance: ClusterAllowance | None,
 ) -> ClusterVerdict | _Candidate:
     constraints = pod_constraints(task, state.info.pod_defaults)
-    refused = _cluster_filters(task, state, constraints, hint)
+    refused = _cluster_filters(task, state, constraints, hint, allowance)
     if refused is not None:
         return ClusterVerdict(state.name, Verdict.REJECT, *refused)
     if state.health is Health.REFUSED:
@@ -680,15 +688,23 @@ def _judge_cluster(
     return ClusterVerdict(state.name, Verdict.WAIT, reason, message, cost)
 
 
-def route(task: TaskSpec, snapshot: Snapshot, policy: RoutingPolicy | None = None) -> Decision:
-    """Choose a cluster for ``task``; explain every cluster. Pure and deterministic."""
+def route(
+    task: TaskSpec,
+    snapshot: Snapshot,
+    policy: RoutingPolicy | None = None,
+    allowance: ClusterAllowance | None = None,
+) -> Decision:
+    """Choose a cluster for ``task``; explain every cluster. Pure and deterministic.
+
+    ``allowance``: the clusters the submitting tenant may use (``None``: any).
+    """
     policy = policy or RoutingPolicy()
     requests = tuple(sorted(task.requests.items()))
     hint = _cluster_hint(task, snapshot, policy)
     candidates: list[_Candidate] = []
     others: list[ClusterVerdict] = []
     for state in snapshot.clusters:
-        judged = _judge_cluster(task, state, requests, hint)
+        judged = _judge_cluster(task, state, requests, hint, allowance)
         if isinstance(judged, _Candidate):
             candidates.append(judged)
         else:

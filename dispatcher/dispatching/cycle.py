@@ -13,12 +13,14 @@ I/O: the cache's snapshot and assumed pods.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from dispatcher import metrics
 from dispatcher.core import Placement, RoutingPolicy, Snapshot, Verdict, build_pod, route
 from dispatcher.core.lifecycle import Event, State
 from dispatcher.core.routing import Decision
+from dispatcher.core.tenancy import ClusterAllowance
 from dispatcher.dispatching.jobs import Attempt, Job
 from dispatcher.dispatching.mailbox import Mail, Mailboxes
 from dispatcher.dispatching.ports import Cache
@@ -43,27 +45,40 @@ _ROUTING_FIELDS = frozenset(
 
 def _routing_shape(job: Job) -> str:
     """What routing looks at, as a key: jobs with the same key get the same decision."""
-    return ",".join(sorted(job.excluded)) + job.spec.model_dump_json(include=set(_ROUTING_FIELDS))
+    # The tenant too: tenants' cluster allow-lists differ.
+    return (
+        f"{job.tenant or ''}|"
+        + ",".join(sorted(job.excluded))
+        + job.spec.model_dump_json(include=set(_ROUTING_FIELDS))
+    )
 
 
 class Router:
     def __init__(
-        self, cache: Cache, table: JobTable, mail: Mailboxes, policy: RoutingPolicy
+        self,
+        cache: Cache,
+        table: JobTable,
+        mail: Mailboxes,
+        policy: RoutingPolicy,
+        allowance: Callable[[str | None], ClusterAllowance | None] = lambda _: None,
     ) -> None:
         self._cache = cache
         self._table = table
         self._mail = mail
         self._policy = policy
+        #: The clusters a tenant's jobs may use: routing never places a job elsewhere.
+        self._allowance = allowance
 
     def route(self, job: Job, snapshot: Snapshot) -> Decision:
         """The decision for ``job`` (counted in the routing metrics)."""
         started = time.perf_counter()
-        decision = route(job.spec, snapshot, self._policy)
+        allowance = self._allowance(job.tenant)
+        decision = route(job.spec, snapshot, self._policy, allowance)
         if job.excluded and decision.cluster in job.excluded:
             # A job that moved away prefers any other cluster; if none can take it now,
             # it may go back (``max_attempts`` stops ping-pong), else it waits.
             others = Snapshot.of(c for c in snapshot.clusters if c.name not in job.excluded)
-            elsewhere = route(job.spec, others, self._policy)
+            elsewhere = route(job.spec, others, self._policy, allowance)
             if elsewhere.verdict is Verdict.PLACE:
                 decision = elsewhere
         metrics.ROUTING_SECONDS.observe(time.perf_counter() - started)

@@ -56,6 +56,7 @@ from dispatcher.core.backoff import backoff_delay
 from dispatcher.core.lifecycle import Action, Event, State, transition
 from dispatcher.core.podsecurity import submission_problems
 from dispatcher.core.routing import Decision
+from dispatcher.core.tenancy import ClusterAllowance, TenantPolicy, cluster_allowance
 from dispatcher.dispatching import facts, recovery, timers
 from dispatcher.dispatching.cycle import Router
 from dispatcher.dispatching.jobs import Attempt, Job, job_id_for
@@ -101,8 +102,11 @@ class Dispatcher:
         runner: Runner | None = None,
         draw: Callable[[], float] = random.random,
         on_fenced: Callable[[], None] | None = None,
+        tenants: Mapping[str, TenantPolicy] | None = None,
     ) -> None:
         self._cache = cache
+        # ``None``: no tenants (a service without authentication): nothing restricted.
+        self._tenants = dict(tenants) if tenants is not None else None
         self._clusters = clusters
         self._policy = policy or RoutingPolicy()
         self._service = service or ServiceSettings()
@@ -141,7 +145,7 @@ class Dispatcher:
             wake=self._wake.set,
             stopped=lambda: self._records.fenced,
         )
-        self._router = Router(cache, self._jobs, self._mail, self._policy)
+        self._router = Router(cache, self._jobs, self._mail, self._policy, self.allowance)
         cache.add_listener(self._events.on_event)
 
     # ----- lifecycle ------------------------------------------------------------------
@@ -215,20 +219,26 @@ class Dispatcher:
         if not self._attached.is_set():
             raise StoreError("this replica is still reading the job records; retry")
 
+    def allowance(self, tenant: str | None) -> ClusterAllowance | None:
+        """The clusters jobs of ``tenant`` may use (``None``: any), from the settings of
+        now: a job queued before a restart follows its tenant's current settings."""
+        return cluster_allowance(tenant, self._tenants)
+
     # ----- submission -----------------------------------------------------------------
-    def submit(self, spec: TaskSpec) -> tuple[dict[str, Any], bool]:
-        """Accept a validated task; returns (job view, created). Same key -> same job.
+    def submit(self, spec: TaskSpec, tenant: str | None = None) -> tuple[dict[str, Any], bool]:
+        """Accept a validated (and authorized) task of ``tenant``; returns (job view,
+        created). The same key of the same tenant -> the same job.
 
         Raises ``SpecError`` (nothing created) when the task breaks pod security.
         """
-        self._check_pod_security(spec)
+        self._check_pod_security(spec, tenant)
         self._require_attached()
-        job_id = job_id_for(spec.idempotency_key)
+        job_id = job_id_for(spec.idempotency_key, tenant)
         # A concurrent submission of the same key finishes first; then it is a duplicate.
         with self._jobs.submitting(job_id) as existing:
             if existing is not None:
                 return self._duplicate(existing, spec), False
-            job = self._new_job(job_id, spec)
+            job = self._new_job(job_id, spec, tenant)
             # The record exists before any pod: a restart (or the next leader) finds it.
             try:
                 job = replace(job, version=self._records.create(job))
@@ -250,10 +260,16 @@ class Dispatcher:
             self.wake()
         return job.view(), True
 
-    def _new_job(self, job_id: str, spec: TaskSpec) -> Job:
+    def _new_job(self, job_id: str, spec: TaskSpec, tenant: str | None) -> Job:
         """The job as submitted: queued, or rejected at once if no cluster could ever run it."""
         now = self._clock()
-        job = Job(id=job_id, spec=spec, submitted_at=now, idempotency_key=spec.idempotency_key)
+        job = Job(
+            id=job_id,
+            spec=spec,
+            submitted_at=now,
+            idempotency_key=spec.idempotency_key,
+            tenant=tenant,
+        )
         decision = self._router.route(job, self._cache.snapshot())
         job = replace(job, reason=decision.message())
         if decision.verdict is Verdict.REJECT:
@@ -270,34 +286,52 @@ class Dispatcher:
         metrics.SUBMISSIONS.labels(outcome="duplicate").inc()
         return existing.view()
 
-    def _check_pod_security(self, spec: TaskSpec) -> None:
-        problems = submission_problems(spec, (c.info for c in self._cache.snapshot().clusters))
+    def _check_pod_security(self, spec: TaskSpec, tenant: str | None) -> None:
+        """The task meets the loosest Pod Security level of the clusters it may use (the
+        tenant's allow-list and its own), and its tenant's ``pod_security`` when stricter."""
+        allowance = self.allowance(tenant)
+        clusters = (
+            state.info
+            for state in self._cache.snapshot().clusters
+            if allowance is None or state.name in allowance.clusters
+        )
+        policy = self._tenants.get(tenant) if self._tenants and tenant else None
+        floor = policy.pod_security if policy is not None else None
+        problems = submission_problems(spec, clusters, floor=floor)
         if problems:
             metrics.SUBMISSIONS.labels(outcome="invalid").inc()
             raise SpecError(problems)
 
-    def explain(self, spec: TaskSpec) -> Decision:
-        """Route without launching (the API's dry run)."""
-        self._check_pod_security(spec)
-        return route(spec, self._cache.snapshot(), self._policy)
+    def explain(self, spec: TaskSpec, tenant: str | None = None) -> Decision:
+        """Route without launching (the API's dry run), as for a job of ``tenant``."""
+        self._check_pod_security(spec, tenant)
+        return route(spec, self._cache.snapshot(), self._policy, self.allowance(tenant))
 
     # ----- reads ----------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any]:
         self._require_attached()
         return self._jobs.require(job_id).view()
 
-    def find(self, idempotency_key: str) -> dict[str, Any]:
-        return self.get(job_id_for(idempotency_key))
+    def find(self, idempotency_key: str, tenant: str | None = None) -> dict[str, Any]:
+        """The job ``tenant`` submitted with this key."""
+        return self.get(job_id_for(idempotency_key, tenant))
 
     def list(
-        self, *, state: str | None = None, cluster: str | None = None, limit: int = 1000
+        self,
+        *,
+        state: str | None = None,
+        cluster: str | None = None,
+        limit: int = 1000,
+        visible: Callable[[str | None], bool] | None = None,
     ) -> list[dict[str, Any]]:
+        """Jobs by submission time; ``visible(tenant)`` filters by owner before the limit."""
         self._require_attached()
         jobs = sorted(
             self._jobs.select(
                 lambda j: (
                     (state is None or j.state.value == state)
                     and (cluster is None or j.cluster == cluster)
+                    and (visible is None or visible(j.tenant))
                 )
             ),
             key=lambda j: (j.submitted_at, j.id),

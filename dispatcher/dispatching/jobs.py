@@ -22,11 +22,13 @@ from dispatcher.core.lifecycle import State
 JobState = State
 
 
-def job_id_for(idempotency_key: str | None) -> str:
-    """The job id: derived from the idempotency key, so the same key is the same job (and
-    the same pod name) across restarts; random without a key. A valid label value."""
+def job_id_for(idempotency_key: str | None, tenant: str | None = None) -> str:
+    """The job id: derived from the idempotency key (within the tenant's own keys), so the
+    same key is the same job (and the same pod name) across restarts; random without a
+    key. A valid label value. Two tenants using the same key get two jobs."""
     if idempotency_key:
-        return "j" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:20]
+        scoped = idempotency_key if tenant is None else f"{tenant}\x00{idempotency_key}"
+        return "j" + hashlib.sha256(scoped.encode()).hexdigest()[:20]
     return "j" + uuid.uuid4().hex[:20]
 
 
@@ -119,6 +121,9 @@ class Job:
     submitted_at: float
     state: State = State.QUEUED
     idempotency_key: str | None = None
+    #: The submitter's tenant (``None``: submitted without authentication); only it (and
+    #: administrators, and tenants with ``read_others`` for reading) sees the job.
+    tenant: str | None = None
     #: The current attempt (the last pod named), if one was launched.
     attempt: Attempt | None = None
     history: tuple[Attempt, ...] = ()
@@ -171,6 +176,7 @@ class Job:
             "id": self.id,
             "name": self.spec.name,
             "idempotency_key": self.idempotency_key,
+            "tenant": self.tenant,
             "state": self.state.value,
             "cluster": self.cluster,
             "namespace": self.attempt.namespace if self.attempt else None,
@@ -197,6 +203,7 @@ class Job:
             "id": self.id,
             "spec": self.spec.model_dump(mode="json", exclude_defaults=True),
             "idempotency_key": self.idempotency_key,
+            "tenant": self.tenant,
             "submitted_at": self.submitted_at,
             "state": self.state.value,
             "attempt": self.attempt.to_dict() if self.attempt else None,
@@ -222,6 +229,7 @@ class Job:
             submitted_at=float(record["submitted_at"]),
             state=State(record["state"]),
             idempotency_key=record.get("idempotency_key"),
+            tenant=record.get("tenant"),
             attempt=Attempt.from_dict(attempt) if attempt else None,
             history=tuple(Attempt.from_dict(a) for a in record.get("history") or []),
             excluded=frozenset(record.get("excluded") or []),

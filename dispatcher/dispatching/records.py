@@ -1,11 +1,12 @@
 """Job records: one ``DispatchJob`` custom resource per job, written synchronously with
 resourceVersion and fenced by the leader term, checked by the API server itself.
 
-A record is a JSON dict: ``id``, ``spec`` (the task spec), ``idempotency_key``,
+A record is a JSON dict: ``id``, ``spec`` (the task spec), ``idempotency_key``, ``tenant``,
 ``submitted_at`` and any other keys (state, message, attempt, history, conditions...). In
 the cluster it is split in two, because the CRD has a status subresource:
 
-    DispatchJob <id>   spec:   id, idempotencyKey, submittedAt, task (the record's ``spec``),
+    DispatchJob <id>   spec:   id, idempotencyKey, tenant, submittedAt, task (the record's
+                               ``spec``),
                                fence (of the writer of the spec), envSecret
                        status: every other key of the record, and fence (of its writer)
     Secret <id>-env    the literal values of ``spec.env_vars`` (never in the DispatchJob)
@@ -84,7 +85,12 @@ ENV_KEY = "values.json"
 _API_VERSION = f"{GROUP}/{VERSION}"
 _JOB_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 #: Record keys kept in the object's spec, and their names there.
-_SPEC_KEYS = {"id": "id", "spec": "task", "idempotency_key": "idempotencyKey"}
+_SPEC_KEYS = {
+    "id": "id",
+    "spec": "task",
+    "idempotency_key": "idempotencyKey",
+    "tenant": "tenant",
+}
 _SUBMITTED_AT = "submitted_at"
 _RESERVED = frozenset({"fence"})
 _LIST_RESTARTS = 5
@@ -230,6 +236,8 @@ def _record_of(obj: dict[str, Any], env: list[str | None] | None) -> dict[str, A
     record["spec"] = task
     if "idempotencyKey" in spec:
         record["idempotency_key"] = spec["idempotencyKey"]
+    if "tenant" in spec:
+        record["tenant"] = spec["tenant"]
     if "submittedAt" in spec:
         at = spec["submittedAt"]
         record[_SUBMITTED_AT] = float(at) if isinstance(at, int) else at

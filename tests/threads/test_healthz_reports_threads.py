@@ -8,6 +8,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from dispatcher.api.app import create_app
+from dispatcher.api.auth import DEVELOPMENT_PRINCIPAL
+from dispatcher.core.tenancy import Principal
 from dispatcher.supervise import CannotContinue, SupervisedThread, Supervisor
 
 
@@ -29,8 +31,8 @@ class _Runtime:
     def snapshot(self) -> Any:
         raise AssertionError("not used")
 
-    def api_tokens(self) -> tuple[str, ...]:
-        return ()
+    def authenticate(self, authorization: str | None) -> Principal:
+        return DEVELOPMENT_PRINCIPAL
 
 
 def test_healthz_fails_with_the_thread_that_cannot_continue() -> None:

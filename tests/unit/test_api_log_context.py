@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 from dispatcher.api.app import create_app
+from dispatcher.api.auth import DEVELOPMENT_PRINCIPAL
+from dispatcher.core.tenancy import Principal
 
 
 class _Dispatcher:
@@ -41,8 +43,8 @@ class _Runtime:
     def snapshot(self) -> Any:
         raise AssertionError("not used")
 
-    def api_tokens(self) -> tuple[str, ...]:
-        return ()
+    def authenticate(self, authorization: str | None) -> Principal:
+        return DEVELOPMENT_PRINCIPAL
 
 
 def test_logs_written_while_serving_a_job_request_carry_its_id() -> None:
