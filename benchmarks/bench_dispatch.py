@@ -67,7 +67,7 @@ os.environ.setdefault("KD_STACK_PORT_BASE", "32400")
 from dispatcher.client import DispatcherClient
 from tests.stack.dispatcher_config import dispatcher_settings
 from tests.stack.launcher import Stack, default_clusters
-from tests.support import REPO, ServiceProcess
+from tests.support import ADMIN_TOKEN, REPO, ServiceProcess
 
 JOB_LABEL = "kube-dispatcher.dev/job-id"
 #: Where job records live: the CRD and its env Secrets today, ConfigMaps before issue 11.
@@ -403,7 +403,10 @@ def _throughput(stack: Stack, run: Run) -> tuple[dict[str, Any], Serve, str]:
 def _load_run(stack: Stack, service: Serve, namespace: str, count: int) -> dict[str, Any]:
     """Submit ``count`` tasks at once and wait until their pods run; the figures."""
     clusters = [s.name for s in stack.clusters]
-    with _watching(stack, namespace) as times, DispatcherClient(service.url, timeout=120) as api:
+    with (
+        _watching(stack, namespace) as times,
+        DispatcherClient(service.url, token=ADMIN_TOKEN, timeout=120) as api,
+    ):
         api_before = {c: _apiserver_requests(stack, c) for c in clusters}
         mine_before = _dispatcher_counts(service.url)
         submitted: dict[str, float] = {}
@@ -576,7 +579,7 @@ def main() -> int:  # noqa: PLR0915 - a script, step by step
 
 def _monitoring(stack: Stack, service: Serve, namespace: str, seconds: float) -> None:
     """Requests per running pod per minute: a window with the dispatcher, minus one without."""
-    with DispatcherClient(service.url, timeout=60) as api:
+    with DispatcherClient(service.url, token=ADMIN_TOKEN, timeout=60) as api:
         running = len(api.jobs(state="running"))
     service.stop()
     clusters = [s.name for s in stack.clusters]
@@ -604,7 +607,7 @@ def _monitoring(stack: Stack, service: Serve, namespace: str, seconds: float) ->
 
 def _memory(service: Serve, tracked: int) -> None:
     """Resident memory with many tracked jobs: fill the A100s, then queue jobs that wait."""
-    with DispatcherClient(service.url, timeout=60) as api:
+    with DispatcherClient(service.url, token=ADMIN_TOKEN, timeout=60) as api:
         for i in range(4):
             api.submit(
                 _task(

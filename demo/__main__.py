@@ -30,7 +30,6 @@ from rich.live import Live
 from rich.table import Table
 
 from dispatcher.cli import clusters_table, jobs_table
-from dispatcher.client import DispatcherClient
 from tests.stack import Stack
 from tests.stack.dispatcher_config import dispatcher_settings
 from tests.support import ServiceProcess
@@ -176,7 +175,7 @@ def main() -> int:
     service.start()
     stopped_a100 = restarted_a100 = False
     try:
-        with DispatcherClient(service.url) as api:
+        with service.client() as api:
             console.print(f"3. submitting {len(TASKS)} tasks")
             for _, spec in TASKS:
                 api.submit(spec)

@@ -4,18 +4,35 @@ Transient failures (connection errors, 502/503/504, and 503 + ``Retry-After`` fr
 replica that is not the leader) are retried with backoff; anything else raises
 ``ApiClientError`` carrying the server's status, message and field problems.
 
-I/O: HTTP to one dispatcher.
+Every request carries ``Authorization: Bearer <token>``: a fixed token (a static token of
+``service.auth.static_tokens``) or the content of a token file, read again whenever the
+file changes (a projected ServiceAccount token for the dispatcher's audience, which the
+kubelet rotates while a long task runs).
+
+I/O: HTTP to one dispatcher; reads the token file.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-__all__ = ["ApiClientError", "DispatcherClient", "error_from_response", "retry_after"]
+__all__ = [
+    "ApiClientError",
+    "BearerAuth",
+    "DispatcherClient",
+    "RotatingToken",
+    "TokenSource",
+    "error_from_response",
+    "retry_after",
+]
 
 _RETRY_STATUSES = frozenset({502, 503, 504})
 
@@ -35,22 +52,88 @@ class ApiClientError(Exception):
         super().__init__("\n".join(lines))
 
 
+@dataclass(frozen=True, slots=True)
+class TokenSource:
+    """The API token: given, or read from a file that may be rotated under us."""
+
+    token: str | None = field(default=None, repr=False)
+    path: str | None = None
+
+    def read(self) -> str | None:
+        if self.token:
+            return self.token
+        if not self.path:
+            return None
+        try:
+            text = Path(self.path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            # The path is configuration, not a secret; the content never appears.
+            raise ValueError(
+                f"cannot read the dispatcher token file {self.path}: {exc.strerror}"
+            ) from None
+        return text or None
+
+    def version(self) -> float | None:
+        """Changes when the token file does (its mtime); ``None`` for a fixed token."""
+        if self.token or not self.path:
+            return None
+        try:
+            return os.stat(self.path).st_mtime
+        except OSError:
+            return None
+
+
+class RotatingToken:
+    """The current token: read again when its file changes; thread-safe."""
+
+    def __init__(self, source: TokenSource) -> None:
+        self._source = source
+        self._lock = threading.Lock()
+        self._version: float | None = None
+        self._token: str | None = None
+        self._read = False
+
+    def get(self) -> str | None:
+        version = self._source.version()
+        with self._lock:
+            if not self._read or version != self._version:
+                self._token = self._source.read()
+                self._version, self._read = version, True
+            return self._token
+
+
+class BearerAuth(httpx.Auth):
+    """``Authorization: Bearer <current token>`` on every request."""
+
+    def __init__(self, token: RotatingToken) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self._token.get()
+        if token:
+            request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
 class DispatcherClient:
+    """``token``: a fixed bearer token; ``token_file``: a file holding one (a projected
+    ServiceAccount token), read again whenever it changes."""
+
     def __init__(
         self,
         base_url: str,
         *,
         token: str | None = None,
+        token_file: str | None = None,
         verify: bool | str = True,
         timeout: float = 30.0,
         retries: int = 5,
         sleep: Callable[[float], None] = time.sleep,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
-            headers=headers,
+            auth=BearerAuth(RotatingToken(TokenSource(token=token, path=token_file))),
             verify=verify,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             transport=transport,

@@ -23,6 +23,12 @@ from dispatcher.client import DispatcherClient
 
 FINISHED = ("succeeded", "failed", "cancelled", "rejected")
 
+#: The bearer token of the ``admin`` tenant in the test stack's dispatcher settings
+#: (``tests.stack.dispatcher_config``, where only its SHA-256 is written).
+ADMIN_TOKEN = "kd-test-admin-token"
+#: The ``Authorization`` header with ``ADMIN_TOKEN``.
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
 
 def task(name: str, *, gpus: int = 0, model: str | None = None, **extra: Any) -> dict[str, Any]:
     """A small task spec with a fresh idempotency key; ``extra`` sets any other field."""
@@ -169,5 +175,6 @@ class ServiceProcess(LocalProcess):
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def client(self) -> DispatcherClient:
-        return DispatcherClient(self.url, retries=3)
+    def client(self, token: str | None = ADMIN_TOKEN, retries: int = 3) -> DispatcherClient:
+        """A client of this process, as the ``admin`` tenant unless ``token`` says otherwise."""
+        return DispatcherClient(self.url, token=token, retries=retries)

@@ -41,7 +41,7 @@ from benchmarks.fault_campaign.records import JsonLines
 from tests.faultproxy import Answer, Delay, Drop, FaultProxy, Hang, Mode, Pass
 from tests.stack.fixtures import Faults
 from tests.stack.launcher import Stack
-from tests.support import ServiceProcess
+from tests.support import ADMIN_HEADERS, ServiceProcess
 
 __all__ = ["FAULT_KINDS", "Injector", "PlannedFault", "leader_of", "plan_faults"]
 
@@ -140,7 +140,10 @@ def leader_of(replicas: Sequence[ServiceProcess]) -> int | None:
             continue
         try:
             answer = httpx.get(
-                f"{replica.url}/v1/jobs", params={"idempotency_key": "leader-probe"}, timeout=3
+                f"{replica.url}/v1/jobs",
+                params={"idempotency_key": "leader-probe"},
+                headers=ADMIN_HEADERS,
+                timeout=3,
             )
         except httpx.HTTPError:
             continue

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dispatcher.client import ApiClientError, DispatcherClient
-from tests.support import FINISHED, REPO, succeed, task
+from tests.support import ADMIN_TOKEN, FINISHED, REPO, succeed, task
 
 __all__ = ["TASK_KINDS", "Plan", "Replicas", "Sink", "Workload", "plan_task"]
 
@@ -149,7 +149,10 @@ class Replicas:
     def __init__(
         self, urls: Sequence[str], sink: Sink, process: str, request_timeout: float = 15.0
     ) -> None:
-        self._apis = [DispatcherClient(url, retries=0, timeout=request_timeout) for url in urls]
+        self._apis = [
+            DispatcherClient(url, token=ADMIN_TOKEN, retries=0, timeout=request_timeout)
+            for url in urls
+        ]
         self._sink = sink
         self._process = process
         self._preferred = 0

@@ -6,8 +6,7 @@ such as a projected ServiceAccount token), TLS verification, timeouts and retrie
 
 A token file is read again whenever it changes (``RotatingToken``): projected
 ServiceAccount tokens are rotated while a long task runs, so every request carries the
-current one (``BearerAuth`` for httpx clients, ``AuthTransport`` for clients that only
-take a transport).
+current one (``BearerAuth``, from ``dispatcher.client``).
 
 I/O: reads the token file, nothing else; no Airflow imports (the hook hands the
 connection's fields in), so this is tested without Airflow.
@@ -15,20 +14,15 @@ connection's fields in), so this is tested without Airflow.
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Generator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from dispatcher.airflow.provider import CONN_TYPE
+from dispatcher.client import BearerAuth, RotatingToken, TokenSource
 
 __all__ = [
-    "AuthTransport",
     "BearerAuth",
     "ConnectionSettings",
     "RotatingToken",
@@ -38,86 +32,6 @@ __all__ = [
 
 #: The dispatcher's wait endpoint holds a request for at most this long.
 MAX_WAIT_SECONDS = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class TokenSource:
-    """The API token: given, or read from a file that may be rotated under us."""
-
-    token: str | None = field(default=None, repr=False)
-    path: str | None = None
-
-    def read(self) -> str | None:
-        if self.token:
-            return self.token
-        if not self.path:
-            return None
-        try:
-            text = Path(self.path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            # The path is configuration, not a secret; the content never appears.
-            raise ValueError(
-                f"cannot read the dispatcher token file {self.path}: {exc.strerror}"
-            ) from None
-        return text or None
-
-    def version(self) -> float | None:
-        """Changes when the token file does (its mtime); ``None`` for a fixed token."""
-        if self.token or not self.path:
-            return None
-        try:
-            return os.stat(self.path).st_mtime
-        except OSError:
-            return None
-
-
-class RotatingToken:
-    """The current token: read again when its file changes; thread-safe."""
-
-    def __init__(self, source: TokenSource) -> None:
-        self._source = source
-        self._lock = threading.Lock()
-        self._version: float | None = None
-        self._token: str | None = None
-        self._read = False
-
-    def get(self) -> str | None:
-        version = self._source.version()
-        with self._lock:
-            if not self._read or version != self._version:
-                self._token = self._source.read()
-                self._version, self._read = version, True
-            return self._token
-
-
-class BearerAuth(httpx.Auth):
-    """``Authorization: Bearer <current token>`` on every request."""
-
-    def __init__(self, token: RotatingToken) -> None:
-        self._token = token
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        token = self._token.get()
-        if token:
-            request.headers["Authorization"] = f"Bearer {token}"
-        yield request
-
-
-class AuthTransport(httpx.BaseTransport):
-    """A transport adding the current bearer token to each request it sends."""
-
-    def __init__(self, token: RotatingToken, inner: httpx.BaseTransport) -> None:
-        self._token = token
-        self._inner = inner
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        token = self._token.get()
-        if token:
-            request.headers["Authorization"] = f"Bearer {token}"
-        return self._inner.handle_request(request)
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 @dataclass(frozen=True, slots=True)

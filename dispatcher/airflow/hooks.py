@@ -16,11 +16,9 @@ import importlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import httpx
 from airflow.sdk import BaseHook
 
 from dispatcher.airflow.connection import (
-    AuthTransport,
     ConnectionSettings,
     RotatingToken,
     settings_from_connection,
@@ -65,7 +63,6 @@ class DispatcherHook(BaseHook):
         self.dispatcher_conn_id = dispatcher_conn_id
         self._settings: ConnectionSettings | None = None
         self._client: DispatcherClient | None = None
-        self._token: RotatingToken | None = None
 
     # ----- connection -----------------------------------------------------------------
     @property
@@ -84,20 +81,16 @@ class DispatcherHook(BaseHook):
         """A client of its own (for another thread, or a signal handler), from the
         settings already read: no connection lookup."""
         settings = self.settings
-        transport: httpx.BaseTransport | None = None
-        token = settings.token.token
-        if token is None and settings.token.path:
-            if self._token is None:
-                self._token = RotatingToken(settings.token)
-            self._token.get()  # an unreadable token file fails here, not mid-task
-            transport = AuthTransport(self._token, httpx.HTTPTransport(verify=settings.verify))
+        if settings.token.token is None and settings.token.path:
+            # An unreadable token file fails here, not mid-task.
+            RotatingToken(settings.token).get()
         return DispatcherClient(
             settings.base_url,
-            token=token,
+            token=settings.token.token,
+            token_file=settings.token.path,
             verify=settings.verify,
             timeout=settings.timeout,
             retries=settings.retries,
-            transport=transport,
         )
 
     def close(self) -> None:

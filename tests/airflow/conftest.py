@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.e2e import conftest as e2e
-from tests.support import ServiceProcess
+from tests.support import ADMIN_TOKEN, ServiceProcess
 
 # The end-to-end suite's fixtures: a `dispatcher serve` process on the stack, with its
 # own task namespace.
@@ -115,12 +115,23 @@ class DagRunResult:
 class DagRunner:
     """Runs DAG files from the examples or the test DAGs with ``dag.test()``."""
 
-    def __init__(self, service: ServiceProcess, workdir: Path) -> None:
+    def __init__(
+        self, service: ServiceProcess, workdir: Path, auth: dict[str, Any] | None = None
+    ) -> None:
         self.service = service
         self.workdir = workdir
+        #: How the connection authenticates: the admin tenant's token by default, or e.g.
+        #: ``{"extra": {"token_file": ...}}`` for a projected ServiceAccount token.
+        self.auth = auth if auth is not None else {"password": ADMIN_TOKEN}
 
     def env(self) -> dict[str, str]:
-        conn = {"conn_type": "dispatcher", "host": self.service.url, "extra": {"retries": 3}}
+        extra = {"retries": 3, **self.auth.get("extra", {})}
+        conn = {
+            "conn_type": "dispatcher",
+            "host": self.service.url,
+            **{k: v for k, v in self.auth.items() if k != "extra"},
+            "extra": extra,
+        }
         return {
             **os.environ,
             "AIRFLOW_CONN_DISPATCHER_DEFAULT": json.dumps(conn),

@@ -15,11 +15,7 @@ import jsonschema
 import pytest
 
 from dispatcher.airflow import DispatcherHook, get_provider_info
-from dispatcher.airflow.connection import (
-    AuthTransport,
-    RotatingToken,
-    settings_from_connection,
-)
+from dispatcher.airflow.connection import settings_from_connection
 from dispatcher.airflow.provider import CONNECTION_FIELDS
 from dispatcher.client import DispatcherClient
 from tests.airflow.fake_dispatcher import BASE, FakeDispatcher, job_view
@@ -86,8 +82,8 @@ def test_every_request_carries_the_current_token_of_a_rotated_file(tmp_path: Pat
         seen.append(request.headers["authorization"])
         return httpx.Response(200, json=[])
 
-    token = RotatingToken(settings(extra={"token_file": str(token_file)}).token)
-    client = DispatcherClient(BASE, transport=AuthTransport(token, httpx.MockTransport(answer)))
+    path = settings(extra={"token_file": str(token_file)}).token.path
+    client = DispatcherClient(BASE, token_file=path, transport=httpx.MockTransport(answer))
     client.clusters()
     token_file.write_text("second\n")
     os.utime(token_file, (1, 1))  # a new mtime, as a kubelet rotation gives

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from kubernetes import client
 
 from tests.stack import Stack
-from tests.support import ServiceProcess
+from tests.support import ADMIN_HEADERS, ServiceProcess
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def fuzzed_service(
     yield service
     accepted = {
         job["pod"]
-        for job in httpx.get(f"{service.url}/v1/jobs", timeout=30).json()
+        for job in httpx.get(f"{service.url}/v1/jobs", headers=ADMIN_HEADERS, timeout=30).json()
         if job["state"] != "rejected" and job["pod"]
     }
     for cluster in ("plane", "gpu-a100", "gpu-h100"):

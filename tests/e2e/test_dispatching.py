@@ -20,7 +20,7 @@ from kubernetes import client
 
 from dispatcher.client import ApiClientError, DispatcherClient
 from tests.stack import Stack
-from tests.support import ServiceProcess, finish, succeed, task, wait_until
+from tests.support import ADMIN_HEADERS, ServiceProcess, finish, succeed, task, wait_until
 
 
 def pods(stack: Stack, cluster: str, namespace: str) -> list[Any]:
@@ -372,15 +372,17 @@ def test_one_replica_leads_and_a_follower_takes_over_after_kill_9(
     _wait_for_renewals(stack, namespace, 2)
     assert _metrics(second)["dispatcher_leader"] == 0
     # The follower sends job operations to the leader: 503 with Retry-After.
-    refused = httpx.post(f"{second.url}/v1/jobs", json=task("x"), timeout=10)
+    refused = httpx.post(f"{second.url}/v1/jobs", json=task("x"), headers=ADMIN_HEADERS, timeout=10)
     assert refused.status_code == 503
     assert refused.headers["retry-after"]
-    assert httpx.get(f"{second.url}/v1/clusters", timeout=10).status_code == 200
+    assert (
+        httpx.get(f"{second.url}/v1/clusters", headers=ADMIN_HEADERS, timeout=10).status_code == 200
+    )
     with first.client() as api:
         job, _ = api.submit(task("survivor", gpus=1))
         wait_until(lambda: api.get(job["id"])["state"] == "running", what="running")
     first.kill9()
-    with DispatcherClient(second.url, retries=0) as api:
+    with second.client(retries=0) as api:
         taken_over = wait_until(
             lambda: _metrics(second)["dispatcher_leader"] == 1, timeout=30, what="takeover"
         )

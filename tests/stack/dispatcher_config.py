@@ -8,12 +8,30 @@ ServiceAccount token from the TokenRequest API, as it would in a pod.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests.support import ADMIN_TOKEN
+
 from .launcher import DISPATCHER_NAMESPACE, DISPATCHER_SA, Stack
+
+#: The audience of ServiceAccount tokens the test dispatcher accepts (TokenReview).
+AUDIENCE = "kube-dispatcher"
+
+
+def default_auth() -> dict[str, Any]:
+    """``service.auth`` of the test dispatcher: the ``admin`` tenant's static token, and
+    ServiceAccount tokens of ``plane`` for ``AUDIENCE``."""
+    return {
+        "static_tokens": [
+            {"sha256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest(), "tenant": "admin"}
+        ],
+        "token_review": {"audience": AUDIENCE},
+    }
+
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
@@ -26,12 +44,16 @@ def dispatcher_settings(
     service: dict[str, Any] | None = None,
     client: dict[str, Any] | None = None,
     clusters: dict[str, dict[str, Any]] | None = None,
+    tenants: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Write a settings file (and the Vault login JWT) into ``folder``; return its path.
 
-    ``clusters`` adds settings to the named clusters (e.g. an ``on_unreachable`` policy).
+    ``clusters`` adds settings to the named clusters (e.g. an ``on_unreachable`` policy);
+    ``tenants`` adds tenants to ``admin`` (role admin; its token is ``ADMIN_TOKEN``).
+    ``service`` may replace ``auth`` (``default_auth()``).
     """
     env = stack.env()
+    stack.allow_token_reviews()
     folder.mkdir(parents=True, exist_ok=True)
     jwt = folder / "vault-jwt"
     jwt.write_text(
@@ -104,7 +126,9 @@ def dispatcher_settings(
                 }
             },
         },
+        "tenants": {"admin": {"role": "admin"}, **(tenants or {})},
         "service": {
+            "auth": default_auth(),
             # Each test's dispatcher keeps its job records apart from the others'.
             "state_namespace": namespace,
             # Tests watch cleanups happen; the product default leaves logs readable 30 s.

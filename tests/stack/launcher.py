@@ -957,6 +957,36 @@ class Stack:
                 },
             )
 
+    def allow_token_reviews(self) -> None:
+        """Let the dispatcher's ServiceAccount in ``plane`` review tokens (TokenReview, for
+        its API's authentication): ``system:auth-delegator``, as the chart binds it.
+        Idempotent, so a stack started by older code gets it too."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        with self.kube("plane") as api:
+            try:
+                client.RbacAuthorizationV1Api(api).create_cluster_role_binding(
+                    {
+                        "metadata": {"name": "kube-dispatcher-token-reviews"},
+                        "roleRef": {
+                            "apiGroup": "rbac.authorization.k8s.io",
+                            "kind": "ClusterRole",
+                            "name": "system:auth-delegator",
+                        },
+                        "subjects": [
+                            {
+                                "kind": "ServiceAccount",
+                                "name": DISPATCHER_SA,
+                                "namespace": DISPATCHER_NAMESPACE,
+                            }
+                        ],
+                    }
+                )
+            except ApiException as exc:
+                if exc.status != 409:  # already there
+                    raise
+
     def grant_task_namespace(self, cluster: ClusterSpec | str, namespace: str) -> None:
         """Let the cluster's dispatcher identity manage pods in ``namespace`` (and, in
         ``plane``, keep job records there)."""
