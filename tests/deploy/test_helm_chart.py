@@ -6,6 +6,7 @@ settings file the dispatcher accepts, and keeps the pod locked down and its RBAC
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ DEFAULT_KINDS = {
     "Service",
     "Deployment",
     "PodDisruptionBudget",
+    "NetworkPolicy",
     "ValidatingAdmissionPolicy",
     "ValidatingAdmissionPolicyBinding",
 }
@@ -141,17 +143,29 @@ def test_vault_values_become_kubernetes_auth_settings(
     assert vault.read_timeout_seconds == 20
 
 
-def test_values_hold_no_secrets_api_tokens_come_from_a_secret(
-    options_render: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_authentication_is_on_by_default_and_values_hold_no_secrets(
+    helm: str,
+    default_render: list[dict[str, Any]],
+    options_render: list[dict[str, Any]],
+    tmp_path: Path,
 ) -> None:
-    env = {e["name"]: e for e in _container(options_render)["env"]}
-    ref = env["DISPATCHER_SERVICE__API_TOKENS"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "kube-dispatcher-api-tokens", "key": "tokens"}
-    # The variable's JSON list is what the settings model reads.
-    monkeypatch.setenv("DISPATCHER_SERVICE__API_TOKENS", '["token-a", "token-b"]')
-    settings = _load(rendered_settings(options_render), tmp_path)
-    assert [t.get_secret_value() for t in settings.service.api_tokens] == ["token-a", "token-b"]
-    assert "token-a" not in rendered_settings(options_render)
+    auth = _load(rendered_settings(default_render), tmp_path).service.auth
+    assert auth.token_review is not None
+    assert auth.token_review.audience == "kube-dispatcher"
+    assert auth.problems() == []
+    # Static tokens are hashes: nothing in the render is a usable credential.
+    options = _load(rendered_settings(options_render), tmp_path)
+    assert [(t.tenant, t.sha256) for t in options.service.auth.static_tokens] == [
+        ("ops", hashlib.sha256(b"ops-token").hexdigest())
+    ]
+    assert "ops-token" not in json.dumps(options_render)
+    assert set(options.tenants) == {"data-science", "ops"}
+    env = {e["name"] for e in _container(options_render)["env"]}
+    assert not [name for name in env if "TOKEN" in name]
+    refused = helm_template(
+        helm, set_values=["auth.tokenReview.enabled=false"], expect_failure=True
+    )
+    assert "no authentication" in refused
 
 
 @pytest.mark.parametrize("render", ["default_render", "options_render"])
@@ -181,7 +195,7 @@ def test_probes_check_health_and_readiness_on_the_http_port(
     render: str, request: pytest.FixtureRequest
 ) -> None:
     container = _container(request.getfixturevalue(render))
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"][0] == {"name": "http", "containerPort": 8080, "protocol": "TCP"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -217,7 +231,8 @@ def test_settings_changes_roll_the_pods(helm: str, default_render: list[dict[str
 def test_service_and_pdb(default_render: list[dict[str, Any]]) -> None:
     service = one(default_render, "Service")
     assert service["spec"]["ports"] == [
-        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"},
+        {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"},
     ]
     selector = one(default_render, "Deployment")["spec"]["selector"]["matchLabels"]
     assert service["spec"]["selector"] == selector
@@ -246,6 +261,8 @@ def test_rbac_is_least_privilege(default_render: list[dict[str, Any]]) -> None:
         ("RoleBinding", "batch", "kd-kube-dispatcher-tasks"),
         ("ClusterRole", "", "kd-kube-dispatcher-capacity"),
         ("ClusterRoleBinding", "", "kd-kube-dispatcher-capacity"),
+        ("ClusterRole", "", "kd-kube-dispatcher-token-reviews"),
+        ("ClusterRoleBinding", "", "kd-kube-dispatcher-token-reviews"),
         ("Role", RELEASE_NAMESPACE, "kd-kube-dispatcher-state"),
         ("RoleBinding", RELEASE_NAMESPACE, "kd-kube-dispatcher-state"),
     }
@@ -253,6 +270,10 @@ def test_rbac_is_least_privilege(default_render: list[dict[str, Any]]) -> None:
     assert rbac["ClusterRole", "", "kd-kube-dispatcher-capacity"]["rules"] == [
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    ]
+    # The API's authentication reviews tokens; nothing else cluster-wide.
+    assert rbac["ClusterRole", "", "kd-kube-dispatcher-token-reviews"]["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
     ]
     state = rbac["Role", RELEASE_NAMESPACE, "kd-kube-dispatcher-state"]["rules"]
     assert {(r["apiGroups"][0], r["resources"][0]): r["verbs"] for r in state} == {
@@ -304,7 +325,14 @@ def test_monitoring_objects_only_where_the_operator_api_exists(
     for key, value in monitor["spec"]["selector"]["matchLabels"].items():
         assert service["metadata"]["labels"][key] == value
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] == service["spec"]["ports"][0]["name"]
+    # The metrics port of its own, not the API's.
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    assert endpoint["port"] == "metrics"
+    assert ports == {"http": 8080, "metrics": 9102}
+    assert {p["name"]: p["containerPort"] for p in _container(options_render)["ports"]} == {
+        "http": 8080,
+        "metrics": 9102,
+    }
     assert endpoint["path"] == "/metrics"
     assert endpoint["interval"] == "15s"
     rule = one(options_render, "PrometheusRule")
@@ -312,13 +340,26 @@ def test_monitoring_objects_only_where_the_operator_api_exists(
     assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
 
 
+def test_network_policy_limits_ingress_by_default(default_render: list[dict[str, Any]]) -> None:
+    policy = one(default_render, "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    api, metrics = policy["ingress"]
+    # Only the release namespace until namespaces are listed.
+    assert api == {"ports": [{"port": "http", "protocol": "TCP"}], "from": [{"podSelector": {}}]}
+    assert metrics["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert "egress" not in policy
+
+
 def test_network_policy_limits_ingress_and_egress(options_render: list[dict[str, Any]]) -> None:
     policy = one(options_render, "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
-    (ingress,) = policy["ingress"]
-    assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
-    namespaces = ingress["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
-    assert namespaces == ["airflow", "monitoring"]
+    api, metrics = policy["ingress"]
+    assert api["ports"] == [{"port": "http", "protocol": "TCP"}]
+    namespaces = api["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert namespaces == ["airflow"]
+    assert metrics["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    scrapers = metrics["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert scrapers == ["monitoring"]
     dns, api, vault, extra = policy["egress"]
     assert {p["port"] for p in dns["ports"]} == {53}
     assert [b["ipBlock"]["cidr"] for b in api["to"]] == [
@@ -338,10 +379,13 @@ def test_network_policy_limits_ingress_and_egress(options_render: list[dict[str,
         (["replicaCount=0"], "minimum"),
         (["podAntiAffinity=sometimes"], "podAntiAffinity"),
         (["config.service.leader_election=false"], "duplicate pods"),
-        (["networkPolicy.enabled=true"], "networkPolicy.egress.kubernetesAPI.cidrs is empty"),
+        (
+            ["networkPolicy.egress.enabled=true"],
+            "networkPolicy.egress.kubernetesAPI.cidrs is empty",
+        ),
         (
             [
-                "networkPolicy.enabled=true",
+                "networkPolicy.egress.enabled=true",
                 "networkPolicy.egress.kubernetesAPI.cidrs={10.0.0.1/32}",
                 "vault.enabled=true",
                 "vault.address=https://vault.example.com",

@@ -19,7 +19,9 @@ def service_factory(stack: Stack, namespace: str, tmp_path: Path) -> Iterator[An
     started: list[ServiceProcess] = []
 
     def make(
-        clusters: dict[str, dict[str, Any]] | None = None, **service_settings: Any
+        clusters: dict[str, dict[str, Any]] | None = None,
+        tenants: dict[str, dict[str, Any]] | None = None,
+        **service_settings: Any,
     ) -> ServiceProcess:
         config = dispatcher_settings(
             stack,
@@ -27,6 +29,7 @@ def service_factory(stack: Stack, namespace: str, tmp_path: Path) -> Iterator[An
             namespace=namespace,
             service=service_settings,
             clusters=clusters,
+            tenants=tenants,
         )
         svc = ServiceProcess(config, tmp_path / f"svc{len(started)}.log")
         svc.start()

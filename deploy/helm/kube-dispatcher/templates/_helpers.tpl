@@ -66,6 +66,16 @@ knows (port, state namespace, leader election, Vault). Keys set in values.config
 {{- if and (gt (int .Values.replicaCount) 1) (not $service.leader_election) -}}
 {{- fail "config.service.leader_election is false with replicaCount > 1: every replica would run the dispatch loop and create duplicate pods. Turn leader election on or run one replica." -}}
 {{- end -}}
+{{- if not (hasKey $service "metrics_port") -}}{{- $_ := set $service "metrics_port" .Values.metrics.port -}}{{- end -}}
+{{- if not (hasKey $service "auth") -}}
+{{- $auth := dict -}}
+{{- if .Values.auth.tokenReview.enabled -}}{{- $_ := set $auth "token_review" (dict "audience" .Values.auth.tokenReview.audience) -}}{{- end -}}
+{{- with .Values.auth.staticTokens -}}{{- $_ := set $auth "static_tokens" . -}}{{- end -}}
+{{- if not $auth -}}
+{{- fail "no authentication: enable auth.tokenReview or list auth.staticTokens (the dispatcher refuses to start without a method)" -}}
+{{- end -}}
+{{- $_ := set $service "auth" $auth -}}
+{{- end -}}
 {{- $_ := set $config "service" $service -}}
 {{- if .Values.vault.enabled -}}
 {{- $kubernetes := dict "role" (required "vault.auth.role is required when vault.enabled" .Values.vault.auth.role) "mount" .Values.vault.auth.mount -}}
