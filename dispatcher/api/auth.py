@@ -79,8 +79,11 @@ class TokenReviewer:
         }
 
         def call(api: Any, timeout: tuple[float, float]) -> Any:
+            # A dict serialises as the model would (as the other Connection calls pass).
             return AuthenticationV1Api(api).create_token_review(
-                body,  # type: ignore[arg-type]  # a dict serialises as the model would _preload_content=False, _request_timeout=timeout
+                body,  # type: ignore[arg-type]
+                _preload_content=False,
+                _request_timeout=timeout,
             )
 
         answer = self._connection.request("create", "review a ServiceAccount token", call)
