@@ -5,9 +5,9 @@ First the task's cluster hints (KubernetesPodOperator's ``in_cluster``,
 policy: one that stands for clusters becomes an allow-list; one the policy does not know
 restricts nothing and is named in the decision's notes. Then, for each cluster, in order:
 
-1. cluster filters: allow-lists (the tenant's, the task's and its hint's), the cluster's Pod Security
-   Standard level (``podsecurity``: a task breaking ``restricted`` goes to ``baseline``
-   clusters only), cluster labels (region), node-selector conflicts with the cluster's
+1. cluster filters: allow-lists (the tenant's, the task's and its hint's), the cluster's
+   Pod Security Standard level (``podsecurity``: a task breaking ``restricted`` goes to
+   ``baseline`` clusters only), cluster labels (region), node-selector conflicts with the cluster's
    pod defaults; then a cluster whose credentials were refused (``Health.REFUSED``) can
    run nothing until someone fixes them (REJECT, "refused: <reason>");
 2. static node filters, once per node shape (per node only when the task names a per-node

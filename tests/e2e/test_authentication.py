@@ -28,6 +28,7 @@ from tests.support import ADMIN_TOKEN, ServiceProcess, task, wait_until
 
 CLUSTERS = ("plane", "gpu-a100", "gpu-h100")
 TEAM_B_TOKEN = "team-b-token"
+TEAM_R_TOKEN = "team-r-token"
 
 
 def pods_everywhere(stack: Stack, namespace: str) -> dict[str, list[str]]:
@@ -68,6 +69,8 @@ def tenants_service(service_factory: Any, namespace: str, worker: str) -> Servic
         # Its workers authenticate with their ServiceAccount tokens; GPUs on H100s only.
         "team-a": {"callers": [f"{namespace}/{worker}"], "clusters": ["plane", "gpu-h100"]},
         "team-b": {},
+        # Held to ``restricted`` although every cluster enforces only ``baseline``.
+        "team-r": {"pod_security": "restricted"},
     }
     digest = hashlib.sha256(TEAM_B_TOKEN.encode()).hexdigest()
     service: ServiceProcess = service_factory(
@@ -76,6 +79,7 @@ def tenants_service(service_factory: Any, namespace: str, worker: str) -> Servic
             "static_tokens": [
                 {"sha256": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest(), "tenant": "admin"},
                 {"sha256": digest, "tenant": "team-b"},
+                {"sha256": hashlib.sha256(TEAM_R_TOKEN.encode()).hexdigest(), "tenant": "team-r"},
             ],
             "token_review": {"audience": AUDIENCE},
         },
@@ -217,6 +221,23 @@ def test_a_task_asking_for_more_than_its_tenant_may_have_is_403_and_creates_noth
     fields = {p["field"]: p["message"] for p in refused.value.problems}
     assert "tenants.team-b.service_accounts" in fields["service_account_name"]
     assert "tenants.team-b.priority_classes" in fields["priority_class_name"]
+    assert_nothing_created(stack, namespace)
+
+
+def test_a_tenant_held_to_restricted_is_refused_a_root_task_that_baseline_allows(
+    tenants_service: ServiceProcess, stack: Stack, namespace: str
+) -> None:
+    as_root = task("as-root", container_security_context={"runAsUser": 0})
+    with tenants_service.client(token=TEAM_R_TOKEN, retries=0) as team_r:
+        for attempt in (team_r.explain, team_r.submit):
+            with pytest.raises(ApiClientError) as refused:
+                attempt(as_root)
+            assert refused.value.status == 422
+            fields = [p["field"] for p in refused.value.problems]
+            assert "container_security_context.runAsUser" in fields, refused.value.problems
+    # The same task from a tenant without a level of its own meets the clusters' baseline.
+    with tenants_service.client(token=TEAM_B_TOKEN, retries=0) as team_b:
+        assert team_b.explain(as_root)["cluster"] is not None
     assert_nothing_created(stack, namespace)
 
 
