@@ -162,6 +162,12 @@ _SERVER = typer.Option(
     "--server", envvar="DISPATCHER_URL", help="The dispatcher's URL (env DISPATCHER_URL)."
 )
 _TOKEN = typer.Option("--token", envvar="DISPATCHER_TOKEN", help="API bearer token.")
+_TOKEN_FILE = typer.Option(
+    "--token-file",
+    envvar="DISPATCHER_TOKEN_FILE",
+    help="A file holding the API bearer token (e.g. a projected ServiceAccount token), "
+    "read again when it changes.",
+)
 _STATE_STYLE = {
     "succeeded": "green",
     "running": "cyan",
@@ -176,8 +182,18 @@ _STATE_STYLE = {
 }
 
 
-def _client(server: str, token: str | None) -> DispatcherClient:
-    return DispatcherClient(server, token=token, retries=2)
+def _client(server: str, token: str | None, token_file: Path | None = None) -> DispatcherClient:
+    if token and token_file is not None:
+        _fail("give --token or --token-file, not both")
+    if token_file is not None:
+        try:
+            readable = bool(token_file.read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            _fail(f"cannot read the token file {token_file}: {exc.strerror}")
+        if not readable:
+            _fail(f"the token file {token_file} is empty")
+    path = str(token_file) if token_file is not None else None
+    return DispatcherClient(server, token=token, token_file=path, retries=2)
 
 
 def _api_fail(exc: ApiClientError) -> NoReturn:
@@ -228,6 +244,7 @@ def submit_command(
     task: Annotated[Path, typer.Argument(help="Task spec (YAML or JSON), KPO field names.")],
     server: Annotated[str, _SERVER] = "http://127.0.0.1:8080",
     token: Annotated[str | None, _TOKEN] = None,
+    token_file: Annotated[Path | None, _TOKEN_FILE] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to finish.")] = False,
 ) -> None:
     """Submit a task; prints the job (the same idempotency key returns the same job)."""
@@ -236,7 +253,7 @@ def submit_command(
     except DispatcherError as exc:
         _fail(exc)
     console = Console(highlight=False)
-    with _client(server, token) as client:
+    with _client(server, token, token_file) as client:
         try:
             job, created = client.submit(spec.model_dump(mode="json", exclude_defaults=True))
             console.print(("submitted " if created else "already submitted ") + job["id"])
@@ -256,10 +273,11 @@ def status_command(  # noqa: PLR0917 - typer maps parameters to options
     cluster: Annotated[str | None, typer.Option(help="Only jobs on this cluster.")] = None,
     server: Annotated[str, _SERVER] = "http://127.0.0.1:8080",
     token: Annotated[str | None, _TOKEN] = None,
+    token_file: Annotated[Path | None, _TOKEN_FILE] = None,
     output: Annotated[Output, typer.Option("--output", "-o")] = Output.TABLE,
 ) -> None:
     """Show one job or a filtered list of jobs."""
-    with _client(server, token) as client:
+    with _client(server, token, token_file) as client:
         try:
             jobs = [client.get(job_id)] if job_id else client.jobs(state=state, cluster=cluster)
         except ApiClientError as exc:
@@ -277,9 +295,10 @@ def logs_command(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream new lines.")] = False,
     server: Annotated[str, _SERVER] = "http://127.0.0.1:8080",
     token: Annotated[str | None, _TOKEN] = None,
+    token_file: Annotated[Path | None, _TOKEN_FILE] = None,
 ) -> None:
     """Print a job's container log."""
-    with _client(server, token) as client:
+    with _client(server, token, token_file) as client:
         try:
             for line in client.logs(job_id, follow=follow):
                 typer.echo(line)
@@ -292,9 +311,10 @@ def cancel_command(
     job_id: Annotated[str, typer.Argument(help="The job id.")],
     server: Annotated[str, _SERVER] = "http://127.0.0.1:8080",
     token: Annotated[str | None, _TOKEN] = None,
+    token_file: Annotated[Path | None, _TOKEN_FILE] = None,
 ) -> None:
     """Cancel a job: its pod is deleted wherever it runs."""
-    with _client(server, token) as client:
+    with _client(server, token, token_file) as client:
         try:
             job = client.cancel(job_id)
         except ApiClientError as exc:
@@ -306,9 +326,10 @@ def cancel_command(
 def clusters_command(
     server: Annotated[str, _SERVER] = "http://127.0.0.1:8080",
     token: Annotated[str | None, _TOKEN] = None,
+    token_file: Annotated[Path | None, _TOKEN_FILE] = None,
 ) -> None:
     """Cluster health, capacity and free GPUs by model."""
-    with _client(server, token) as client:
+    with _client(server, token, token_file) as client:
         try:
             clusters = client.clusters()
         except ApiClientError as exc:

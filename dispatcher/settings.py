@@ -452,6 +452,21 @@ class AuthSettings(_Section):
     #: No authentication at all, for local development only; logged loudly at every start.
     insecure_development_mode: bool = False
 
+    @field_validator("static_tokens")
+    @classmethod
+    def _distinct(cls, tokens: tuple[StaticToken, ...]) -> tuple[StaticToken, ...]:
+        # One token, one tenant: a hash listed twice is at best a leftover, at worst a
+        # token that authenticates as whichever entry happens to come first.
+        seen: dict[str, int] = {}
+        for index, token in enumerate(tokens):
+            if token.sha256 in seen:
+                raise ValueError(
+                    f"entries {seen[token.sha256]} and {index} have the same sha256; "
+                    "each token must appear once"
+                )
+            seen[token.sha256] = index
+        return tokens
+
     @property
     def enabled(self) -> bool:
         return self.token_review is not None or bool(self.static_tokens)

@@ -10,15 +10,19 @@ and nothing may be there for a refused request; the answer must say why.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
 from kubernetes import client
+from typer.testing import CliRunner
 
+from dispatcher.cli import EXIT_BAD_INPUT, app
 from dispatcher.client import ApiClientError, DispatcherClient
 from dispatcher.dispatching.records import GROUP, PLURAL, VERSION
 from tests.stack import Stack
@@ -29,6 +33,7 @@ from tests.support import ADMIN_TOKEN, ServiceProcess, task, wait_until
 CLUSTERS = ("plane", "gpu-a100", "gpu-h100")
 TEAM_B_TOKEN = "team-b-token"
 TEAM_R_TOKEN = "team-r-token"
+runner = CliRunner()
 
 
 def pods_everywhere(stack: Stack, namespace: str) -> dict[str, list[str]]:
@@ -260,3 +265,33 @@ def test_a_tenants_task_never_lands_on_a_cluster_it_may_not_use(
     placed = pods_everywhere(stack, namespace)
     assert placed["gpu-a100"] == []
     assert len(placed["gpu-h100"]) == 1
+
+
+def test_the_cli_authenticates_with_a_token_file_and_explains_every_refusal(
+    tenants_service: ServiceProcess, stack: Stack, namespace: str, worker: str, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(
+        stack.service_account_token("plane", namespace, worker, seconds=600, audiences=[AUDIENCE])
+    )
+    with tenants_service.client(token=token_file.read_text()) as team_a:
+        job, _ = team_a.submit(task("seen-by-the-cli"))
+    server = ["--server", tenants_service.url]
+
+    listed = runner.invoke(app, ["status", *server, "--token-file", str(token_file), "-o", "json"])
+    assert listed.exit_code == 0, listed.output
+    assert [j["id"] for j in json.loads(listed.output)] == [job["id"]]
+
+    anonymous = runner.invoke(app, ["status", *server])
+    assert anonymous.exit_code == 1
+    assert "bearer token is required" in anonymous.output
+
+    both = runner.invoke(app, ["status", *server, "--token", "x", "--token-file", str(token_file)])
+    assert both.exit_code == EXIT_BAD_INPUT
+    assert "not both" in both.output
+
+    missing = runner.invoke(app, ["status", *server, "--token-file", str(tmp_path / "absent")])
+    assert missing.exit_code == EXIT_BAD_INPUT
+    assert "cannot read the token file" in missing.output
+    for result in (listed, anonymous, both, missing):
+        assert "Traceback" not in result.output

@@ -196,6 +196,28 @@ def test_static_tokens_must_name_a_tenant_and_tenants_known_clusters(tmp_path: P
     ]
 
 
+def test_a_token_hash_listed_twice_is_refused_with_both_entries(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"x").hexdigest()
+    path = tmp_path / "dispatcher.yaml"
+    twice = [{"sha256": digest, "tenant": "team-a"}, {"sha256": digest.upper(), "tenant": "ops"}]
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "clusters": [
+                    {"name": "plane", "role": "in-plane", "credentials": {"in_cluster": True}}
+                ],
+                "tenants": {"team-a": {}, "ops": {"role": "admin"}},
+                "service": {"auth": {"static_tokens": twice}},
+            }
+        )
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    [problem] = caught.value.problems
+    assert problem.field == "service.auth.static_tokens"
+    assert "entries 0 and 1 have the same sha256" in problem.message
+
+
 def test_json_nesting_is_measured_outside_strings() -> None:
     assert json_depth_problem(b'{"a": "[[[[[[[[[["}', 3) is None
     assert json_depth_problem(b"[" * 5 + b"]" * 5, 4) is not None
