@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from dispatcher import __version__, metrics
 from dispatcher.api.limits import BodyLimit, json_depth_problem
 from dispatcher.core import ClusterState, Snapshot, TaskSpec, parse_task_spec
+from dispatcher.core.snapshot import ClusterRefusal
 from dispatcher.core.tenancy import Principal, authorize, may_manage, may_read
 from dispatcher.dispatching import Dispatcher
 from dispatcher.errors import (
@@ -501,9 +502,8 @@ def create_app(  # noqa: PLR0915 - one route per statement
     return app
 
 
-def _refusal_view(refusal: str) -> dict[str, str]:
-    reason, _, message = refusal.partition(": ")
-    return {"reason": reason, "message": message}
+def _refusal_view(refusal: ClusterRefusal) -> dict[str, str]:
+    return {"reason": refusal.reason.value, "message": refusal.message}
 
 
 def cluster_view(state: ClusterState) -> dict[str, Any]:

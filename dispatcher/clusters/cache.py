@@ -86,12 +86,22 @@ from dispatcher.core.scheduling import (
     matches_node_selector,
     untolerated_taints,
 )
-from dispatcher.core.snapshot import is_terminated
+from dispatcher.core.snapshot import ClusterRefusal, is_terminated
 from dispatcher.core.spec import Affinity, Toleration
 from dispatcher.settings import ClusterSettings, Settings
 from dispatcher.supervise import Supervisor
 
 __all__ = ["CacheOptions", "ClusterCache", "Listener"]
+
+
+def _refusal(status: HealthStatus) -> ClusterRefusal | None:
+    """The structured refusal of a ``REFUSED`` status: its reason code, and its words
+    without the ``refused: <reason>:`` that the status message starts with."""
+    if status.refusal is None:
+        return None
+    words = status.message.removeprefix("refused: ").removeprefix(f"{status.refusal.value}: ")
+    return ClusterRefusal(status.refusal, words)
+
 
 log = structlog.get_logger(__name__)
 
@@ -221,7 +231,7 @@ class _Cluster:
             health=status.health,
             nodes=self.node_infos.values(),
             queue_depth=self.unplaced(),
-            refusal=status.message.removeprefix("refused: "),
+            refusal=_refusal(status),
         )
         self.built = (self.version, state)
         return state

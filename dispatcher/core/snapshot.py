@@ -30,12 +30,13 @@ from dispatcher.core import quantity
 from dispatcher.core.names import DNSLabel, LabelKey, LabelValue
 from dispatcher.core.podsecurity import PodSecurity
 from dispatcher.core.spec import PodDefaults
-from dispatcher.errors import Problem, SnapshotError
+from dispatcher.errors import Problem, RefusalReason, SnapshotError
 
 __all__ = [
     "GPU_MODEL_LABELS",
     "IDENTITY_LABELS",
     "ClusterInfo",
+    "ClusterRefusal",
     "ClusterRole",
     "ClusterState",
     "CostTable",
@@ -412,6 +413,17 @@ class Capacity:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterRefusal:
+    """Why a cluster is ``Health.REFUSED``: the bounded reason and the words for people."""
+
+    reason: RefusalReason
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.message}" if self.message else self.reason.value
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterState:
     """One cluster at one moment: its configuration, health and node shapes."""
 
@@ -420,8 +432,8 @@ class ClusterState:
     shapes: tuple[NodeShape, ...]
     #: Tasks waiting for this cluster; the least-loaded strategy avoids long queues.
     queue_depth: int = 0
-    #: Why it is ``Health.REFUSED``: ``"<reason code>: <message>"`` (empty otherwise).
-    refusal: str = ""
+    #: Why it is ``Health.REFUSED`` (``None`` otherwise).
+    refusal: ClusterRefusal | None = None
 
     @property
     def name(self) -> str:
@@ -462,7 +474,7 @@ class ClusterState:
         health: Health = Health.UP,
         nodes: Iterable[NodeInfo] = (),
         queue_depth: int = 0,
-        refusal: str = "",
+        refusal: ClusterRefusal | None = None,
     ) -> ClusterState:
         groups: dict[tuple[Any, ...], list[NodeInfo]] = {}
         for node in nodes:
@@ -475,7 +487,7 @@ class ClusterState:
             health=health,
             shapes=tuple(shapes),
             queue_depth=queue_depth,
-            refusal=refusal if health is Health.REFUSED else "",
+            refusal=refusal if health is Health.REFUSED else None,
         )
 
     @classmethod

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from dispatcher.clusters import HealthMachine, HealthPolicy, HealthReason
 from dispatcher.core import ClusterState, Health, NodeInfo, Reason, Verdict, route
+from dispatcher.core.snapshot import ClusterRefusal
 from dispatcher.errors import RefusalReason
 
 from .factories import H100, gpu_node, gpu_task, info, snapshot
 
-WHY = "server-mismatch: kubeconfig rejected: server https://a is not the pinned https://h"
+WHY = ClusterRefusal(
+    RefusalReason.SERVER_MISMATCH,
+    "kubeconfig rejected: server https://a is not the pinned https://h",
+)
 
 
 def refused_h100() -> ClusterState:
