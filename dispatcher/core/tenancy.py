@@ -86,7 +86,9 @@ class TenantPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    #: ``admin``: sees, reads and cancels every tenant's jobs.
+    #: ``admin``: sees, reads and cancels every tenant's jobs, and its tasks may name any
+    #: namespace, service account, priority class and volume type (pod security and
+    #: ``clusters`` still hold).
     role: Literal["member", "admin"] = "member"
     #: ServiceAccounts of the in-plane cluster that authenticate as this tenant (Kubernetes
     #: TokenReview): ``airflow/airflow-worker``, or ``airflow/*`` for every one of a
@@ -186,7 +188,14 @@ def _listed(values: tuple[str, ...]) -> str:
 
 
 def authorize(task: TaskSpec, tenant: str, policy: TenantPolicy) -> list[Problem]:
-    """Every way ``task`` asks for more than ``tenant`` may have; empty when allowed."""
+    """Every way ``task`` asks for more than ``tenant`` may have; empty when allowed.
+
+    An administrator's tasks are not limited here (namespaces, service accounts, priority
+    classes and volume types are the platform team's to choose); pod security and its own
+    ``clusters`` still hold, as for everyone.
+    """
+    if policy.admin:
+        return []
     setting = f"tenants.{tenant}"
     problems: list[Problem] = []
     if task.namespace is not None and task.namespace not in policy.namespaces:

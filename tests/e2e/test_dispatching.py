@@ -20,7 +20,15 @@ from kubernetes import client
 
 from dispatcher.client import ApiClientError, DispatcherClient
 from tests.stack import Stack
-from tests.support import ADMIN_HEADERS, ServiceProcess, finish, succeed, task, wait_until
+from tests.support import (
+    ADMIN_HEADERS,
+    ADMIN_TOKEN,
+    ServiceProcess,
+    finish,
+    succeed,
+    task,
+    wait_until,
+)
 
 
 def pods(stack: Stack, cluster: str, namespace: str) -> list[Any]:
@@ -458,7 +466,12 @@ def test_a_finished_outcome_survives_a_restart_until_acknowledged(
 def test_cli_submits_and_shows_jobs_and_clusters(service: ServiceProcess, tmp_path: Any) -> None:
     path = tmp_path / "task.yaml"
     path.write_text(yaml.safe_dump(task("cli", gpus=2, model="H100", annotations=succeed())))
-    env = {"DISPATCHER_URL": service.url, "COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+    env = {
+        "DISPATCHER_URL": service.url,
+        "DISPATCHER_TOKEN": ADMIN_TOKEN,
+        "COLUMNS": "200",
+        "PATH": "/usr/bin:/bin",
+    }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

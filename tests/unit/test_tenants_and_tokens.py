@@ -52,6 +52,17 @@ def test_a_task_within_its_tenants_rules_is_allowed() -> None:
     assert authorize(task, "team-a", TEAM_A) == []
 
 
+def test_an_administrators_task_is_limited_only_by_pod_security_and_its_clusters() -> None:
+    task = spec(
+        namespace="anywhere",
+        service_account_name="cluster-admin",
+        priority_class_name="batch-high",
+        volumes=[{"name": "nfs", "nfs": {"server": "nfs.example.com", "path": "/"}}],
+    )
+    assert authorize(task, "ops", TenantPolicy(role="admin")) == []
+    assert len(authorize(task, "team-a", TenantPolicy())) == 4
+
+
 def test_every_refusal_names_its_field_and_the_setting_that_allows_it() -> None:
     task = spec(
         namespace="kube-system",
