@@ -36,8 +36,10 @@ unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
 ## Everything CI runs: static checks, then the whole suite against the real stack.
+## TEST_WORKERS pytest-xdist workers, each with its own stack; a file stays on one worker.
+TEST_WORKERS ?= 2
 test: lint stack-build
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## The demo: brings up the stack, starts the dispatcher, routes a mix of tasks.
 demo: stack-build

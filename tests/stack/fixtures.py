@@ -15,9 +15,31 @@ from typing import Any
 
 import pytest
 
-from .launcher import TASK_NAMESPACE_LABELS, Stack, StackEnv, StackError
+from .launcher import (
+    TASK_NAMESPACE_LABELS,
+    Stack,
+    StackEnv,
+    StackError,
+    port_base_default,
+    state_dir_default,
+)
 
 _START_FAILURE: list[str] = []
+
+#: Ports a stack takes above its base (the highest is base+42); xdist workers are spaced
+#: this far apart.
+PORTS_PER_STACK = 100
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker runs its own stack: its own directory, and ports
+    ``PORTS_PER_STACK`` apart from the configured base (worker ``gw0`` keeps the base)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    index = int(worker.removeprefix("gw"))
+    os.environ["KD_STACK_DIR"] = f"{state_dir_default()}-{worker}"
+    os.environ["KD_STACK_PORT_BASE"] = str(port_base_default() + PORTS_PER_STACK * index)
 
 
 @pytest.fixture(scope="session")
