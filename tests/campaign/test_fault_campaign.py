@@ -4,20 +4,22 @@ stream of tasks, a seeded fault schedule, an admin watch's history, and the chec
 Runs: every seed in ``REGRESSION_SEEDS`` (fixed seeds that once failed), and a random one
 (printed, in the test id and in the output) so CI keeps exploring. A failing random seed
 becomes a fixed regression case there, with the violation it showed, once it is fixed.
+``KD_CAMPAIGN_SEED`` replays one; the session sets it when unset (``tests/conftest.py``),
+so every pytest-xdist worker collects the same seed.
 Histories stay in the stack's folder (``<KD_STACK_DIR>/campaigns/<namespace>``) for the
 checker to judge again.
 """
 
 from __future__ import annotations
 
-import random
+import os
 
 import pytest
 
 from benchmarks.fault_campaign.campaign import CampaignConfig, run_campaign
 from tests.stack import Stack
 
-RANDOM_SEED = random.SystemRandom().randrange(1, 2**31)
+RANDOM_SEED = int(os.environ["KD_CAMPAIGN_SEED"])
 #: Seeds that once made the checker fail at this size: (seed, the violation it named). They
 #: are CI's fixed seeds; each run adds one random seed.
 #:
