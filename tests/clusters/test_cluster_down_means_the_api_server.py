@@ -254,11 +254,12 @@ def test_an_api_server_answering_503_to_every_watch_is_down(
     seen = health_events(cache)
     proxy.set_mode(Answer(503))
     assert proxy.cut_streams() == 3
-    wait_for(lambda: cache.health(CLUSTER) is Health.DOWN, what="down")
+    # The listeners hear of a change after the state has changed: wait on the event.
+    wait_for(lambda: seen[-1:] == ["down"], what="the down event")
+    assert cache.health(CLUSTER) is Health.DOWN
     status = cache.status(CLUSTER)
     assert status.reason is HealthReason.UNREACHABLE
     assert "HTTP 503" in status.message
-    assert seen[-1] == "down"
 
     proxy.set_mode(Pass())
     wait_for(lambda: cache.health(CLUSTER) is Health.UP, what="up again")
