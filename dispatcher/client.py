@@ -216,6 +216,13 @@ class DispatcherClient:
                 raise error_from_response(response)
             yield from response.iter_lines()
 
+    def xcom(self, job_id: str) -> Any:
+        """What the succeeded job wrote to ``/airflow/xcom/return.json`` (``xcom_sidecar``)."""
+        response = self._request(
+            "GET", f"/v1/jobs/{job_id}/xcom", timeout=httpx.Timeout(120.0, connect=10.0)
+        )
+        return response.json()["value"]
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         return dict(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
 

@@ -525,6 +525,9 @@ class ServiceSettings(_Section):
     #: A finished pod that its ``on_finish_action`` deletes stays this long, or until the
     #: job is acknowledged, so that its log can still be read (0: delete at once).
     finished_pod_linger_seconds: float = Field(default=30.0, ge=0, le=86400)
+    #: The largest ``/airflow/xcom/return.json`` read from a job's XCom sidecar (its log
+    #: carries it base64-encoded; a kubelet rotates container logs at 10 MiB by default).
+    max_xcom_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     #: Grace period given to a cancelled job's pod.
     cancel_grace_seconds: int = Field(default=30, ge=0, le=3600)
     #: A cancel request waits this long for the pod to be gone before it answers

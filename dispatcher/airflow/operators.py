@@ -108,7 +108,9 @@ class DispatcherPodOperator(BaseOperator):
     :param acknowledge: tell the dispatcher it may forget the job once its outcome is read.
 
     With ``do_xcom_push=True`` the task's return value is the JSON the container wrote
-    to its termination message (``/dev/termination-log``).
+    to ``/airflow/xcom/return.json`` (KPO's contract: the pod gets a small sidecar that
+    hands the file over through its log; see docs/airflow-migration.md), or, if it wrote
+    one, the JSON of its termination message (``/dev/termination-log``).
     """
 
     template_fields: Sequence[str] = (
@@ -141,6 +143,9 @@ class DispatcherPodOperator(BaseOperator):
         "requirements": "py",
     }
     ui_color = "#b9e0f7"
+    #: With ``do_xcom_push``, the pod gets the XCom sidecar that hands over
+    #: ``/airflow/xcom/return.json`` (``dispatcher.core.xcom``).
+    xcom_from_file: bool = True
 
     def __init__(
         self,
@@ -378,6 +383,7 @@ class DispatcherPodOperator(BaseOperator):
                 hints=parameters.cluster_hints(values),
             ),
             "env_from": env_from,
+            "xcom_sidecar": (self.do_xcom_push and self.xcom_from_file) or None,
             **pod_fields,
         }
         if context is not None:
@@ -502,15 +508,9 @@ class DispatcherPodOperator(BaseOperator):
             started = job.get("running_at") or job.get("submitted_at") or 0.0
             took = format_duration((job.get("finished_at") or started) - started)
             self.log.info("Job %s succeeded on %s after %s", job["id"], job.get("cluster"), took)
-            result = job.get("result")
-            if self.do_xcom_push and result is None:
-                self.log.warning(
-                    "do_xcom_push is set but the container wrote no JSON termination "
-                    "message: the return value is the JSON in /dev/termination-log "
-                    "(KubernetesPodOperator's /airflow/xcom/return.json is not read)"
-                )
+            result = self._xcom(job) if self.do_xcom_push else None
             self._acknowledge(job)
-            return result if self.do_xcom_push else None
+            return result
         message = failure_message(job)
         self._acknowledge(job)
         if (
@@ -522,6 +522,24 @@ class DispatcherPodOperator(BaseOperator):
         if state == "rejected":
             raise AirflowFailException(message)
         raise DispatcherJobFailed(message, job)
+
+    def _xcom(self, job: Mapping[str, Any]) -> Any:
+        """The return value: the JSON termination message if the container wrote one,
+        else ``/airflow/xcom/return.json`` (KPO's contract), read through the dispatcher
+        from the XCom sidecar's log before the job is acknowledged."""
+        result = job.get("result")
+        if result is not None or not self.xcom_from_file:
+            return result
+        try:
+            value = self.hook.xcom(str(job["id"]))
+        except ApiClientError as exc:
+            raise AirflowException(
+                f"job {job['id']} succeeded but its /airflow/xcom/return.json could not be "
+                f"read: {exc}"
+            ) from exc
+        if value is None:
+            self.log.info("The container wrote no /airflow/xcom/return.json: no XCom value")
+        return value
 
     def _acknowledge(self, job: Mapping[str, Any]) -> None:
         if not self.acknowledge:

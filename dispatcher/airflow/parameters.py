@@ -166,8 +166,9 @@ NO_EFFECT: Mapping[str, str] = {
     "log_events_on_startup": "the dispatcher watches pod start-up and its events itself",
     "init_container_logs": "only the task container's log is streamed into the task log; "
     "read an init container's with kubectl logs -c NAME while its pod is kept",
-    "xcom_sidecar_container_security_context": "dispatched pods have no XCom sidecar: the "
-    "result is read from the task container's termination message",
+    "xcom_sidecar_container_security_context": "the XCom sidecar runs with a restricted "
+    "securityContext of its own (non-root, no privilege escalation, no capabilities, "
+    "RuntimeDefault seccomp)",
 }
 
 #: KPO parameters that are task spec fields of the same name and meaning; ``configmaps``
