@@ -46,6 +46,7 @@ _TITLES = {
     "deadline-exceeded": "DeadlineExceeded",
     "evicted": "Evicted",
     "create-container-config-error": "CreateContainerConfigError",
+    "init-container": "InitContainerFailed",
     "node-lost": "NodeLost",
 }
 

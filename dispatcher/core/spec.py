@@ -438,7 +438,8 @@ class TaskSpec(_Model):
     container_security_context: Annotated[JsonObject | None, canonical(SecurityContext)] = None
     #: The pod's ``terminationGracePeriodSeconds``: how long the task has between
     #: SIGTERM and SIGKILL when its pod is deleted without a grace period of its own
-    #: (evicted, drained). A cancelled job's pod gets ``service.cancel_grace_seconds``.
+    #: (evicted, drained). A cancelled job's pod gets it too, bounded by
+    #: ``service.max_cancel_grace_seconds`` (without it: ``service.cancel_grace_seconds``).
     termination_grace_period: int | None = Field(default=None, ge=0, le=MAX_TIMEOUT_SECONDS)
     automount_service_account_token: bool | None = None
     host_aliases: tuple[Annotated[JsonObject, canonical(HostAlias)], ...] = Field(

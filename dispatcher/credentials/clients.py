@@ -37,7 +37,7 @@ from dispatcher.credentials.material import KeyMaterial
 from dispatcher.errors import KubeconfigRejected, RefusalReason
 from dispatcher.settings import ClientSettings
 
-__all__ = ["ClusterApiClient", "build_api_client"]
+__all__ = ["ClusterApiClient", "bearer_token", "build_api_client"]
 
 _CONNECT_RETRIES = 2
 
@@ -64,24 +64,14 @@ class ClusterApiClient(ApiClient):
         """The private directory holding this client's certificate and key, if any."""
         return self._material.path if self._material is not None else None
 
-    def call_api(
-        self,
-        method: str,
-        url: str,
-        header_params: Any = None,
-        body: Any = None,
-        post_params: Any = None,
-        _request_timeout: Any = None,
-    ) -> Any:
-        # The one method every request of the generated client goes through.
-        return super().call_api(
-            method,
-            url,
-            header_params=header_params,
-            body=body,
-            post_params=post_params,
-            _request_timeout=_request_timeout or self.default_timeout,
-        )
+    def call_api(self, *args: Any, **kwargs: Any) -> Any:
+        # The one method every request of the generated client goes through. Its
+        # signature differs between client generations (37.x: method, url, headers,
+        # body...; up to 36.x: path, method, path and query params...); both pass
+        # ``_request_timeout`` by keyword.
+        if kwargs.get("_request_timeout") is None:
+            kwargs["_request_timeout"] = self.default_timeout
+        return super().call_api(*args, **kwargs)
 
     def close(self) -> None:
         """Close the connection pools and delete the key material (idempotent)."""
@@ -143,6 +133,16 @@ def _guard_addresses(client: ApiClient, cluster: str) -> None:
     manager.pool_classes_by_scheme = pools
 
 
+def bearer_token(token: str) -> tuple[dict[str, str], dict[str, str]]:
+    """``Configuration.api_key`` and ``api_key_prefix`` that send ``Bearer <token>`` with
+    every client generation: up to 35.x it is read under ``authorization``; 36.x reads
+    it under ``BearerToken`` (``authorization`` only as an alias of the key, not of its
+    prefix, so the header lacked "Bearer" and the apiserver saw an anonymous user); 37.x
+    reads either."""
+    keys = ("BearerToken", "authorization")
+    return dict.fromkeys(keys, token), dict.fromkeys(keys, "Bearer")
+
+
 def build_api_client(
     vetted: VettedKubeconfig,
     settings: ClientSettings | None = None,
@@ -155,35 +155,40 @@ def build_api_client(
     system temporary directory by default).
     """
     settings = settings or ClientSettings()
-    configuration = Configuration(
-        host=vetted.server,
-        ca_cert_data=vetted.ca_pem,
-        verify_ssl=not vetted.insecure_skip_tls_verify,
-        tls_server_name=vetted.tls_server_name,
-        retries=Retry(
-            total=_CONNECT_RETRIES,
-            connect=_CONNECT_RETRIES,
-            read=0,
-            redirect=0,
-            status=0,
-            other=0,
-            raise_on_redirect=False,
-            raise_on_status=False,
-        ),
-        debug=False,
+    configuration = Configuration(host=vetted.server)
+    configuration.verify_ssl = not vetted.insecure_skip_tls_verify
+    configuration.tls_server_name = vetted.tls_server_name
+    configuration.retries = Retry(
+        total=_CONNECT_RETRIES,
+        connect=_CONNECT_RETRIES,
+        read=0,
+        redirect=0,
+        status=0,
+        other=0,
+        raise_on_redirect=False,
+        raise_on_status=False,
     )
+    configuration.debug = False
     if vetted.token is not None:
-        configuration.api_key = {"authorization": vetted.token}
-        configuration.api_key_prefix = {"authorization": "Bearer"}
+        configuration.api_key, configuration.api_key_prefix = bearer_token(vetted.token)
+    # A CA in memory where the client takes one (37.x: ``ca_cert_data``); up to 36.x it
+    # takes only a file, written with the client certificate's, in the private directory.
+    ca_in_file = vetted.ca_pem is not None and not hasattr(configuration, "ca_cert_data")
     material: KeyMaterial | None = None
-    if vetted.client_cert_pem is not None and vetted.client_key_pem is not None:
+    if ca_in_file or (vetted.client_cert_pem is not None and vetted.client_key_pem is not None):
         material = KeyMaterial(prefix=f"kube-dispatcher-{vetted.cluster}-", base_dir=key_dir)
-        try:
+    try:
+        if vetted.ca_pem is not None and material is not None and ca_in_file:
+            configuration.ssl_ca_cert = str(material.write("ca.crt", vetted.ca_pem))
+        elif vetted.ca_pem is not None:
+            configuration.ca_cert_data = vetted.ca_pem
+        if material is not None and vetted.client_cert_pem and vetted.client_key_pem:
             configuration.cert_file = str(material.write("client.crt", vetted.client_cert_pem))
             configuration.key_file = str(material.write("client.key", vetted.client_key_pem))
-        except BaseException:
+    except BaseException:
+        if material is not None:
             material.remove()
-            raise
+        raise
     try:
         client = ClusterApiClient(
             configuration,

@@ -560,7 +560,11 @@ class Dispatcher:
         if action is Action.CREATE_POD and attempt is not None:
             self._pods.create(job, attempt, manifest)
         elif action is Action.DELETE_POD and attempt is not None:
-            grace = 0 if job.state.finished else self._service.cancel_grace_seconds
+            grace = (
+                0
+                if job.state.finished
+                else self._service.cancel_grace(job.spec.termination_grace_period)
+            )
             self._pods.delete(job, attempt, grace)
         elif action is Action.CLEANUP_POD and attempt is not None:
             return self._pods.cleanup(job, attempt)
