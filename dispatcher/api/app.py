@@ -443,9 +443,10 @@ def create_app(  # noqa: PLR0915 - one route per statement
         responses={404: {"model": ErrorModel}, 409: {"model": ErrorModel}},
         dependencies=one_job,
     )
-    def job_xcom(job_id: str) -> dict[str, Any]:
+    def job_xcom(job_id: str, principal: Caller) -> dict[str, Any]:
         """``{"value": ...}``: what a succeeded job with ``xcom_sidecar`` wrote to
         ``/airflow/xcom/return.json`` (``null`` if nothing); read before acknowledging."""
+        readable(principal, job_id)
         return {"value": runtime.dispatcher.xcom(job_id)}
 
     @app.post(
