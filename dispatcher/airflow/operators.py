@@ -19,8 +19,10 @@ import inspect
 from collections.abc import Callable, Container, Mapping, Sequence
 from contextvars import ContextVar
 from functools import cached_property
+from pathlib import Path
 from typing import Any, ClassVar
 
+import yaml
 from airflow.sdk import BaseOperator, Context, conf
 
 try:
@@ -53,6 +55,9 @@ from dispatcher.core import CONTAINER_NAME
 from dispatcher.errors import SpecError
 
 __all__ = ["DispatcherJobFailed", "DispatcherPodOperator"]
+
+#: The parameters that give a pod template (``_template``).
+POD_TEMPLATES = ("pod_template_file", "pod_template_dict", "full_pod_spec")
 
 #: How many earlier tries are searched for a job still running (``reattach_on_restart``).
 MAX_REATTACH_LOOKBACK = 10
@@ -130,6 +135,8 @@ class DispatcherPodOperator(BaseOperator):
         "priority_class_name",
         "hostname",
         "env_from",
+        "pod_template_file",
+        "pod_template_dict",
         "kubernetes_conn_id",
         "cluster_context",
         "config_file",
@@ -146,6 +153,10 @@ class DispatcherPodOperator(BaseOperator):
     #: With ``do_xcom_push``, the pod gets the XCom sidecar that hands over
     #: ``/airflow/xcom/return.json`` (``dispatcher.core.xcom``).
     xcom_from_file: bool = True
+    #: Set in ``__init__`` with the other ``POD_TEMPLATES`` parameters.
+    pod_template_file: str | None
+    pod_template_dict: dict[str, Any] | None
+    full_pod_spec: Any
 
     def __init__(
         self,
@@ -198,6 +209,9 @@ class DispatcherPodOperator(BaseOperator):
         hostname: str | None = None,
         subdomain: str | None = None,
         runtime_class_name: str | None = None,
+        pod_template_file: str | None = None,
+        pod_template_dict: dict[str, Any] | None = None,
+        full_pod_spec: Any = None,
         in_cluster: bool | None = None,
         kubernetes_conn_id: str | None = None,
         cluster_context: str | None = None,
@@ -217,7 +231,12 @@ class DispatcherPodOperator(BaseOperator):
             do_xcom_push=do_xcom_push,
             **_kpo_only_removed(kwargs, refuse=checking is None),
         )
-        _require(task_id, image=image, both_resources=None not in (container_resources, resources))
+        _require(
+            task_id,
+            image=image,
+            templated=bool(pod_template_file or pod_template_dict or full_pod_spec is not None),
+            both_resources=None not in (container_resources, resources),
+        )
         if is_delete_operator_pod is not None and on_finish_action == "delete_pod":
             on_finish_action = "delete_pod" if is_delete_operator_pod else "keep_pod"
         self.image = image
@@ -252,8 +271,9 @@ class DispatcherPodOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.container_name_log_prefix_enabled = container_name_log_prefix_enabled
         # Pod fields of the task spec and the parameters that chose the cluster, which
-        # become routing hints: parameters.SPEC_PARAMETERS, each a parameter above.
-        for parameter in parameters.SPEC_PARAMETERS:
+        # become routing hints (parameters.SPEC_PARAMETERS), and the pod templates: each
+        # a parameter above.
+        for parameter in (*parameters.SPEC_PARAMETERS, *POD_TEMPLATES):
             setattr(self, parameter, call[parameter])
         self.dispatcher_conn_id = dispatcher_conn_id
         self.gpus = gpus
@@ -297,6 +317,7 @@ class DispatcherPodOperator(BaseOperator):
         has to fill it in (then it is checked when the task runs)."""
         values = [getattr(self, field) for field in self.template_fields]
         values += [self.secrets, self.tolerations, self.affinity, self.pod_runtime_info_envs]
+        values += [self.full_pod_spec]
         values += list(self._spec_parameters().values())
         # Models as JSON, so that a template inside a V1EnvVar counts as one.
         if parameters.has_unresolved([parameters.plain(v) for v in values]):
@@ -354,7 +375,7 @@ class DispatcherPodOperator(BaseOperator):
         labels = dict(self.labels)
         spec: dict[str, Any] = {
             "image": self.image,
-            "name": self.name or self.task_id,
+            "name": self.name,
             "namespace": self.namespace,
             "cmds": list(self.cmds),
             "arguments": list(self.arguments),
@@ -386,12 +407,41 @@ class DispatcherPodOperator(BaseOperator):
             "xcom_sidecar": (self.do_xcom_push and self.xcom_from_file) or None,
             **pod_fields,
         }
+        spec = {k: v for k, v in spec.items() if v is not None and v not in ([], {})}
+        template = self._template()
+        if template:
+            spec = parameters.over_template(template, spec)
+        spec.setdefault("name", self.task_id)
         if context is not None:
             ti = context["ti"]
             identity = (ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
-            spec["labels"] = {**parameters.airflow_labels(*identity), **labels}
+            spec["labels"] = {**parameters.airflow_labels(*identity), **spec.get("labels", {})}
             spec["idempotency_key"] = parameters.idempotency_key(*identity)
-        return {k: v for k, v in spec.items() if v is not None and v not in ([], {})}
+        return spec
+
+    # ----- pod templates --------------------------------------------------------------
+    def _template(self) -> dict[str, Any]:
+        """The task spec fields of the pod template, as KPO layers it: ``pod_template_file``
+        (or else ``pod_template_dict``), then ``full_pod_spec`` over it; the operator's
+        own parameters go over both (``_spec``)."""
+        fields: dict[str, Any] = {}
+        if self.pod_template_file:
+            document = _read_pod_template(self.pod_template_file, self._dag_folder())
+            fields = parameters.pod_template_fields(document, where="pod_template_file")
+        elif self.pod_template_dict:
+            fields = parameters.pod_template_fields(
+                self.pod_template_dict, where="pod_template_dict"
+            )
+        if self.full_pod_spec is not None:
+            over = parameters.pod_template_fields(self.full_pod_spec, where="full_pod_spec")
+            fields = parameters.over_template(fields, over)
+        return fields
+
+    def _dag_folder(self) -> Path | None:
+        if not self.has_dag():  # type: ignore[no-untyped-call]
+            return None
+        fileloc = getattr(self.dag, "fileloc", None)
+        return Path(fileloc).parent if fileloc else None
 
     # ----- running ------------------------------------------------------------------
     @cached_property
@@ -577,13 +627,51 @@ def _kpo_only_removed(kwargs: dict[str, Any], *, refuse: bool = True) -> dict[st
     return {k: v for k, v in kwargs.items() if k not in dropped}
 
 
-def _require(task_id: Any, *, image: str | None, both_resources: bool) -> None:
+def _require(task_id: Any, *, image: str | None, templated: bool, both_resources: bool) -> None:
     if both_resources:
         raise AirflowException(
             f"{task_id!r}: resources is the old name of container_resources; set one"
         )
-    if image is None:
-        raise AirflowException(f"{task_id!r}: image is required")
+    if image is None and not templated:
+        raise AirflowException(
+            f"{task_id!r}: image is required (or a pod template whose container has one)"
+        )
+
+
+#: A pod template file larger than this is refused (a pod is at most 1.5 MiB in etcd).
+MAX_POD_TEMPLATE_BYTES = 1024 * 1024
+
+
+def _read_pod_template(name: str, dag_folder: Path | None) -> Any:
+    """The YAML (or JSON) document of ``pod_template_file``. A relative path is looked up
+    in the DAG's folder, then in the working directory (where KPO looks). A missing,
+    unreadable or malformed file is a ``ValueError`` naming it; KPO would log a warning
+    and run a pod without the template, which here would be a different task."""
+    path = Path(name).expanduser()
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path]
+    if not path.is_absolute() and dag_folder is not None:
+        candidates.insert(0, dag_folder / path)
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        looked = ", ".join(str(c) for c in candidates)
+        raise ValueError(f"pod_template_file {name!r}: no such file (looked for {looked})")
+    try:
+        if found.stat().st_size > MAX_POD_TEMPLATE_BYTES:
+            raise ValueError(
+                f"pod_template_file {str(found)!r} is larger than {MAX_POD_TEMPLATE_BYTES} bytes"
+            )
+        document = yaml.safe_load(found.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"pod_template_file {str(found)!r}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"pod_template_file {str(found)!r} is not valid YAML{at}") from None
+    if not isinstance(document, Mapping):
+        raise ValueError(
+            f"pod_template_file {str(found)!r} holds no pod (a mapping with metadata and spec)"
+        )
+    return document
 
 
 def _given(call: Mapping[str, Any]) -> dict[str, Any]:

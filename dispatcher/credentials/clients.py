@@ -42,7 +42,7 @@ __all__ = ["ClusterApiClient", "bearer_token", "build_api_client"]
 _CONNECT_RETRIES = 2
 
 
-class ClusterApiClient(ApiClient):
+class ClusterApiClient(ApiClient):  # type: ignore[misc,unused-ignore]  # Any before 37.x
     """An ``ApiClient`` for one cluster: default timeouts, and it owns its key material."""
 
     def __init__(
@@ -77,7 +77,7 @@ class ClusterApiClient(ApiClient):
         """Close the connection pools and delete the key material (idempotent)."""
         self.closed = True
         try:
-            super().close()  # type: ignore[no-untyped-call]
+            super().close()  # type: ignore[no-untyped-call,unused-ignore]
         finally:
             if self._material is not None:
                 self._material.remove()
