@@ -463,7 +463,7 @@ class DispatcherPodOperator(BaseOperator):
         spec = self.build_spec(context)
         job = self._submit(spec, context)
         self.job_id = job["id"]
-        watch = self._watch(Progress())
+        watch = self._watch(Progress(namespace=spec.get("namespace")))
         if self.deferrable and not is_finished(job):
             for line in watch.on_job(job).say:
                 self._say(line)
