@@ -46,12 +46,14 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
-## Without the cncf provider (kubernetes 37.x): the unit tests, the cluster connection on
-## the stack, and the Airflow tests that parse or run DAGs without the provider.
+## Without the cncf provider (kubernetes 37.x): the unit tests, the cluster connection and
+## the credentials on the stack, and the Airflow tests that parse or run DAGs without the
+## provider (a KPO example DAG with its imports changed among them).
 test-noprov: $(NOPROV_STAMP) stack-build
 	$(NOPROV)/bin/python -m pytest -q tests/unit tests/clusters/test_connection.py \
 		tests/airflow/test_kpo_parameters.py tests/airflow/test_isolation.py \
-		tests/airflow/test_example_dags.py
+		tests/airflow/test_example_dags.py tests/airflow/test_kpo_example.py \
+		tests/airflow/test_pod_template.py tests/credentials
 
 ## Everything CI runs: static checks, the whole suite against the real stack (with the
 ## cncf provider, kubernetes 36.x, as DAG authors have it), then test-noprov.

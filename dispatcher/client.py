@@ -46,9 +46,9 @@ class ApiClientError(Exception):
         self.status = status
         self.detail = detail
         self.problems = problems or []
-        lines = [detail] + [
-            f"  {p.get('field') or '(spec)'}: {p.get('message')}" for p in self.problems
-        ]
+        listed = [f"  {p.get('field') or '(spec)'}: {p.get('message')}" for p in self.problems]
+        # The service's detail may list the problems itself (a SpecError's text).
+        lines = [detail] + [line for line in listed if line.strip() not in detail]
         super().__init__("\n".join(lines))
 
 

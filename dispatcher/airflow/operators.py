@@ -135,6 +135,7 @@ class DispatcherPodOperator(BaseOperator):
         "priority_class_name",
         "hostname",
         "env_from",
+        "configmaps",
         "pod_template_file",
         "pod_template_dict",
         "kubernetes_conn_id",

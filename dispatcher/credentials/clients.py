@@ -5,8 +5,13 @@
 ``kubernetes.config`` (which would follow exec plugins and file paths) is never used.
 
 * TLS is always verified (unless the cluster explicitly allows skipping it); the CA is
-  passed in memory (``ca_cert_data``), so only a client certificate and key touch the disk,
-  in a private ``KeyMaterial`` directory removed when the client is closed.
+  passed in memory (``ca_cert_data``, 37.x), so only a client certificate and key touch
+  the disk (and, up to 36.x, which takes no CA in memory, the CA), in a private
+  ``KeyMaterial`` directory removed when the client is closed and no request of it is in
+  flight.
+* A closed client (its credential was replaced) answers every new request with a 401
+  (reason ``ClientReplaced``) without sending it, so callers take the current client as
+  they do after a rotation, instead of failing on key files already removed.
 * Every request gets the cluster's connect/read timeouts unless the caller passes
   ``_request_timeout`` itself (watches pass their own, longer read timeout).
 * urllib3 retries only failed connects, never a read (a POST must not be sent twice) and
@@ -23,11 +28,13 @@ I/O: writes key material files; network I/O happens when the returned client is 
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 import urllib3
 from kubernetes.client import ApiClient, Configuration
+from kubernetes.client.exceptions import ApiException
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.util.retry import Retry
 
@@ -40,6 +47,9 @@ from dispatcher.settings import ClientSettings
 __all__ = ["ClusterApiClient", "bearer_token", "build_api_client"]
 
 _CONNECT_RETRIES = 2
+
+#: The reason of the 401 a closed client answers with, without sending the request.
+CLIENT_REPLACED = "ClientReplaced"
 
 
 class ClusterApiClient(ApiClient):  # type: ignore[misc,unused-ignore]  # Any before 37.x
@@ -58,6 +68,8 @@ class ClusterApiClient(ApiClient):  # type: ignore[misc,unused-ignore]  # Any be
         self.default_timeout = timeout
         self._material = material
         self.closed = False
+        self._lock = threading.Lock()
+        self._in_flight = 0
 
     @property
     def key_dir(self) -> Path | None:
@@ -71,16 +83,38 @@ class ClusterApiClient(ApiClient):  # type: ignore[misc,unused-ignore]  # Any be
         # ``_request_timeout`` by keyword.
         if kwargs.get("_request_timeout") is None:
             kwargs["_request_timeout"] = self.default_timeout
-        return super().call_api(*args, **kwargs)
+        with self._lock:
+            if self.closed:
+                raise ApiException(status=401, reason=CLIENT_REPLACED)
+            self._in_flight += 1
+        try:
+            return super().call_api(*args, **kwargs)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                last = self._retired()
+            if last:
+                self._remove_material()
 
     def close(self) -> None:
-        """Close the connection pools and delete the key material (idempotent)."""
-        self.closed = True
+        """Close the connection pools; delete the key material now, or when the last
+        request in flight ends (idempotent). Later requests get a 401 (``ClientReplaced``)."""
+        with self._lock:
+            self.closed = True
+            idle = self._in_flight == 0
         try:
             super().close()  # type: ignore[no-untyped-call,unused-ignore]
         finally:
-            if self._material is not None:
-                self._material.remove()
+            if idle:
+                self._remove_material()
+
+    def _retired(self) -> bool:
+        """Closed, and no request in flight (under the lock)."""
+        return self.closed and self._in_flight == 0
+
+    def _remove_material(self) -> None:
+        if self._material is not None:
+            self._material.remove()
 
     def __repr__(self) -> str:
         return f"<ClusterApiClient {self.cluster} {self.configuration.host}>"
