@@ -50,7 +50,8 @@ unit: $(STAMP)
 ## the credentials on the stack, and the Airflow tests that parse or run DAGs without the
 ## provider (a KPO example DAG with its imports changed among them).
 test-noprov: $(NOPROV_STAMP) stack-build
-	$(NOPROV)/bin/python -m pytest -q tests/unit tests/clusters/test_connection.py \
+	$(NOPROV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests/unit \
+		tests/clusters/test_connection.py \
 		tests/airflow/test_kpo_parameters.py tests/airflow/test_isolation.py \
 		tests/airflow/test_example_dags.py tests/airflow/test_kpo_example.py \
 		tests/airflow/test_pod_template.py tests/credentials
