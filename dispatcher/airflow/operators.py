@@ -235,7 +235,8 @@ class DispatcherPodOperator(BaseOperator):
         _require(
             task_id,
             image=image,
-            templated=bool(pod_template_file or pod_template_dict or full_pod_spec is not None),
+            templated=bool(pod_template_file or pod_template_dict or full_pod_spec is not None)
+            or self._template_elsewhere(),
             both_resources=None not in (container_resources, resources),
         )
         if is_delete_operator_pod is not None and on_finish_action == "delete_pod":
@@ -421,6 +422,10 @@ class DispatcherPodOperator(BaseOperator):
         return spec
 
     # ----- pod templates --------------------------------------------------------------
+    def _template_elsewhere(self) -> bool:
+        """Whether a template this class does not take may give the image (a subclass's)."""
+        return False
+
     def _template(self) -> dict[str, Any]:
         """The task spec fields of the pod template, as KPO layers it: ``pod_template_file``
         (or else ``pod_template_dict``), then ``full_pod_spec`` over it; the operator's

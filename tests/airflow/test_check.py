@@ -66,6 +66,10 @@ def test_the_check_of_the_test_dags_names_each_parameters_fate_and_fails_on_a_re
         "    carried over: image, on_finish_action",
     ]
     assert section(out, "failing.oom")[-1] == "    dispatcher: gpu_model"
+    # The provider's KubernetesJobOperator is checked as DispatcherJobOperator.
+    job = section(out, "kpo_job.shards")
+    assert job[0].endswith("(KubernetesJobOperator, checked as DispatcherJobOperator)"), job
+    assert "    carried over: cmds, image, name" in job, job
     # Only from_a_template is refused.
     assert out.splitlines()[-1].endswith(
         " dispatcher tasks: 1 with refused parameters or an invalid spec, 0 files that do not parse"
