@@ -46,9 +46,9 @@ class ApiClientError(Exception):
         self.status = status
         self.detail = detail
         self.problems = problems or []
-        lines = [detail] + [
-            f"  {p.get('field') or '(spec)'}: {p.get('message')}" for p in self.problems
-        ]
+        listed = [f"  {p.get('field') or '(spec)'}: {p.get('message')}" for p in self.problems]
+        # The service's detail may list the problems itself (a SpecError's text).
+        lines = [detail] + [line for line in listed if line.strip() not in detail]
         super().__init__("\n".join(lines))
 
 
@@ -215,6 +215,13 @@ class DispatcherClient:
                 response.read()
                 raise error_from_response(response)
             yield from response.iter_lines()
+
+    def xcom(self, job_id: str) -> Any:
+        """What the succeeded job wrote to ``/airflow/xcom/return.json`` (``xcom_sidecar``)."""
+        response = self._request(
+            "GET", f"/v1/jobs/{job_id}/xcom", timeout=httpx.Timeout(120.0, connect=10.0)
+        )
+        return response.json()["value"]
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return dict(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())

@@ -525,8 +525,22 @@ class ServiceSettings(_Section):
     #: A finished pod that its ``on_finish_action`` deletes stays this long, or until the
     #: job is acknowledged, so that its log can still be read (0: delete at once).
     finished_pod_linger_seconds: float = Field(default=30.0, ge=0, le=86400)
-    #: Grace period given to a cancelled job's pod.
+    #: The largest ``/airflow/xcom/return.json`` read from a job's XCom sidecar (its log
+    #: carries it base64-encoded; a kubelet rotates container logs at 10 MiB by default).
+    max_xcom_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    #: Grace period given to a cancelled job's pod when its task sets no
+    #: ``termination_grace_period``.
     cancel_grace_seconds: int = Field(default=30, ge=0, le=3600)
+    #: A task's own ``termination_grace_period`` is its cancel grace, up to this.
+    max_cancel_grace_seconds: int = Field(default=600, ge=0, le=86400)
+
+    def cancel_grace(self, termination_grace_period: int | None) -> int:
+        """The grace a cancelled (or moved) pod gets: the task's own, bounded by
+        ``max_cancel_grace_seconds``, else ``cancel_grace_seconds``."""
+        if termination_grace_period is None:
+            return self.cancel_grace_seconds
+        return min(termination_grace_period, self.max_cancel_grace_seconds)
+
     #: A cancel request waits this long for the pod to be gone before it answers
     #: (``cancelled``); after it, the answer is ``cancelling`` and the deletion goes on.
     cancel_answer_wait_seconds: float = Field(default=5.0, ge=0, le=60)

@@ -1,4 +1,5 @@
 """Airflow integration: ``DispatcherPodOperator`` (a KubernetesPodOperator stand-in),
+``DispatcherJobOperator`` (KubernetesJobOperator's common use),
 ``DispatcherHook`` (the ``dispatcher`` connection type), ``DispatcherJobTrigger``, and
 ``Secret`` (KubernetesPodOperator's, without the cncf.kubernetes provider). The
 ``@task.dispatcher`` and ``@task.dispatcher_cmd`` decorators (``decorators``) are found
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dispatcher.airflow.hooks import DispatcherHook
+    from dispatcher.airflow.job import DispatcherJobOperator
     from dispatcher.airflow.operators import DispatcherJobFailed, DispatcherPodOperator
     from dispatcher.airflow.provider import get_provider_info
     from dispatcher.airflow.secret import Secret
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DispatcherHook",
     "DispatcherJobFailed",
+    "DispatcherJobOperator",
     "DispatcherJobTrigger",
     "DispatcherPodOperator",
     "Secret",
@@ -43,6 +46,7 @@ __all__ = [
 _WHERE = {
     "DispatcherHook": "dispatcher.airflow.hooks",
     "DispatcherJobFailed": "dispatcher.airflow.operators",
+    "DispatcherJobOperator": "dispatcher.airflow.job",
     "DispatcherJobTrigger": "dispatcher.airflow.triggers",
     "DispatcherPodOperator": "dispatcher.airflow.operators",
     "Secret": "dispatcher.airflow.secret",

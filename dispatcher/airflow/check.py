@@ -53,6 +53,7 @@ _PROVIDER = "airflow.providers.cncf.kubernetes"
 _STAND_INS = {
     f"{_PROVIDER}.operators.pod": ("KubernetesPodOperator",),
     f"{_PROVIDER}.operators.kubernetes_pod": ("KubernetesPodOperator",),
+    f"{_PROVIDER}.operators.job": ("KubernetesJobOperator",),
     f"{_PROVIDER}.secret": ("Secret",),
 }
 
@@ -158,6 +159,7 @@ class _StandIns(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def exec_module(self, module: types.ModuleType) -> None:
+        from dispatcher.airflow.job import DispatcherJobOperator  # noqa: PLC0415
         from dispatcher.airflow.operators import DispatcherPodOperator  # noqa: PLC0415
         from dispatcher.airflow.secret import Secret  # noqa: PLC0415
 
@@ -167,6 +169,12 @@ class _StandIns(importlib.abc.MetaPathFinder, importlib.abc.Loader):
                 "KubernetesPodOperator",
                 (DispatcherPodOperator,),
                 {"__module__": module.__name__, "__doc__": "DispatcherPodOperator, for the check"},
+            )
+        if "KubernetesJobOperator" in names:
+            module.KubernetesJobOperator = type(  # type: ignore[attr-defined]
+                "KubernetesJobOperator",
+                (DispatcherJobOperator,),
+                {"__module__": module.__name__, "__doc__": "DispatcherJobOperator, for the check"},
             )
         if "Secret" in names:
             module.Secret = Secret  # type: ignore[attr-defined]
@@ -275,6 +283,8 @@ def report(files: Sequence[CheckedFile], base: Path | None = None) -> Iterator[s
             kind = task.kind
             if kind.startswith("KubernetesPodOperator"):
                 kind += ", checked as DispatcherPodOperator"
+            elif kind.startswith("KubernetesJobOperator"):
+                kind += ", checked as DispatcherJobOperator"
             yield f"  {task.dag_id or '(no DAG)'}.{task.task_id} ({kind})"
             yield from _task_lines(task)
     refused = [t for t in tasks if t.refused]

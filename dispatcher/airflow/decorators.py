@@ -84,6 +84,8 @@ class _DispatcherDecoratedOperator(DecoratedOperator, DispatcherPodOperator):
     )
     # The callable is not mutated; some objects cannot be deep-copied.
     shallow_copy_attrs: Sequence[str] = ("python_callable",)
+    # The return value comes from the termination message (RESULT_PATH): no XCom sidecar.
+    xcom_from_file = False
 
     def __init__(self, *, use_dill: bool = False, do_xcom_push: bool = True, **kwargs: Any) -> None:
         given = [name for name in _OWN if kwargs.get(name) is not None]

@@ -130,6 +130,10 @@ class DispatcherHook(BaseHook):
         """The job's container log, line by line; ``follow`` streams as it is written."""
         return self.get_conn().logs(job_id, follow=follow, tail_lines=tail_lines)
 
+    def xcom(self, job_id: str) -> Any:
+        """What the succeeded job wrote to ``/airflow/xcom/return.json``."""
+        return self.get_conn().xcom(job_id)
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self.get_conn().cancel(job_id)
 

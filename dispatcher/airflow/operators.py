@@ -19,8 +19,10 @@ import inspect
 from collections.abc import Callable, Container, Mapping, Sequence
 from contextvars import ContextVar
 from functools import cached_property
+from pathlib import Path
 from typing import Any, ClassVar
 
+import yaml
 from airflow.sdk import BaseOperator, Context, conf
 
 try:
@@ -53,6 +55,9 @@ from dispatcher.core import CONTAINER_NAME
 from dispatcher.errors import SpecError
 
 __all__ = ["DispatcherJobFailed", "DispatcherPodOperator"]
+
+#: The parameters that give a pod template (``_template``).
+POD_TEMPLATES = ("pod_template_file", "pod_template_dict", "full_pod_spec")
 
 #: How many earlier tries are searched for a job still running (``reattach_on_restart``).
 MAX_REATTACH_LOOKBACK = 10
@@ -108,7 +113,9 @@ class DispatcherPodOperator(BaseOperator):
     :param acknowledge: tell the dispatcher it may forget the job once its outcome is read.
 
     With ``do_xcom_push=True`` the task's return value is the JSON the container wrote
-    to its termination message (``/dev/termination-log``).
+    to ``/airflow/xcom/return.json`` (KPO's contract: the pod gets a small sidecar that
+    hands the file over through its log; see docs/airflow-migration.md), or, if it wrote
+    one, the JSON of its termination message (``/dev/termination-log``).
     """
 
     template_fields: Sequence[str] = (
@@ -128,6 +135,9 @@ class DispatcherPodOperator(BaseOperator):
         "priority_class_name",
         "hostname",
         "env_from",
+        "configmaps",
+        "pod_template_file",
+        "pod_template_dict",
         "kubernetes_conn_id",
         "cluster_context",
         "config_file",
@@ -141,6 +151,13 @@ class DispatcherPodOperator(BaseOperator):
         "requirements": "py",
     }
     ui_color = "#b9e0f7"
+    #: With ``do_xcom_push``, the pod gets the XCom sidecar that hands over
+    #: ``/airflow/xcom/return.json`` (``dispatcher.core.xcom``).
+    xcom_from_file: bool = True
+    #: Set in ``__init__`` with the other ``POD_TEMPLATES`` parameters.
+    pod_template_file: str | None
+    pod_template_dict: dict[str, Any] | None
+    full_pod_spec: Any
 
     def __init__(
         self,
@@ -193,6 +210,9 @@ class DispatcherPodOperator(BaseOperator):
         hostname: str | None = None,
         subdomain: str | None = None,
         runtime_class_name: str | None = None,
+        pod_template_file: str | None = None,
+        pod_template_dict: dict[str, Any] | None = None,
+        full_pod_spec: Any = None,
         in_cluster: bool | None = None,
         kubernetes_conn_id: str | None = None,
         cluster_context: str | None = None,
@@ -212,7 +232,13 @@ class DispatcherPodOperator(BaseOperator):
             do_xcom_push=do_xcom_push,
             **_kpo_only_removed(kwargs, refuse=checking is None),
         )
-        _require(task_id, image=image, both_resources=None not in (container_resources, resources))
+        _require(
+            task_id,
+            image=image,
+            templated=bool(pod_template_file or pod_template_dict or full_pod_spec is not None)
+            or self._template_elsewhere(),
+            both_resources=None not in (container_resources, resources),
+        )
         if is_delete_operator_pod is not None and on_finish_action == "delete_pod":
             on_finish_action = "delete_pod" if is_delete_operator_pod else "keep_pod"
         self.image = image
@@ -247,8 +273,9 @@ class DispatcherPodOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.container_name_log_prefix_enabled = container_name_log_prefix_enabled
         # Pod fields of the task spec and the parameters that chose the cluster, which
-        # become routing hints: parameters.SPEC_PARAMETERS, each a parameter above.
-        for parameter in parameters.SPEC_PARAMETERS:
+        # become routing hints (parameters.SPEC_PARAMETERS), and the pod templates: each
+        # a parameter above.
+        for parameter in (*parameters.SPEC_PARAMETERS, *POD_TEMPLATES):
             setattr(self, parameter, call[parameter])
         self.dispatcher_conn_id = dispatcher_conn_id
         self.gpus = gpus
@@ -292,6 +319,7 @@ class DispatcherPodOperator(BaseOperator):
         has to fill it in (then it is checked when the task runs)."""
         values = [getattr(self, field) for field in self.template_fields]
         values += [self.secrets, self.tolerations, self.affinity, self.pod_runtime_info_envs]
+        values += [self.full_pod_spec]
         values += list(self._spec_parameters().values())
         # Models as JSON, so that a template inside a V1EnvVar counts as one.
         if parameters.has_unresolved([parameters.plain(v) for v in values]):
@@ -349,7 +377,7 @@ class DispatcherPodOperator(BaseOperator):
         labels = dict(self.labels)
         spec: dict[str, Any] = {
             "image": self.image,
-            "name": self.name or self.task_id,
+            "name": self.name,
             "namespace": self.namespace,
             "cmds": list(self.cmds),
             "arguments": list(self.arguments),
@@ -378,14 +406,48 @@ class DispatcherPodOperator(BaseOperator):
                 hints=parameters.cluster_hints(values),
             ),
             "env_from": env_from,
+            "xcom_sidecar": (self.do_xcom_push and self.xcom_from_file) or None,
             **pod_fields,
         }
+        spec = {k: v for k, v in spec.items() if v is not None and v not in ([], {})}
+        template = self._template()
+        if template:
+            spec = parameters.over_template(template, spec)
+        spec.setdefault("name", self.task_id)
         if context is not None:
             ti = context["ti"]
             identity = (ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
-            spec["labels"] = {**parameters.airflow_labels(*identity), **labels}
+            spec["labels"] = {**parameters.airflow_labels(*identity), **spec.get("labels", {})}
             spec["idempotency_key"] = parameters.idempotency_key(*identity)
-        return {k: v for k, v in spec.items() if v is not None and v not in ([], {})}
+        return spec
+
+    # ----- pod templates --------------------------------------------------------------
+    def _template_elsewhere(self) -> bool:
+        """Whether a template this class does not take may give the image (a subclass's)."""
+        return False
+
+    def _template(self) -> dict[str, Any]:
+        """The task spec fields of the pod template, as KPO layers it: ``pod_template_file``
+        (or else ``pod_template_dict``), then ``full_pod_spec`` over it; the operator's
+        own parameters go over both (``_spec``)."""
+        fields: dict[str, Any] = {}
+        if self.pod_template_file:
+            document = _read_pod_template(self.pod_template_file, self._dag_folder())
+            fields = parameters.pod_template_fields(document, where="pod_template_file")
+        elif self.pod_template_dict:
+            fields = parameters.pod_template_fields(
+                self.pod_template_dict, where="pod_template_dict"
+            )
+        if self.full_pod_spec is not None:
+            over = parameters.pod_template_fields(self.full_pod_spec, where="full_pod_spec")
+            fields = parameters.over_template(fields, over)
+        return fields
+
+    def _dag_folder(self) -> Path | None:
+        if not self.has_dag():  # type: ignore[no-untyped-call]
+            return None
+        fileloc = getattr(self.dag, "fileloc", None)
+        return Path(fileloc).parent if fileloc else None
 
     # ----- running ------------------------------------------------------------------
     @cached_property
@@ -407,7 +469,7 @@ class DispatcherPodOperator(BaseOperator):
         spec = self.build_spec(context)
         job = self._submit(spec, context)
         self.job_id = job["id"]
-        watch = self._watch(Progress())
+        watch = self._watch(Progress(namespace=spec.get("namespace")))
         if self.deferrable and not is_finished(job):
             for line in watch.on_job(job).say:
                 self._say(line)
@@ -502,15 +564,9 @@ class DispatcherPodOperator(BaseOperator):
             started = job.get("running_at") or job.get("submitted_at") or 0.0
             took = format_duration((job.get("finished_at") or started) - started)
             self.log.info("Job %s succeeded on %s after %s", job["id"], job.get("cluster"), took)
-            result = job.get("result")
-            if self.do_xcom_push and result is None:
-                self.log.warning(
-                    "do_xcom_push is set but the container wrote no JSON termination "
-                    "message: the return value is the JSON in /dev/termination-log "
-                    "(KubernetesPodOperator's /airflow/xcom/return.json is not read)"
-                )
+            result = self._xcom(job) if self.do_xcom_push else None
             self._acknowledge(job)
-            return result if self.do_xcom_push else None
+            return result
         message = failure_message(job)
         self._acknowledge(job)
         if (
@@ -522,6 +578,24 @@ class DispatcherPodOperator(BaseOperator):
         if state == "rejected":
             raise AirflowFailException(message)
         raise DispatcherJobFailed(message, job)
+
+    def _xcom(self, job: Mapping[str, Any]) -> Any:
+        """The return value: the JSON termination message if the container wrote one,
+        else ``/airflow/xcom/return.json`` (KPO's contract), read through the dispatcher
+        from the XCom sidecar's log before the job is acknowledged."""
+        result = job.get("result")
+        if result is not None or not self.xcom_from_file:
+            return result
+        try:
+            value = self.hook.xcom(str(job["id"]))
+        except ApiClientError as exc:
+            raise AirflowException(
+                f"job {job['id']} succeeded but its /airflow/xcom/return.json could not be "
+                f"read: {exc}"
+            ) from exc
+        if value is None:
+            self.log.info("The container wrote no /airflow/xcom/return.json: no XCom value")
+        return value
 
     def _acknowledge(self, job: Mapping[str, Any]) -> None:
         if not self.acknowledge:
@@ -559,13 +633,51 @@ def _kpo_only_removed(kwargs: dict[str, Any], *, refuse: bool = True) -> dict[st
     return {k: v for k, v in kwargs.items() if k not in dropped}
 
 
-def _require(task_id: Any, *, image: str | None, both_resources: bool) -> None:
+def _require(task_id: Any, *, image: str | None, templated: bool, both_resources: bool) -> None:
     if both_resources:
         raise AirflowException(
             f"{task_id!r}: resources is the old name of container_resources; set one"
         )
-    if image is None:
-        raise AirflowException(f"{task_id!r}: image is required")
+    if image is None and not templated:
+        raise AirflowException(
+            f"{task_id!r}: image is required (or a pod template whose container has one)"
+        )
+
+
+#: A pod template file larger than this is refused (a pod is at most 1.5 MiB in etcd).
+MAX_POD_TEMPLATE_BYTES = 1024 * 1024
+
+
+def _read_pod_template(name: str, dag_folder: Path | None) -> Any:
+    """The YAML (or JSON) document of ``pod_template_file``. A relative path is looked up
+    in the DAG's folder, then in the working directory (where KPO looks). A missing,
+    unreadable or malformed file is a ``ValueError`` naming it; KPO would log a warning
+    and run a pod without the template, which here would be a different task."""
+    path = Path(name).expanduser()
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path]
+    if not path.is_absolute() and dag_folder is not None:
+        candidates.insert(0, dag_folder / path)
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        looked = ", ".join(str(c) for c in candidates)
+        raise ValueError(f"pod_template_file {name!r}: no such file (looked for {looked})")
+    try:
+        if found.stat().st_size > MAX_POD_TEMPLATE_BYTES:
+            raise ValueError(
+                f"pod_template_file {str(found)!r} is larger than {MAX_POD_TEMPLATE_BYTES} bytes"
+            )
+        document = yaml.safe_load(found.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"pod_template_file {str(found)!r}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"pod_template_file {str(found)!r} is not valid YAML{at}") from None
+    if not isinstance(document, Mapping):
+        raise ValueError(
+            f"pod_template_file {str(found)!r} holds no pod (a mapping with metadata and spec)"
+        )
+    return document
 
 
 def _given(call: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,8 @@ A DAG written for ``KubernetesPodOperator`` moves over by changing the import an
 class name. Every KPO parameter falls in exactly one of these groups:
 
 - ``CARRIED_OVER``: taken by the operator's signature and translated into the task spec
-  (``image``, ``cmds``, ``env_vars``, ``container_resources``...) or honoured by the
+  (``image``, ``cmds``, ``env_vars``, ``container_resources``, a pod template with
+  ``pod_template_fields``...) or honoured by the
   operator (``get_logs``, ``do_xcom_push``, ``deferrable``, ``skip_on_exit_code``,
   ``poll_interval``: how often the job is asked while its pod has not started).
 - ``POD_FIELDS``: pod fields the task spec has under the same name (``env_from``,
@@ -17,8 +18,8 @@ class name. Every KPO parameter falls in exactly one of these groups:
   credential is read.
 - ``NO_EFFECT``: how KPO watches a pod from the worker (poll intervals, event dumps); the
   dispatcher watches pods itself, so these are accepted and change nothing.
-- ``REFUSED``: what the dispatcher cannot honour (a pod template, host networking,
-  another scheduler...). Refused when the DAG is parsed, with why and what to use
+- ``REFUSED``: what the dispatcher cannot honour (host networking, another
+  scheduler...). Refused when the DAG is parsed, with why and what to use
   instead, never silently dropped.
 
 Kubernetes model objects (``k8s.V1Volume``) and plain dicts are both accepted; models
@@ -82,20 +83,7 @@ class Refusal:
 
 
 _EMPTY: tuple[Any, ...] = (None, [], (), {}, "")
-_TEMPLATE = (
-    "a pod template describes the whole pod, placement included, while the dispatcher "
-    "builds each pod for the cluster it chose (identity labels, that cluster's defaults, "
-    "the GPU nodes routing judged); a template's nodeName, nodeSelector or affinity would "
-    "contradict routing, and its other fields would be silently ignored",
-    "pass the pod's fields as operator parameters (image, cmds, env_vars, "
-    "container_resources, volumes, init_containers, security_context, tolerations, "
-    "affinity...), and steer placement with gpus=, gpu_model= or requirements=",
-)
-
 REFUSED: Mapping[str, Refusal] = {
-    "pod_template_file": Refusal(*_TEMPLATE),
-    "pod_template_dict": Refusal(*_TEMPLATE, neutral=_EMPTY),
-    "full_pod_spec": Refusal(*_TEMPLATE),
     "hostnetwork": Refusal(
         "host networking would tie the task to a node's network, which differs per cluster "
         "(and Pod Security 'baseline' forbids it)",
@@ -166,8 +154,9 @@ NO_EFFECT: Mapping[str, str] = {
     "log_events_on_startup": "the dispatcher watches pod start-up and its events itself",
     "init_container_logs": "only the task container's log is streamed into the task log; "
     "read an init container's with kubectl logs -c NAME while its pod is kept",
-    "xcom_sidecar_container_security_context": "dispatched pods have no XCom sidecar: the "
-    "result is read from the task container's termination message",
+    "xcom_sidecar_container_security_context": "the XCom sidecar runs with a restricted "
+    "securityContext of its own (non-root, no privilege escalation, no capabilities, "
+    "RuntimeDefault seccomp)",
 }
 
 #: KPO parameters that are task spec fields of the same name and meaning; ``configmaps``
@@ -232,6 +221,9 @@ CARRIED_OVER = frozenset(
         "active_deadline_seconds",
         "container_name_log_prefix_enabled",
         "poll_interval",
+        "pod_template_file",
+        "pod_template_dict",
+        "full_pod_spec",
     }
 )
 
@@ -479,7 +471,17 @@ _TEMPLATE_REFUSED = {
     "hostNetwork": _HOST_NAMESPACES,
     "hostPID": _HOST_NAMESPACES,
     "hostIPC": _HOST_NAMESPACES,
-    "hostUsers": _HOST_NAMESPACES,
+    "hostUsers": "user namespaces (hostUsers: false) need a feature not every cluster has, "
+    "and the task spec has no such field",
+}
+#: The value of each of those that asks for nothing (the API's default).
+_TEMPLATE_NEUTRAL = {
+    "nodeName": "",
+    "schedulerName": "default-scheduler",
+    "hostNetwork": False,
+    "hostPID": False,
+    "hostIPC": False,
+    "hostUsers": True,
 }
 #: Spec fields whose template and operator values are joined (template first); for the
 #: others the operator's value, when given, replaces the template's (KPO's merge).
@@ -538,7 +540,7 @@ def pod_template_fields(template: Any, *, where: str = "pod_template_dict") -> d
         if value is None or key == "containers":
             continue
         if key in _TEMPLATE_REFUSED:
-            if value not in (False, "default-scheduler"):
+            if value != _TEMPLATE_NEUTRAL[key]:
                 problems.append(Problem(path, f"not supported: {_TEMPLATE_REFUSED[key]}"))
         elif key == "restartPolicy":
             if value != "Never":

@@ -46,6 +46,7 @@ _TITLES = {
     "deadline-exceeded": "DeadlineExceeded",
     "evicted": "Evicted",
     "create-container-config-error": "CreateContainerConfigError",
+    "init-container": "InitContainerFailed",
     "node-lost": "NodeLost",
 }
 
@@ -65,6 +66,9 @@ class Progress:
     announced: str | None = None
     #: The routing explanation last said (not repeated when it has not changed).
     reason: str | None = None
+    #: The namespace the task asked for (its spec's), to say when a cluster put the pod
+    #: in another one.
+    namespace: str | None = None
 
     def observe(self, job: Job) -> list[str]:
         """Messages about where the job is, each said once; resets the line count when
@@ -85,6 +89,7 @@ class Progress:
                         + _previous_end(job)
                     )
                 messages.append(_sentence(head, "" if reason == said else reason))
+                messages += self._namespace_notice(cluster, job.get("namespace"))
                 self.announced, self.reason = placement, reason
             if pod != self.pod:
                 self.pod, self.lines = pod, 0
@@ -92,6 +97,16 @@ class Progress:
             messages.append(_sentence(f"Job {job.get('id')} is queued", reason))
             self.announced, self.reason = "queued", reason
         return messages
+
+    def _namespace_notice(self, cluster: str, namespace: str | None) -> list[str]:
+        if not self.namespace or not namespace or namespace == self.namespace:
+            return []
+        return [
+            f"The task asked for namespace {self.namespace!r}, which cluster {cluster} does "
+            f"not allow: its pod runs in {namespace!r}, where the Secrets, ConfigMaps and "
+            "PersistentVolumeClaims it names must exist (the cluster's "
+            f"pod_defaults.allowed_namespaces can list {self.namespace!r})"
+        ]
 
     def accept(self, pod: str, index: int) -> bool:
         """Whether line ``index`` (0-based) of ``pod``'s log is new; counts it if so."""
@@ -111,6 +126,7 @@ class Progress:
             lines=int(data.get("lines") or 0),
             announced=data.get("announced"),
             reason=data.get("reason"),
+            namespace=data.get("namespace"),
         )
 
 

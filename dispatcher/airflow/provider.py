@@ -117,7 +117,10 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": _INTEGRATION, "tags": ["service"]},
         ],
         "operators": [
-            {"integration-name": _INTEGRATION, "python-modules": ["dispatcher.airflow.operators"]}
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["dispatcher.airflow.operators", "dispatcher.airflow.job"],
+            }
         ],
         "hooks": [
             {"integration-name": _INTEGRATION, "python-modules": ["dispatcher.airflow.hooks"]}

@@ -438,6 +438,17 @@ def create_app(  # noqa: PLR0915 - one route per statement
         first = _peek(lines)
         return StreamingResponse(first, media_type="text/plain; charset=utf-8")
 
+    @app.get(
+        f"{API_PREFIX}/jobs/{{job_id}}/xcom",
+        responses={404: {"model": ErrorModel}, 409: {"model": ErrorModel}},
+        dependencies=one_job,
+    )
+    def job_xcom(job_id: str, principal: Caller) -> dict[str, Any]:
+        """``{"value": ...}``: what a succeeded job with ``xcom_sidecar`` wrote to
+        ``/airflow/xcom/return.json`` (``null`` if nothing); read before acknowledging."""
+        readable(principal, job_id)
+        return {"value": runtime.dispatcher.xcom(job_id)}
+
     @app.post(
         f"{API_PREFIX}/jobs/{{job_id}}/cancel",
         response_model=JobModel,

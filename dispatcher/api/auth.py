@@ -81,7 +81,7 @@ class TokenReviewer:
         def call(api: Any, timeout: tuple[float, float]) -> Any:
             # A dict serialises as the model would (as the other Connection calls pass).
             return AuthenticationV1Api(api).create_token_review(
-                body,  # type: ignore[arg-type]
+                body,  # type: ignore[arg-type,unused-ignore]
                 _preload_content=False,
                 _request_timeout=timeout,
             )

@@ -95,6 +95,10 @@ class FailureClass(StrEnum):
     #: key, runtime refusal): ``CreateContainerConfigError``, ``CreateContainerError``,
     #: ``RunContainerError``.
     CREATE_CONTAINER_CONFIG_ERROR = "create-container-config-error"
+    #: An init container (not the task's own) exited non-zero, so the task never started:
+    #: ``init_containers``' command, image or inputs are at fault. Its exit code is in the
+    #: message, not ``exit_code`` (which, as ``skip_on_exit_code``, is the task's).
+    INIT_CONTAINER = "init-container"
     NODE_LOST = "node-lost"
     #: The API server refused to create the pod (400, 403, 404 namespace, 422): the spec or
     #: the cluster's policy is at fault; retrying cannot help. The message is the server's.
@@ -259,6 +263,10 @@ def _failed(pod: Mapping[str, Any], status: Mapping[str, Any]) -> Outcome:
             _clip(f"{disruption.get('reason')}: {text}"),
             exit_code,
         )
+    if not terminated:
+        failed_init = _failed_init_container(pod, status)
+        if failed_init is not None:
+            return failed_init
     name = base.get("name", CONTAINER_NAME)
     if terminated.get("reason") == "OOMKilled":
         limit = _memory_limit(pod, name)
@@ -284,6 +292,39 @@ def _failed(pod: Mapping[str, Any], status: Mapping[str, Any]) -> Outcome:
         return stuck
     text = f"{reason}: {detail}" if reason or detail else "the pod failed without a reason"
     return Outcome(JobPhase.FAILED, FailureClass.UNKNOWN, _clip(text), exit_code, result)
+
+
+def _failed_init_container(pod: Mapping[str, Any], status: Mapping[str, Any]) -> Outcome | None:
+    """The first init container that ended non-zero, when the task's own never ran."""
+    for container in status.get("initContainerStatuses") or ():
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        code = terminated.get("exitCode")
+        if not terminated or code in (None, 0):
+            continue
+        name = container.get("name", "?")
+        reason = terminated.get("reason")
+        if reason == "OOMKilled":
+            limit = _init_memory_limit(pod, name)
+            what = f"exceeded memory limit {limit}" if limit else "ran out of memory"
+            message = f"OOMKilled: init container {name} {what} (exit code {code})"
+            return Outcome(JobPhase.FAILED, FailureClass.OOM_KILLED, message)
+        message = f"init container {name} exited with code {code}"
+        if reason and reason != "Error":
+            message += f" ({reason})"
+        tail = terminated.get("message")
+        if tail and tail.strip():
+            message += ": " + tail.strip().splitlines()[-1]
+        message += "; the task's container never started"
+        return Outcome(JobPhase.FAILED, FailureClass.INIT_CONTAINER, _clip(message))
+    return None
+
+
+def _init_memory_limit(pod: Mapping[str, Any], name: str) -> str | None:
+    for container in (pod.get("spec") or {}).get("initContainers") or ():
+        if container.get("name") == name:
+            limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+            return None if limit is None else str(limit)
+    return None
 
 
 def _image(pod: Mapping[str, Any]) -> str | None:

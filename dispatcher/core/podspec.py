@@ -28,7 +28,8 @@ from typing import Any
 from dispatcher.core import quantity
 from dispatcher.core.names import check_label_value, sanitize_dns_label
 from dispatcher.core.scheduling import pod_constraints, pod_namespace
-from dispatcher.core.spec import PodDefaults, TaskSpec
+from dispatcher.core.spec import XCOM_SIDECAR_RESOURCES, PodDefaults, TaskSpec
+from dispatcher.core.xcom import XCOM_MOUNT, XCOM_SIDECAR_NAME, XCOM_VOLUME, sidecar_command
 
 __all__ = [
     "ATTEMPT_LABEL",
@@ -127,6 +128,26 @@ def _container(task: TaskSpec) -> dict[str, Any]:
     return container
 
 
+def _xcom_sidecar(image: str, pod: str) -> dict[str, Any]:
+    """The native sidecar that prints ``return.json`` to its log when stopped
+    (``dispatcher.core.xcom``); restricted, as Pod Security 'restricted' asks."""
+    return {
+        "name": XCOM_SIDECAR_NAME,
+        "image": image,
+        "command": sidecar_command(pod),
+        "restartPolicy": "Always",
+        "resources": {"requests": dict(XCOM_SIDECAR_RESOURCES.requests)},
+        "volumeMounts": [dict(XCOM_MOUNT, readOnly=True)],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": 65534,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+
+
 def _pod_fields(task: TaskSpec) -> dict[str, Any]:
     """The pod-level fields a task carries over as they are."""
     fields: dict[str, Any] = {
@@ -199,12 +220,21 @@ def build_pod(
         annotations[IDEMPOTENCY_KEY_ANNOTATION] = task.idempotency_key
     annotations[SUBMITTED_AT_ANNOTATION] = _rfc3339(submitted_at)
 
+    name = pod_name(task.name, job_id, attempt)
+    container = _container(task)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "containers": [_container(task)],
+        "containers": [container],
     }
-    if task.init_containers:
-        spec["initContainers"] = [container.to_k8s() for container in task.init_containers]
+    init = [c.to_k8s() for c in task.init_containers]
+    volumes = [dict(volume) for volume in task.volumes]
+    if task.xcom_sidecar:
+        # Last, so that it starts once the task's own init containers are done.
+        init.append(_xcom_sidecar(defaults.xcom_sidecar_image, name))
+        volumes.append({"name": XCOM_VOLUME, "emptyDir": {}})
+        container["volumeMounts"] = [*container.get("volumeMounts", ()), dict(XCOM_MOUNT)]
+    if init:
+        spec["initContainers"] = init
     if constraints.node_selector:
         spec["nodeSelector"] = dict(constraints.node_selector)
     if constraints.tolerations:
@@ -212,8 +242,8 @@ def build_pod(
     affinity = _affinity(task, placement)
     if affinity:
         spec["affinity"] = affinity
-    if task.volumes:
-        spec["volumes"] = [dict(volume) for volume in task.volumes]
+    if volumes:
+        spec["volumes"] = volumes
     service_account = task.service_account_name or defaults.service_account_name
     if service_account:
         spec["serviceAccountName"] = service_account
@@ -231,7 +261,7 @@ def build_pod(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(task.name, job_id, attempt),
+            "name": name,
             "namespace": pod_namespace(task, defaults),
             "labels": labels,
             "annotations": annotations,

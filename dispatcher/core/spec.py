@@ -70,6 +70,7 @@ from dispatcher.core.names import (
     LabelValue,
     check_label_key,
 )
+from dispatcher.core.xcom import XCOM_DIRECTORY, XCOM_SIDECAR_NAME, XCOM_VOLUME
 from dispatcher.errors import Problem, SpecError
 
 __all__ = [
@@ -437,7 +438,8 @@ class TaskSpec(_Model):
     container_security_context: Annotated[JsonObject | None, canonical(SecurityContext)] = None
     #: The pod's ``terminationGracePeriodSeconds``: how long the task has between
     #: SIGTERM and SIGKILL when its pod is deleted without a grace period of its own
-    #: (evicted, drained). A cancelled job's pod gets ``service.cancel_grace_seconds``.
+    #: (evicted, drained). A cancelled job's pod gets it too, bounded by
+    #: ``service.max_cancel_grace_seconds`` (without it: ``service.cancel_grace_seconds``).
     termination_grace_period: int | None = Field(default=None, ge=0, le=MAX_TIMEOUT_SECONDS)
     automount_service_account_token: bool | None = None
     host_aliases: tuple[Annotated[JsonObject, canonical(HostAlias)], ...] = Field(
@@ -450,6 +452,10 @@ class TaskSpec(_Model):
     #: A RuntimeClass (gVisor, Kata...) that must exist in the cluster the task lands in.
     runtime_class_name: DNSSubdomain | None = None
     requirements: Requirements = Field(default_factory=Requirements)
+    #: KubernetesPodOperator's XCom contract (``do_xcom_push``): the task writes its value
+    #: to ``/airflow/xcom/return.json``, which a small sidecar hands over through its log
+    #: (``dispatcher.core.xcom``); read with ``GET /v1/jobs/{id}/xcom``.
+    xcom_sidecar: bool = False
     #: Built by the Airflow layer from dag_id, task_id, run_id, map_index and try_number.
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=512)
 
@@ -514,6 +520,7 @@ class TaskSpec(_Model):
         problems.extend(_init_mount_problems(self.volumes, self.init_containers))
         problems.extend(Problem(f"ports{p.field}", p.message) for p in port_problems(self.ports))
         problems.extend(self._init_container_problems())
+        problems.extend(self._xcom_problems())
         problems.extend(self._dns_problems())
         if self.service_account_name is None:
             problems.extend(_token_problems(self.volumes))
@@ -535,6 +542,28 @@ class TaskSpec(_Model):
             for index, name in enumerate(names)
             if names.index(name) != index
         ]
+
+    def _xcom_problems(self) -> list[Problem]:
+        """What would collide with the XCom sidecar's container, volume or mount."""
+        if not self.xcom_sidecar:
+            return []
+        why = "taken by the XCom sidecar (xcom_sidecar, do_xcom_push)"
+        problems = [
+            Problem(f"init_containers[{index}].name", f"{XCOM_SIDECAR_NAME!r} is {why}")
+            for index, container in enumerate(self.init_containers)
+            if container.name == XCOM_SIDECAR_NAME
+        ]
+        problems += [
+            Problem(f"volumes[{index}].name", f"{XCOM_VOLUME!r} is {why}")
+            for index, volume in enumerate(self.volumes)
+            if volume.get("name") == XCOM_VOLUME
+        ]
+        problems += [
+            Problem(f"volume_mounts[{index}].mountPath", f"{XCOM_DIRECTORY} is {why}")
+            for index, mount in enumerate(self.volume_mounts)
+            if str(mount.get("mountPath", "")).rstrip("/") == XCOM_DIRECTORY
+        ]
+        return problems
 
     def _dns_problems(self) -> list[Problem]:
         if self.dnspolicy != "None":
@@ -592,13 +621,14 @@ class TaskSpec(_Model):
         own = dict(self.container_resources.effective_requests)
         if self.gpus:
             own[quantity.GPU] = self.gpus
-        merged = quantity.pod_requests_with_init(
-            own,
-            (
-                (c.resources.effective_requests, c.restart_policy == "Always")
-                for c in self.init_containers
-            ),
-        )
+        init = [
+            (c.resources.effective_requests, c.restart_policy == "Always")
+            for c in self.init_containers
+        ]
+        if self.xcom_sidecar:
+            # The XCom sidecar is the last init container, a sidecar (``podspec``).
+            init.append((XCOM_SIDECAR_RESOURCES.effective_requests, True))
+        merged = quantity.pod_requests_with_init(own, init)
         merged[quantity.PODS] = 1
         return {name: amount for name, amount in merged.items() if amount}
 
@@ -716,6 +746,12 @@ def _is_int32(text: str) -> bool:
     return bool(re.fullmatch(r"[+-]?[0-9]{1,10}", text)) and -(2**31) <= int(text) < 2**31
 
 
+#: What the XCom sidecar reserves (KubernetesPodOperator's sidecar asks the same).
+XCOM_SIDECAR_RESOURCES = ResourceRequirements.model_validate(
+    {"requests": {"cpu": "1m", "memory": "10Mi"}}
+)
+
+
 class PodDefaults(_Model):
     """What a cluster adds to every pod routed to it (from the cluster's settings)."""
 
@@ -732,6 +768,9 @@ class PodDefaults(_Model):
     service_account_name: DNSSubdomain | None = None
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
     annotations: dict[LabelKey, str] = Field(default_factory=dict)
+    #: The XCom sidecar's image (``sh``, ``sleep``, ``base64`` and ``wc`` are all it
+    #: needs): a cluster that pulls from a mirror names its copy here.
+    xcom_sidecar_image: Annotated[str, AfterValidator(check_image_reference)] = "alpine:3.20"
 
 
 def parse_task_spec(data: Any, *, source: str | None = None) -> TaskSpec:

@@ -5,8 +5,13 @@
 ``kubernetes.config`` (which would follow exec plugins and file paths) is never used.
 
 * TLS is always verified (unless the cluster explicitly allows skipping it); the CA is
-  passed in memory (``ca_cert_data``), so only a client certificate and key touch the disk,
-  in a private ``KeyMaterial`` directory removed when the client is closed.
+  passed in memory (``ca_cert_data``, 37.x), so only a client certificate and key touch
+  the disk (and, up to 36.x, which takes no CA in memory, the CA), in a private
+  ``KeyMaterial`` directory removed when the client is closed and no request of it is in
+  flight.
+* A closed client (its credential was replaced) answers every new request with a 401
+  (reason ``ClientReplaced``) without sending it, so callers take the current client as
+  they do after a rotation, instead of failing on key files already removed.
 * Every request gets the cluster's connect/read timeouts unless the caller passes
   ``_request_timeout`` itself (watches pass their own, longer read timeout).
 * urllib3 retries only failed connects, never a read (a POST must not be sent twice) and
@@ -23,11 +28,13 @@ I/O: writes key material files; network I/O happens when the returned client is 
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 import urllib3
 from kubernetes.client import ApiClient, Configuration
+from kubernetes.client.exceptions import ApiException
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.util.retry import Retry
 
@@ -37,12 +44,15 @@ from dispatcher.credentials.material import KeyMaterial
 from dispatcher.errors import KubeconfigRejected, RefusalReason
 from dispatcher.settings import ClientSettings
 
-__all__ = ["ClusterApiClient", "build_api_client"]
+__all__ = ["ClusterApiClient", "bearer_token", "build_api_client"]
 
 _CONNECT_RETRIES = 2
 
+#: The reason of the 401 a closed client answers with, without sending the request.
+CLIENT_REPLACED = "ClientReplaced"
 
-class ClusterApiClient(ApiClient):
+
+class ClusterApiClient(ApiClient):  # type: ignore[misc,unused-ignore]  # Any before 37.x
     """An ``ApiClient`` for one cluster: default timeouts, and it owns its key material."""
 
     def __init__(
@@ -58,39 +68,53 @@ class ClusterApiClient(ApiClient):
         self.default_timeout = timeout
         self._material = material
         self.closed = False
+        self._lock = threading.Lock()
+        self._in_flight = 0
 
     @property
     def key_dir(self) -> Path | None:
         """The private directory holding this client's certificate and key, if any."""
         return self._material.path if self._material is not None else None
 
-    def call_api(
-        self,
-        method: str,
-        url: str,
-        header_params: Any = None,
-        body: Any = None,
-        post_params: Any = None,
-        _request_timeout: Any = None,
-    ) -> Any:
-        # The one method every request of the generated client goes through.
-        return super().call_api(
-            method,
-            url,
-            header_params=header_params,
-            body=body,
-            post_params=post_params,
-            _request_timeout=_request_timeout or self.default_timeout,
-        )
+    def call_api(self, *args: Any, **kwargs: Any) -> Any:
+        # The one method every request of the generated client goes through. Its
+        # signature differs between client generations (37.x: method, url, headers,
+        # body...; up to 36.x: path, method, path and query params...); both pass
+        # ``_request_timeout`` by keyword.
+        if kwargs.get("_request_timeout") is None:
+            kwargs["_request_timeout"] = self.default_timeout
+        with self._lock:
+            if self.closed:
+                raise ApiException(status=401, reason=CLIENT_REPLACED)
+            self._in_flight += 1
+        try:
+            return super().call_api(*args, **kwargs)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                last = self._retired()
+            if last:
+                self._remove_material()
 
     def close(self) -> None:
-        """Close the connection pools and delete the key material (idempotent)."""
-        self.closed = True
+        """Close the connection pools; delete the key material now, or when the last
+        request in flight ends (idempotent). Later requests get a 401 (``ClientReplaced``)."""
+        with self._lock:
+            self.closed = True
+            idle = self._in_flight == 0
         try:
-            super().close()  # type: ignore[no-untyped-call]
+            super().close()  # type: ignore[no-untyped-call,unused-ignore]
         finally:
-            if self._material is not None:
-                self._material.remove()
+            if idle:
+                self._remove_material()
+
+    def _retired(self) -> bool:
+        """Closed, and no request in flight (under the lock)."""
+        return self.closed and self._in_flight == 0
+
+    def _remove_material(self) -> None:
+        if self._material is not None:
+            self._material.remove()
 
     def __repr__(self) -> str:
         return f"<ClusterApiClient {self.cluster} {self.configuration.host}>"
@@ -143,6 +167,16 @@ def _guard_addresses(client: ApiClient, cluster: str) -> None:
     manager.pool_classes_by_scheme = pools
 
 
+def bearer_token(token: str) -> tuple[dict[str, str], dict[str, str]]:
+    """``Configuration.api_key`` and ``api_key_prefix`` that send ``Bearer <token>`` with
+    every client generation: up to 35.x it is read under ``authorization``; 36.x reads
+    it under ``BearerToken`` (``authorization`` only as an alias of the key, not of its
+    prefix, so the header lacked "Bearer" and the apiserver saw an anonymous user); 37.x
+    reads either."""
+    keys = ("BearerToken", "authorization")
+    return dict.fromkeys(keys, token), dict.fromkeys(keys, "Bearer")
+
+
 def build_api_client(
     vetted: VettedKubeconfig,
     settings: ClientSettings | None = None,
@@ -155,35 +189,40 @@ def build_api_client(
     system temporary directory by default).
     """
     settings = settings or ClientSettings()
-    configuration = Configuration(
-        host=vetted.server,
-        ca_cert_data=vetted.ca_pem,
-        verify_ssl=not vetted.insecure_skip_tls_verify,
-        tls_server_name=vetted.tls_server_name,
-        retries=Retry(
-            total=_CONNECT_RETRIES,
-            connect=_CONNECT_RETRIES,
-            read=0,
-            redirect=0,
-            status=0,
-            other=0,
-            raise_on_redirect=False,
-            raise_on_status=False,
-        ),
-        debug=False,
+    configuration = Configuration(host=vetted.server)
+    configuration.verify_ssl = not vetted.insecure_skip_tls_verify
+    configuration.tls_server_name = vetted.tls_server_name
+    configuration.retries = Retry(
+        total=_CONNECT_RETRIES,
+        connect=_CONNECT_RETRIES,
+        read=0,
+        redirect=0,
+        status=0,
+        other=0,
+        raise_on_redirect=False,
+        raise_on_status=False,
     )
+    configuration.debug = False
     if vetted.token is not None:
-        configuration.api_key = {"authorization": vetted.token}
-        configuration.api_key_prefix = {"authorization": "Bearer"}
+        configuration.api_key, configuration.api_key_prefix = bearer_token(vetted.token)
+    # A CA in memory where the client takes one (37.x: ``ca_cert_data``); up to 36.x it
+    # takes only a file, written with the client certificate's, in the private directory.
+    ca_in_file = vetted.ca_pem is not None and not hasattr(configuration, "ca_cert_data")
     material: KeyMaterial | None = None
-    if vetted.client_cert_pem is not None and vetted.client_key_pem is not None:
+    if ca_in_file or (vetted.client_cert_pem is not None and vetted.client_key_pem is not None):
         material = KeyMaterial(prefix=f"kube-dispatcher-{vetted.cluster}-", base_dir=key_dir)
-        try:
+    try:
+        if vetted.ca_pem is not None and material is not None and ca_in_file:
+            configuration.ssl_ca_cert = str(material.write("ca.crt", vetted.ca_pem))
+        elif vetted.ca_pem is not None:
+            configuration.ca_cert_data = vetted.ca_pem
+        if material is not None and vetted.client_cert_pem and vetted.client_key_pem:
             configuration.cert_file = str(material.write("client.crt", vetted.client_cert_pem))
             configuration.key_file = str(material.write("client.key", vetted.client_key_pem))
-        except BaseException:
+    except BaseException:
+        if material is not None:
             material.remove()
-            raise
+        raise
     try:
         client = ClusterApiClient(
             configuration,

@@ -57,6 +57,7 @@ from dispatcher.core.lifecycle import Action, Event, State, transition
 from dispatcher.core.podsecurity import submission_problems
 from dispatcher.core.routing import Decision
 from dispatcher.core.tenancy import ClusterAllowance, TenantPolicy, cluster_allowance
+from dispatcher.core.xcom import XCOM_SIDECAR_NAME, XComError, parse_sidecar_log
 from dispatcher.dispatching import facts, recovery, timers
 from dispatcher.dispatching.cycle import Router
 from dispatcher.dispatching.jobs import Attempt, Job, job_id_for
@@ -355,6 +356,39 @@ class Dispatcher:
             attempt.namespace, attempt.pod, CONTAINER_NAME, follow, None, tail_lines
         )
 
+    def xcom(self, job_id: str) -> Any:
+        """The value a succeeded job's task wrote to ``/airflow/xcom/return.json`` (``None``
+        if it wrote none), read from its XCom sidecar's log in the pod's cluster.
+
+        ``Conflict`` unless the job succeeded with ``xcom_sidecar``, or when the sidecar's
+        log holds no complete value; a ``ClusterError`` (404) when the pod is gone.
+        """
+        self._require_attached()
+        job = self._jobs.require(job_id)
+        if not job.spec.xcom_sidecar:
+            raise Conflict(
+                f"job {job_id} was submitted without xcom_sidecar: it has no return.json "
+                "to read (its termination message is the job's result)",
+                job_id=job_id,
+            )
+        attempt = job.attempt
+        if job.state is not State.SUCCEEDED or attempt is None:
+            raise Conflict(
+                f"job {job_id} is {job.state.value}: return.json is read once it succeeded",
+                job_id=job_id,
+            )
+        lines = self._cache.connection(attempt.cluster).pod_logs(
+            attempt.namespace, attempt.pod, XCOM_SIDECAR_NAME
+        )
+        try:
+            return parse_sidecar_log(lines, attempt.pod, max_bytes=self._service.max_xcom_bytes)
+        except XComError as exc:
+            raise Conflict(f"job {job_id}: {exc}", job_id=job_id) from None
+        finally:
+            close = getattr(lines, "close", None)
+            if close is not None:
+                close()
+
     def counts(self) -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {}
         for job in self._jobs.all():
@@ -526,7 +560,11 @@ class Dispatcher:
         if action is Action.CREATE_POD and attempt is not None:
             self._pods.create(job, attempt, manifest)
         elif action is Action.DELETE_POD and attempt is not None:
-            grace = 0 if job.state.finished else self._service.cancel_grace_seconds
+            grace = (
+                0
+                if job.state.finished
+                else self._service.cancel_grace(job.spec.termination_grace_period)
+            )
             self._pods.delete(job, attempt, grace)
         elif action is Action.CLEANUP_POD and attempt is not None:
             return self._pods.cleanup(job, attempt)

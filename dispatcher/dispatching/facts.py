@@ -71,7 +71,7 @@ def advance(
         new = _ended(new, job, job.attempt, event, payload)
     if Action.DELETE_POD in actions and not target.finished:
         # The pod is gone when the watch says so; if that event is lost, a read says so.
-        grace = float(service.cancel_grace_seconds)
+        grace = float(service.cancel_grace(job.spec.termination_grace_period))
         new = replace(new, resolve_at=now + grace + RESOLVE_SAFETY_SECONDS)
     if target is not job.state:
         new = _entered(new, old=job, target=target, event=event, payload=payload, now=now)

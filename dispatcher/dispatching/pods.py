@@ -154,6 +154,10 @@ class PodActions:
         self._cache.forget(attempt.cluster, attempt.pod)
         if not deletes_pod(job):
             return self._table.commit(replace(job, cleaned=True))
+        if job.spec.xcom_sidecar and job.state is State.SUCCEEDED:
+            # Its return.json lives in the sidecar's log: the pod stays until the client,
+            # having read it, acknowledges the job (or the outcome expires).
+            return self._table.commit(job)
         linger = self._service.finished_pod_linger_seconds
         if linger <= 0:
             self.delete(job, attempt, 0)

@@ -51,9 +51,10 @@ def test_the_check_of_the_test_dags_names_each_parameters_fate_and_fails_on_a_re
     assert not any("refused" in line for line in kpo)
 
     template = section(out, "kpo_migration.from_a_template")
-    for name in ("hostnetwork", "pod_template_file"):
-        refusal = parameters.REFUSED[name]
-        assert f"    refused: {name}: {refusal.why}; instead: {refusal.instead}" in template
+    refusal = parameters.REFUSED["hostnetwork"]
+    assert f"    refused: hostnetwork: {refusal.why}; instead: {refusal.instead}" in template
+    # The template (found next to the DAG file) carries over.
+    assert "    carried over: cmds, image, pod_template_file" in template
     hint = "    routing hint: kubernetes_conn_id: 'gpu_k8s' goes to"
     assert any(line.startswith(hint) for line in template)
 
@@ -65,6 +66,10 @@ def test_the_check_of_the_test_dags_names_each_parameters_fate_and_fails_on_a_re
         "    carried over: image, on_finish_action",
     ]
     assert section(out, "failing.oom")[-1] == "    dispatcher: gpu_model"
+    # The provider's KubernetesJobOperator is checked as DispatcherJobOperator.
+    job = section(out, "kpo_job.shards")
+    assert job[0].endswith("(KubernetesJobOperator, checked as DispatcherJobOperator)"), job
+    assert "    carried over: cmds, image, name" in job, job
     # Only from_a_template is refused.
     assert out.splitlines()[-1].endswith(
         " dispatcher tasks: 1 with refused parameters or an invalid spec, 0 files that do not parse"

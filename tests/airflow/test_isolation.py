@@ -105,6 +105,7 @@ def test_the_public_names_are_the_documented_ones() -> None:
     assert set(dispatcher.airflow.__all__) == {
         "DispatcherHook",
         "DispatcherJobFailed",
+        "DispatcherJobOperator",
         "DispatcherJobTrigger",
         "DispatcherPodOperator",
         "Secret",

@@ -12,10 +12,13 @@ the pinned list of provider 10.25.0 stands in for it.
 from __future__ import annotations
 
 import inspect
+import runpy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from airflow.sdk import DAG, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import models as k8s
@@ -93,9 +96,6 @@ GROUPS = {
 
 #: A value asking for something, for each refused parameter.
 ASKING = {
-    "pod_template_file": "/templates/pod.yaml",
-    "pod_template_dict": {"spec": {}},
-    "full_pod_spec": k8s.V1Pod(),
     "hostnetwork": True,
     "schedulername": "volcano",
     "durable": False,
@@ -167,7 +167,7 @@ def test_all_refusals_are_reported_at_once() -> None:
             image="busybox",
             hostnetwork=True,
             schedulername="volcano",
-            pod_template_file="/pod.yaml",
+            random_name_suffix=False,
         )
     assert str(refused.value).count("\n  - ") == 3
 
@@ -436,9 +436,23 @@ def test_template_fields_that_contradict_routing_or_do_not_carry_over_are_refuse
 
 def test_template_values_that_ask_for_nothing_are_not_refusals() -> None:
     fields = pod_template_fields(
-        {"spec": {"hostNetwork": False, "schedulerName": "default-scheduler", "containers": []}}
+        {
+            "spec": {
+                "hostNetwork": False,
+                "hostUsers": True,
+                "nodeName": "",
+                "schedulerName": "default-scheduler",
+                "containers": [],
+            }
+        }
     )
     assert fields == {}
+
+
+def test_a_template_asking_for_a_user_namespace_is_refused_not_dropped() -> None:
+    with pytest.raises(SpecError) as refused:
+        pod_template_fields({"spec": {"hostUsers": False}}, where="full_pod_spec")
+    assert [p.field for p in refused.value.problems] == ["full_pod_spec.spec.hostUsers"]
 
 
 # ----------------------------------------------------------------------- the operator
@@ -703,3 +717,105 @@ def test_mapped_tasks_are_refused_at_parse_time_too() -> None:
         DispatcherPodOperator.partial(
             task_id="t", image="busybox", logging_interval=30, hostnetwork=False
         ).expand(arguments=[["a"], ["b"]])
+
+
+# ----------------------------------------------------------------------- pod templates
+
+TEMPLATE_YAML = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: etl
+  labels: {team: data}
+spec:
+  restartPolicy: Never
+  tolerations: [{key: batch, operator: Exists}]
+  containers:
+    - name: base
+      image: ghcr.io/example/etl:2.1
+      command: [python, -m, etl]
+      env: [{name: MODE, value: full}]
+"""
+
+
+def test_an_operator_with_a_pod_template_needs_no_image_and_its_parameters_win(
+    tmp_path: Path,
+) -> None:
+    template = tmp_path / "etl.yaml"
+    template.write_text(TEMPLATE_YAML)
+    built = DispatcherPodOperator(
+        task_id="t",
+        pod_template_file=str(template),
+        env_vars={"DAY": "2024-06-01"},
+        labels={"run": "nightly"},
+    ).build_spec()
+    assert built["image"] == "ghcr.io/example/etl:2.1"
+    assert built["name"] == "etl"
+    assert built["cmds"] == ["python", "-m", "etl"]
+    assert built["labels"] == {"team": "data", "run": "nightly"}
+    assert built["env_vars"] == [
+        {"name": "MODE", "value": "full"},
+        {"name": "DAY", "value": "2024-06-01"},
+    ]
+    assert built["tolerations"] == [{"key": "batch", "operator": "Exists"}]
+
+
+def test_full_pod_spec_goes_over_the_template_and_the_parameters_over_both() -> None:
+    template = yaml.safe_load(TEMPLATE_YAML)
+    full = k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(labels={"team": "ml"}),
+        spec=k8s.V1PodSpec(
+            containers=[k8s.V1Container(name="base", image="ghcr.io/example/etl:3.0")],
+            priority_class_name="batch-low",
+        ),
+    )
+    built = DispatcherPodOperator(
+        task_id="t",
+        pod_template_dict=template,
+        full_pod_spec=full,
+        priority_class_name="batch-high",
+    ).build_spec()
+    assert built["image"] == "ghcr.io/example/etl:3.0"
+    assert built["labels"] == {"team": "ml"}
+    assert built["priority_class_name"] == "batch-high"
+    assert built["cmds"] == ["python", "-m", "etl"]
+
+
+def test_a_relative_pod_template_file_is_found_next_to_the_dag_file(tmp_path: Path) -> None:
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "etl.yaml").write_text(TEMPLATE_YAML)
+    dag_file = tmp_path / "etl_dag.py"
+    dag_file.write_text(
+        "from airflow.sdk import DAG\n"
+        "from dispatcher.airflow import DispatcherPodOperator\n"
+        "with DAG(dag_id='etl', schedule=None) as dag:\n"
+        "    DispatcherPodOperator(task_id='t', pod_template_file='templates/etl.yaml')\n"
+    )
+    dag = runpy.run_path(str(dag_file))["dag"]
+    assert dag.get_task("t").build_spec()["image"] == "ghcr.io/example/etl:2.1"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "pod_template_file 'missing.yaml': no such file (looked for "),
+        ("spec: [unclosed", "is not valid YAML at line 1"),
+        ("- a list", "holds no pod (a mapping with metadata and spec)"),
+        ("spec:\n  nodeName: n1\n", "pod_template_file.spec.nodeName: not supported"),
+    ],
+)
+def test_a_pod_template_file_that_cannot_be_used_fails_at_parse_time_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str | None, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if content is not None:
+        (tmp_path / "missing.yaml").write_text(content)
+    with pytest.raises(AirflowException) as refused:
+        DispatcherPodOperator(task_id="t", pod_template_file="missing.yaml")
+    assert message in str(refused.value)
+    assert "Traceback" not in str(refused.value)
+
+
+def test_without_image_or_template_the_operator_says_what_is_missing() -> None:
+    with pytest.raises(AirflowException, match="image is required \\(or a pod template"):
+        DispatcherPodOperator(task_id="t")

@@ -100,6 +100,22 @@ def test_progress_survives_a_deferral() -> None:
     assert feed(resumed, "a", "b", "c") == ["[base] c"]
 
 
+def test_a_namespace_the_cluster_replaced_is_said_once_with_the_placement() -> None:
+    watch = Watch(Progress(namespace="ml-jobs"))
+    said = watch.on_job(job_view("running")).say
+    assert said[0].startswith("Job j1 dispatched to cluster gpu-a100")
+    assert said[1].startswith(
+        "The task asked for namespace 'ml-jobs', which cluster gpu-a100 does not allow: "
+        "its pod runs in 'batch'"
+    )
+    assert watch.on_job(job_view("running")).say == ()
+    # Where the namespace was honoured, or none was asked for, nothing is said.
+    assert len(Watch(Progress(namespace="batch")).on_job(job_view("running")).say) == 1
+    assert len(Watch(Progress()).on_job(job_view("running")).say) == 1
+    # A deferral keeps the namespace asked for.
+    assert Progress.from_dict(Progress(namespace="ml-jobs").to_dict()).namespace == "ml-jobs"
+
+
 def test_long_polls_are_short_until_the_pod_runs() -> None:
     watch = Watch(Progress())
     watch.on_job(job_view("queued"))

@@ -98,6 +98,10 @@ def test_a_dag_written_for_kubernetes_pod_operator_runs_after_swapping_the_class
     run = dag_runner.run(dag_file, "kpo_seed", annotate={"embed": succeed("2s")})
     assert run.state == "success", run.log
     assert run.lines("dispatched to cluster gpu-"), run.log
+    # The stack's clusters do not allow the DAG's namespace: the task log says where the
+    # pod runs instead, right after the placement.
+    [notice] = run.lines("The task asked for namespace 'ml-jobs'")
+    assert "its pod runs in 't-" in notice, notice
     assert_once_in_order(pod_lines(run.log))
 
 

@@ -14,6 +14,7 @@ import yaml
 from kubernetes import client
 from urllib3.util.retry import Retry
 
+from dispatcher.credentials.clients import bearer_token
 from tests.stack import StackEnv
 
 
@@ -39,8 +40,7 @@ class KubeconfigProvider:
         conf.host = self.host_override.get(cluster, kubeconfig["clusters"][0]["cluster"]["server"])
         conf.ssl_ca_cert = spec.ca_file
         token = self.token_override.get(cluster, kubeconfig["users"][0]["user"]["token"])
-        conf.api_key = {"authorization": token}
-        conf.api_key_prefix = {"authorization": "Bearer"}
+        conf.api_key, conf.api_key_prefix = bearer_token(token)
         # As the service's clients: retry failed connects only, and hand every answer to the
         # caller (without raise_on_status, urllib3 turns a 429 or 503 with Retry-After into
         # MaxRetryError, which would look like no answer at all).

@@ -33,6 +33,9 @@ from tests.credentials.conftest import (
 )
 from tests.stack import Stack, StackEnv
 
+#: 37.x takes the CA in memory; up to 36.x, only as a file.
+IN_MEMORY_CA = hasattr(Configuration(), "ca_cert_data")
+
 
 def node_names(provider: CredentialProvider, cluster: str) -> set[str]:
     return {
@@ -184,7 +187,8 @@ _SECURITY_FIELDS = (
 
 def default_settings() -> dict[str, Any]:
     default = Configuration.get_default_copy()
-    return {name: copy.deepcopy(getattr(default, name)) for name in _SECURITY_FIELDS}
+    # ca_cert_data exists from 37.x on.
+    return {name: copy.deepcopy(getattr(default, name, None)) for name in _SECURITY_FIELDS}
 
 
 def test_clients_never_touch_the_global_default_configuration(
@@ -229,8 +233,11 @@ def test_each_client_has_the_cluster_timeouts_verified_tls_and_no_read_retries(
         assert api.default_timeout == (1.5, 7)
         conf = api.configuration
         assert conf.verify_ssl is True
-        assert conf.ca_cert_data  # the CA is in memory, not in a file
-        assert conf.ssl_ca_cert is None
+        if IN_MEMORY_CA:
+            assert conf.ca_cert_data  # the CA is in memory, not in a file
+            assert conf.ssl_ca_cert is None
+        else:  # up to 36.x: a private file, removed with the client
+            assert Path(conf.ssl_ca_cert).parent == api.key_dir
         assert conf.retries.read == 0
         assert conf.retries.redirect == 0
         assert conf.debug is False

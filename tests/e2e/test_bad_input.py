@@ -167,6 +167,9 @@ def test_a_malformed_pod_affinity_is_refused_with_its_path_and_creates_no_pod(
         "tolerations[0].operator": problems["tolerations[0].operator"],
         "volumes[0].hostPath": problems["volumes[0].hostPath"],
     }
+    # The client's message names each problem once, whether or not the detail lists it.
+    for field in problems:
+        assert str(refused.value).count(f"  {field}: ") == 1, str(refused.value)
     # Nothing half-made: a task submitted after the refused one runs, and when its pod
     # exists, it is the only pod the dispatcher made anywhere.
     good, _ = api.submit(task("after-the-refusal", gpus=1))

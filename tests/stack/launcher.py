@@ -484,8 +484,11 @@ class Stack:
         conf = client.Configuration()
         conf.host = self.server(cluster)
         conf.ssl_ca_cert = str(Pki(self.state_dir / "pki").ca_cert)
-        conf.api_key = {"authorization": token or self._admin_token()}
-        conf.api_key_prefix = {"authorization": "Bearer"}
+        # Both names: kubernetes 36.x reads BearerToken, up to 35.x authorization
+        # (dispatcher.credentials.clients.bearer_token says why).
+        keys = ("BearerToken", "authorization")
+        conf.api_key = dict.fromkeys(keys, token or self._admin_token())
+        conf.api_key_prefix = dict.fromkeys(keys, "Bearer")
         return client.ApiClient(conf)
 
     # ----- up / down ----------------------------------------------------------------

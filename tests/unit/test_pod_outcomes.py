@@ -199,3 +199,30 @@ def test_messages_are_bounded() -> None:
 )
 def test_termination_messages_parse_as_small_json_results(message: str | None, result: Any) -> None:
     assert parse_result(message) == result
+
+
+def test_an_init_container_killed_for_memory_is_oom_killed_naming_it() -> None:
+    pod = {
+        "spec": {
+            "initContainers": [{"name": "unpack", "resources": {"limits": {"memory": "64Mi"}}}],
+            "containers": [{"name": "base"}],
+        },
+        "status": {
+            "phase": "Failed",
+            "initContainerStatuses": [
+                {
+                    "name": "unpack",
+                    "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+                }
+            ],
+            "containerStatuses": [
+                {"name": "base", "state": {"waiting": {"reason": "PodInitializing"}}}
+            ],
+        },
+    }
+    outcome = classify_pod(pod)
+    assert outcome.failure is FailureClass.OOM_KILLED
+    assert (
+        outcome.message
+        == "OOMKilled: init container unpack exceeded memory limit 64Mi (exit code 137)"
+    )

@@ -40,7 +40,7 @@ with DAG(
     KubernetesPodOperator(
         task_id="from_a_template",
         kubernetes_conn_id="gpu_k8s",
-        pod_template_file="/usr/local/airflow/pod_templates/gpu.yaml",
+        pod_template_file="pod_templates/gpu.yaml",
         hostnetwork=True,
         image="ubuntu:24.04",
         cmds=["nvidia-smi"],
