@@ -2,8 +2,8 @@
 
 Each component is a small Go module under ``tests/stack/go/<name>``. Its binaries are
 cached in ``$KD_STACK_CACHE`` (default ``~/.cache/kube-dispatcher/stack``) under a key
-made of everything that decides the build (go.mod, go.sum, Go sources, Go version and
-flags), so a warm build does nothing and a change rebuilds only what changed.
+made of everything that decides the build (go.mod, go.sum, Go sources, Go version,
+flags and build tags), so a warm build does nothing and a change rebuilds only what changed.
 
 This module does I/O: it runs ``go build`` and writes the cache.
 """
