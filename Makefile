@@ -1,5 +1,6 @@
 # kube-dispatcher: the two commands a fresh machine needs are `make demo` and `make test`.
-# Everything else is a step they depend on. Requires python3 (>= 3.11) and go (>= 1.25).
+# Everything else is a step they depend on. Requires python3 (>= 3.11, with venv), go (>= 1.26.7)
+# and make, and network access to PyPI and the Go module proxy.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -26,7 +27,8 @@ $(NOPROV_STAMP): $(STAMP)
 	$(NOPROV)/bin/python -m pip install --quiet 'kubernetes>=37'
 	@touch $@
 
-## Build (or find cached) the test stack's Go binaries: kube-apiserver, kube-scheduler, etcd, kwok, vault, helm.
+## Build (or find cached) the test stack's Go binaries: kube-apiserver, kube-scheduler, etcd, kwok,
+## vault, helm, prometheus and promtool (the monitoring tests' server and rule checker).
 stack-build: $(STAMP)
 	$(BIN)/python -m tests.stack build
 

@@ -9,16 +9,15 @@ import os
 
 import pytest
 
+from tests.stack.fixtures import stack_binary
+
 from .support import find_tool
 
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    return find_tool(
-        "promtool",
-        "install the Debian package `prometheus` "
-        "(apt-get install -y --no-install-recommends prometheus)",
-    )
+    """promtool built from the Prometheus Go module by `make stack-build`."""
+    return stack_binary("promtool")
 
 
 @pytest.fixture(scope="session")

@@ -12,42 +12,22 @@ I/O: runs the ``prometheus`` binary, HTTP to it, writes files under the given di
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 
 from tests.support import LocalProcess
 
 __all__ = [
-    "INSTALL_HINT",
     "PrometheusServer",
-    "find_prometheus",
     "shortened_rules",
 ]
 
-INSTALL_HINT = (
-    "install the Debian package `prometheus` "
-    "(apt-get install -y --no-install-recommends prometheus), "
-    "then stop the system service it starts (service prometheus stop)"
-)
-
 _FOR = re.compile(r"^(?P<indent>\s+)for:\s*(?P<duration>\S+)\s*$", re.MULTILINE)
-
-
-def find_prometheus() -> str:
-    """Path of the ``prometheus`` server binary; fails (never skips) the test if missing."""
-    path = shutil.which("prometheus") or (
-        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").is_file() else None
-    )
-    if path is None:
-        pytest.fail(f"`prometheus` (the server) is not installed: {INSTALL_HINT}", pytrace=False)
-    return path
 
 
 def shortened_rules(source: Path, dest: Path, duration: str) -> Path:

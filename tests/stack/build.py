@@ -2,8 +2,8 @@
 
 Each component is a small Go module under ``tests/stack/go/<name>``. Its binaries are
 cached in ``$KD_STACK_CACHE`` (default ``~/.cache/kube-dispatcher/stack``) under a key
-made of everything that decides the build (go.mod, go.sum, Go sources, Go version and
-flags), so a warm build does nothing and a change rebuilds only what changed.
+made of everything that decides the build (go.mod, go.sum, Go sources, Go version,
+flags and build tags), so a warm build does nothing and a change rebuilds only what changed.
 
 This module does I/O: it runs ``go build`` and writes the cache.
 """
@@ -22,6 +22,9 @@ from typing import TextIO
 
 GO_DIR = Path(__file__).resolve().parent / "go"
 KUBERNETES_VERSION = "v1.35.4"
+#: github.com/prometheus/prometheus v0.316.0 is Prometheus 3.16.0 (the module's VERSION file).
+PROMETHEUS_VERSION = "3.16.0"
+PROMETHEUS_MODULE_VERSION = "v0.316.0"
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Component:
     module: str
     binaries: dict[str, str]
     ldflags: str = "-s -w"
+    tags: tuple[str, ...] = ()
 
 
 COMPONENTS: tuple[Component, ...] = (
@@ -52,6 +56,22 @@ COMPONENTS: tuple[Component, ...] = (
     Component(module="kwok", binaries={"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
     Component(module="vault", binaries={"vault": "."}),
     Component(module="helm", binaries={"helm": "helm.sh/helm/v3/cmd/helm"}),
+    Component(
+        module="prometheus",
+        binaries={
+            "prometheus": "github.com/prometheus/prometheus/cmd/prometheus",
+            "promtool": "github.com/prometheus/prometheus/cmd/promtool",
+        },
+        # As the module's .promu.yml builds them, less the `builtinassets` tag: the web UI
+        # is not embedded (the tests use the HTTP API only), so nothing needs Node.js.
+        tags=("netgo",),
+        # The proxy's zip carries no commit, so the revision is the module version.
+        ldflags=(
+            "-s -w"
+            f" -X github.com/prometheus/common/version.Version={PROMETHEUS_VERSION}"
+            f" -X github.com/prometheus/common/version.Revision={PROMETHEUS_MODULE_VERSION}"
+        ),
+    ),
 )
 
 
@@ -74,6 +94,8 @@ def _key(component: Component, go_version: str) -> str:
     digest = hashlib.sha256()
     digest.update(go_version.encode())
     digest.update(component.ldflags.encode())
+    if component.tags:  # only then: adding the field kept the other components' keys
+        digest.update(repr(component.tags).encode())
     digest.update(repr(sorted(component.binaries.items())).encode())
     src = GO_DIR / component.module
     for path in sorted(src.rglob("*")):
@@ -96,6 +118,26 @@ def binary_paths() -> dict[str, Path]:
         for name in component.binaries:
             paths[name] = folder / name
     return paths
+
+
+class NotBuiltError(RuntimeError):
+    """A stack binary is not in the cache; the message says which and how to build it."""
+
+
+def built_binary(name: str) -> Path:
+    """Where the stack binary ``name`` is in the cache; raises ``NotBuiltError`` if it is not
+    built. Never looks on PATH: tests run the versions pinned here, not the machine's."""
+    path = binary_paths()[name]
+    if not path.is_file():
+        raise NotBuiltError(not_built(name, path))
+    return path
+
+
+def not_built(name: str, path: Path) -> str:
+    return (
+        f"`{name}` is not built (looked for {path}): run `make stack-build`"
+        " (or `python -m tests.stack build`)"
+    )
 
 
 def build(only: list[str] | None = None, out: TextIO = sys.stderr) -> dict[str, Path]:
@@ -125,6 +167,7 @@ def build(only: list[str] | None = None, out: TextIO = sys.stderr) -> dict[str, 
                 "build",
                 "-trimpath",
                 f"-ldflags={component.ldflags}",
+                *([f"-tags={','.join(component.tags)}"] if component.tags else []),
                 "-o",
                 str(tmp / name),
                 component.binaries[name],

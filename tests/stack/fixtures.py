@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from . import build
 from .launcher import (
     TASK_NAMESPACE_LABELS,
     Stack,
@@ -40,6 +41,16 @@ def pytest_configure(config: pytest.Config) -> None:
     index = int(worker.removeprefix("gw"))
     os.environ["KD_STACK_DIR"] = f"{state_dir_default()}-{worker}"
     os.environ["KD_STACK_PORT_BASE"] = str(port_base_default() + PORTS_PER_STACK * index)
+
+
+def stack_binary(name: str) -> str:
+    """Path of ``name`` as built by ``make stack-build`` (never the machine's own copy); fails
+    the test, never skips it, if it is not built."""
+    try:
+        return str(build.built_binary(name))
+    except (build.NotBuiltError, SystemExit) as exc:
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)  # outside `except`: the reason alone, not a chain
 
 
 @pytest.fixture(scope="session")

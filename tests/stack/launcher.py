@@ -563,7 +563,7 @@ class Stack:
             self._bins = build.binary_paths()
         path = self._bins[name]
         if not path.is_file():
-            raise StackError(f"{name} is not built: run `python -m tests.stack build`")
+            raise StackError(build.not_built(name, path))
         return str(path)
 
     def _start_etcd(self) -> None:
