@@ -198,7 +198,8 @@ KUBE_API_REQUESTS = Counter(
 )
 WATCH_RESTARTS = Counter(
     "dispatcher_watch_restarts_total",
-    "Watch restarts by cluster, resource and reason (expired, error, timeout, closed).",
+    "Watch restarts by cluster, resource and reason (expired, error, timeout, closed, short: "
+    "ended at once having delivered nothing).",
     ["cluster", "resource", "reason"],
     registry=REGISTRY,
 )

@@ -14,6 +14,10 @@ pods, other pods) and reports every change to a handler, on its own daemon threa
   between the two lists: neither side has it, so ``on_listed`` (called after every list's
   diff, with whether it was the first) lets the owner check what it expected to be there;
 - other failures reconnect after an exponential backoff with jitter (``backoff_delay``);
+  so do watches that end within ``short_watch_seconds`` having delivered nothing (a proxy
+  or apiserver closing them at once: client-go's reflector calls this a "very short
+  watch"), and 410s that follow each other without any event between them (the first
+  relists at once, the next ones wait), so there is never a hot reconnect or relist loop;
 - the loop runs under a ``Supervisor``: anything it does not expect (a bug, a health
   callback that raises) is logged and counted there, the watch is reported disconnected,
   and the loop starts again from the last resourceVersion after the supervisor's backoff
@@ -27,6 +31,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -109,6 +114,8 @@ class WatchOptions:
     backoff_max_seconds: float = 30.0
     backoff_jitter: float = 0.5
     page_size: int = 500
+    #: A watch that ends sooner than this without delivering anything counts as a failure.
+    short_watch_seconds: float = 1.0
 
 
 def object_key(obj: Mapping[str, Any]) -> str:
@@ -272,6 +279,7 @@ class Informer:
 
     def _run(self, thread: SupervisedThread) -> None:
         failures = 0
+        expiries = 0  # 410s in a row, with no event delivered between them
         while not self._stop.is_set():
             reason = "closed"
             asked = 0.0  # a 429's Retry-After: back off at least that long
@@ -279,13 +287,32 @@ class Informer:
                 if self._resource_version is None:
                     self._relist()
                     thread.ok()
+                opened = time.monotonic()
                 if self._watch():
-                    failures = 0
+                    failures = expiries = 0
                     thread.ok()
+                elif (
+                    self._interrupted
+                    or time.monotonic() - opened >= self.options.short_watch_seconds
+                ):
+                    failures = 0  # a quiet watch that ran its course, or one we closed
+                    thread.ok()
+                else:
+                    failures += 1
+                    reason = "short"
+                    log.warning(
+                        "informer.short_watch",
+                        cluster=self.cluster,
+                        informer=self.name,
+                        failures=failures,
+                    )
             except _Expired:
                 reason = "expired"
+                expiries += 1
                 self._resource_version = None
-                log.info("informer.expired", cluster=self.cluster, informer=self.name)
+                log.info(
+                    "informer.expired", cluster=self.cluster, informer=self.name, times=expiries
+                )
             except (DispatcherError, OSError, urllib3.exceptions.HTTPError) as exc:
                 if self._stop.is_set():
                     break
@@ -302,9 +329,9 @@ class Informer:
                 self._interrupted = False
                 reason = "closed"
             WATCH_RESTARTS.labels(cluster=self.cluster, resource=self.name, reason=reason).inc()
-            if failures:
+            if failures or expiries > 1:
                 delay = backoff_delay(
-                    failures,
+                    max(failures, expiries - 1),
                     base=self.options.backoff_base_seconds,
                     cap=self.options.backoff_max_seconds,
                     jitter=self.options.backoff_jitter,
@@ -420,7 +447,7 @@ class Informer:
             ) from exc
         finally:
             close_response(response)
-        return True
+        return delivered
 
     def _event(self, event: Mapping[str, Any]) -> None:
         kind = event.get("type")
