@@ -511,6 +511,9 @@ class ServiceSettings(_Section):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     #: JSON nested deeper than this is refused (422); a task spec needs about 10.
     max_json_depth: int = Field(default=64, ge=8, le=1000)
+    #: How often credentials (the Vault token, leases, kubeconfigs) are checked for
+    #: renewal ahead of expiry, whether or not any request needs them.
+    credential_refresh_seconds: float = Field(default=10.0, gt=0, le=300)
     #: A pod still unschedulable this long moves to another cluster (a task's own
     #: ``schedule_timeout_seconds`` wins).
     schedule_timeout_seconds: float = Field(default=300.0, gt=0, le=86400)

@@ -157,6 +157,10 @@ class Service:
     def start(self, sync_timeout: float = 30.0) -> None:
         metrics.BUILD_INFO.info({"version": __version__})
         started = time.monotonic()
+        interval = self.settings.service.credential_refresh_seconds
+        self._refresher = self.supervisor.spawn(
+            "kd-credentials", lambda thread: self.provider.refresh_forever(thread.wait, interval)
+        )
         self.cache.start()
         synced = self.cache.wait_synced(sync_timeout)
         if not synced:
@@ -180,6 +184,10 @@ class Service:
             self.elector.stop()
         self.dispatcher.stop()
         self.cache.stop()
+        refresher = getattr(self, "_refresher", None)
+        if refresher is not None:
+            refresher.stop()
+            refresher.join(5)
         self.provider.close()
         metrics.LEADER.set(0)
 

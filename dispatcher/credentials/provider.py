@@ -13,7 +13,10 @@ Clients are cached with their credential's expiry (a lease, or the token's ``exp
 and replaced lazily, on ``api_client()``, once ``renew_ahead_fraction`` of the lifetime is
 left; credentials without a known end are re-read after ``max_age_seconds``. A failed early
 refresh keeps the still-valid client and is retried after a pause. ``refresh_due()`` does
-the same for every cluster, for a loop that wants refreshes off the request path.
+the same for every cluster, and ``refresh_forever()`` calls it in a loop (the service runs
+it on a supervised thread every ``service.credential_refresh_seconds``), so credentials are
+renewed ahead of expiry without traffic. While one caller refreshes a still-valid
+credential early, the others keep using it and do not wait for the Vault round trip.
 
 When a cluster answers 401 the caller ``invalidate()``s exactly the client that failed; the
 next ``api_client()`` fetches once, and concurrent callers wait for that one fetch (a lock
@@ -178,32 +181,48 @@ class CredentialProvider:
         """
         state = self._state(cluster)
         current = state.current
-        if current is not None and not self._due(state, current, self._clock()):
+        now = self._clock()
+        if current is not None and not self._due(state, current, now):
             return current.client
-        with state.lock:
-            if self._closed:
-                raise CredentialError("the credential provider is closed", cluster=cluster)
-            current = state.current
-            now = self._clock()
-            if current is None:
-                return self._fetch_locked(state, state.pending_reason).client
-            if not self._due(state, current, now):
-                return current.client
-            expired = current.expires_at is not None and now >= current.expires_at
-            try:
-                return self._fetch_locked(state, "expired" if expired else "expiring").client
-            except CredentialError as exc:
-                if expired:
-                    raise
-                # A refused refresh waits for the refusal backoff (set by the fetch).
-                state.retry_at = max(state.retry_at, now + _REFRESH_RETRY_SECONDS)
-                log.warning(
-                    "credentials.refresh_failed",
-                    cluster=cluster,
-                    error=str(exc),
-                    expires_in=_seconds_left(current.expires_at, now),
-                )
-                return current.client
+        still_valid = current is not None and (
+            current.expires_at is None or now < current.expires_at
+        )
+        if still_valid and current is not None and not state.lock.acquire(blocking=False):
+            # Only an early refresh is due, and another caller is doing it (Vault I/O under
+            # the lock): the current credential still serves this caller, who does not wait.
+            return current.client
+        if not still_valid:
+            state.lock.acquire()
+        try:
+            return self._current_or_fetched(state, cluster)
+        finally:
+            state.lock.release()
+
+    def _current_or_fetched(self, state: _Cluster, cluster: str) -> ApiClient:
+        """``api_client``'s work under ``state.lock``."""
+        if self._closed:
+            raise CredentialError("the credential provider is closed", cluster=cluster)
+        current = state.current
+        now = self._clock()
+        if current is None:
+            return self._fetch_locked(state, state.pending_reason).client
+        if not self._due(state, current, now):
+            return current.client
+        expired = current.expires_at is not None and now >= current.expires_at
+        try:
+            return self._fetch_locked(state, "expired" if expired else "expiring").client
+        except CredentialError as exc:
+            if expired:
+                raise
+            # A refused refresh waits for the refusal backoff (set by the fetch).
+            state.retry_at = max(state.retry_at, now + _REFRESH_RETRY_SECONDS)
+            log.warning(
+                "credentials.refresh_failed",
+                cluster=cluster,
+                error=str(exc),
+                expires_in=_seconds_left(current.expires_at, now),
+            )
+            return current.client
 
     def invalidate(self, cluster: str, client: ApiClient) -> None:
         """Drop ``client`` if it is still ``cluster``'s current one (it was refused).
@@ -242,6 +261,13 @@ class CredentialProvider:
             log.info("credentials.unauthorized", cluster=cluster)
             self.invalidate(cluster, client)
         return fn(self.api_client(cluster))
+
+    def refresh_forever(self, wait: Callable[[float], bool], interval: float) -> None:
+        """``refresh_due()`` every ``interval`` seconds until ``wait`` says stop (a
+        supervised thread's ``wait``): tokens and leases are renewed ahead of expiry even
+        when no request needs them, so a quiet dispatcher's credentials never lapse."""
+        while not wait(interval):
+            self.refresh_due()
 
     def refresh_due(self) -> tuple[str, ...]:
         """Refresh every credential (and the Vault token) that is due; return those refreshed.
