@@ -57,7 +57,7 @@ test-noprov: $(NOPROV_STAMP) stack-build
 		tests/airflow/test_kpo_parameters.py tests/airflow/test_isolation.py \
 		tests/airflow/test_example_dags.py tests/airflow/test_kpo_example.py \
 		tests/airflow/test_pod_template.py tests/airflow/test_job_operator.py \
-		tests/airflow/test_job_parameters.py tests/credentials
+		tests/airflow/test_job_parameters.py tests/airflow/test_decorators.py tests/credentials
 
 ## Everything CI runs: static checks, the whole suite against the real stack (with the
 ## cncf provider, kubernetes 36.x, as DAG authors have it), then test-noprov.
