@@ -1,7 +1,8 @@
 """A small synchronous client of the dispatcher's HTTP API (httpx), for the CLI and Airflow.
 
-Transient failures (connection errors, 502/503/504, and 503 + ``Retry-After`` from a
-replica that is not the leader) are retried with backoff; anything else raises
+Transient failures (connection errors, 502/503/504, 503 + ``Retry-After`` from a
+replica that is not the leader, 429 + ``Retry-After`` to a caller with too many long polls
+open) are retried with backoff; anything else raises
 ``ApiClientError`` carrying the server's status, message and field problems.
 
 Every request carries ``Authorization: Bearer <token>``: a fixed token (a static token of
@@ -34,7 +35,8 @@ __all__ = [
     "retry_after",
 ]
 
-_RETRY_STATUSES = frozenset({502, 503, 504})
+#: 429: this caller has too many long polls open (``service.max_waits_per_client``).
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
 class ApiClientError(Exception):
@@ -237,7 +239,7 @@ class DispatcherClient:
 
 
 def retry_after(response: httpx.Response) -> float | None:
-    """Seconds a 503's ``Retry-After`` asks for (at most 60), if it says."""
+    """Seconds a 429's or 503's ``Retry-After`` asks for (at most 60), if it says."""
     value = response.headers.get("retry-after")
     try:
         return min(float(value), 60.0) if value else None

@@ -237,6 +237,21 @@ LEADER_ELECTION_ERRORS = Counter(
     registry=REGISTRY,
 )
 
+# ---- API ----------------------------------------------------------------------------------
+API_LONG_REQUESTS = Gauge(
+    "dispatcher_api_long_requests",
+    "Long requests being served: long polls (kind=wait) and log follows (kind=follow).",
+    ["kind"],
+    registry=REGISTRY,
+)
+API_LONG_REQUESTS_REFUSED = Counter(
+    "dispatcher_api_long_requests_refused_total",
+    "Long polls and log follows refused by kind and by the bound they met: the caller's "
+    "(scope=client, 429) or this replica's (scope=replica, 503).",
+    ["kind", "scope"],
+    registry=REGISTRY,
+)
+
 # ---- threads -------------------------------------------------------------------------------
 THREAD_RESTARTS = Counter(
     "dispatcher_thread_restarts_total",

@@ -514,6 +514,18 @@ class ServiceSettings(_Section):
     #: How often credentials (the Vault token, leases, kubeconfigs) are checked for
     #: renewal ahead of expiry, whether or not any request needs them.
     credential_refresh_seconds: float = Field(default=10.0, gt=0, le=300)
+    #: Long polls (``GET /v1/jobs/{id}/wait``) one caller (``Principal.identity``: a static
+    #: token's tenant, or a ServiceAccount) may have open at once; more are a 429 with
+    #: ``Retry-After``. A long poll holds no thread (it awaits the job's change), so the
+    #: bound is about fairness and memory, not the server's worker threads.
+    max_waits_per_client: int = Field(default=1000, ge=1, le=100_000)
+    #: Log follows (``GET /v1/jobs/{id}/logs?follow=true``) one caller may have open at
+    #: once; more are a 429 with ``Retry-After``.
+    max_log_follows_per_client: int = Field(default=100, ge=1, le=10_000)
+    #: Log follows this replica serves at once, all callers together; more are a 503 with
+    #: ``Retry-After``. Each holds a thread of its own pool (never one of the worker
+    #: threads ordinary requests use) and a stream from the pod's API server.
+    max_log_follows: int = Field(default=200, ge=1, le=10_000)
     #: A pod still unschedulable this long moves to another cluster (a task's own
     #: ``schedule_timeout_seconds`` wins).
     schedule_timeout_seconds: float = Field(default=300.0, gt=0, le=86400)

@@ -2,8 +2,9 @@
 
 The async twin of ``dispatcher.client.DispatcherClient`` for what ``DispatcherJobTrigger``
 needs (get, wait, logs, cancel), with the same behaviour: transient failures (unreachable,
-502/503/504, 503 + ``Retry-After`` from a replica that is not the leader) are retried
-with backoff, anything else raises ``ApiClientError``.
+502/503/504, 503 + ``Retry-After`` from a replica that is not the leader, 429 +
+``Retry-After`` to a caller with too many long polls open) are retried with backoff,
+anything else raises ``ApiClientError``.
 
 I/O: HTTP to one dispatcher (httpx.AsyncClient).
 """
@@ -21,7 +22,8 @@ from dispatcher.client import ApiClientError, error_from_response, retry_after
 
 __all__ = ["AsyncDispatcherClient"]
 
-_RETRY_STATUSES = frozenset({502, 503, 504})
+#: 429: this caller has too many long polls open (``service.max_waits_per_client``).
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
 class AsyncDispatcherClient:

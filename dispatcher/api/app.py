@@ -10,29 +10,40 @@ token) and authorized for its tenant: a task asking for more than the tenant may
 (unless the caller is an administrator, or may read others' jobs and only reads). Bodies
 over ``max_body_bytes`` are a 413, JSON deeper than ``max_json_depth`` a 422.
 
+Long polls and log follows hold none of the worker threads the other endpoints run on
+(``dispatcher.api.waiting``), and ``/healthz`` and ``/readyz`` run on the event loop, so
+waiting clients can never starve the probes or the short requests. Each caller may have
+``max_waits_per_client`` long polls and ``max_log_follows_per_client`` follows open (429
+with ``Retry-After`` beyond), the replica ``max_log_follows`` follows in all (503).
+
 I/O: HTTP in, and whatever the dispatcher behind it does.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any, Protocol
 
+import anyio
 import structlog
+from anyio import CapacityLimiter
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from dispatcher import __version__, metrics
 from dispatcher.api.limits import BodyLimit, json_depth_problem
+from dispatcher.api.waiting import Bound, JobChanges, LimitReached, read_line
 from dispatcher.core import ClusterState, Snapshot, TaskSpec, parse_task_spec
 from dispatcher.core.snapshot import ClusterRefusal
 from dispatcher.core.tenancy import Principal, authorize, may_manage, may_read
-from dispatcher.dispatching import Dispatcher
+from dispatcher.dispatching import Dispatcher, JobState
+from dispatcher.dispatching.ports import LogStream
 from dispatcher.errors import (
     ApiError,
     ClusterError,
@@ -48,6 +59,8 @@ from dispatcher.errors import (
 )
 
 API_PREFIX = "/v1"
+#: Seconds a client is asked to wait before trying again (429 and 503).
+RETRY_AFTER_SECONDS = 5
 
 
 class Runtime(Protocol):
@@ -165,8 +178,8 @@ def _error(
         detail=detail,
         problems=[ProblemModel(field=p.field, message=p.message) for p in problems or []],
     )
-    if status == 503:
-        headers = {**(headers or {}), "Retry-After": "5"}
+    if status in (429, 503):
+        headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_SECONDS)}
     return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
 
@@ -206,9 +219,13 @@ def create_app(  # noqa: PLR0915 - one route per statement
     *,
     max_body_bytes: int = 1024 * 1024,
     max_json_depth: int = 64,
+    max_waits_per_client: int = 1000,
+    max_log_follows_per_client: int = 100,
+    max_log_follows: int = 200,
     metrics_route: bool = True,
 ) -> FastAPI:
-    """The API; ``metrics_route`` False when ``/metrics`` has a port of its own."""
+    """The API; ``metrics_route`` False when ``/metrics`` has a port of its own. The
+    limits are the ``service`` settings of the same names."""
     app = FastAPI(
         title="kube-dispatcher",
         version=__version__,
@@ -216,8 +233,18 @@ def create_app(  # noqa: PLR0915 - one route per statement
     )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.state.runtime = runtime
+    changes = JobChanges()
+    runtime.dispatcher.listen(changes.changed)
+    waits = Bound("wait", max_waits_per_client, "service.max_waits_per_client", per_client=True)
+    client_follows = Bound(
+        "follow", max_log_follows_per_client, "service.max_log_follows_per_client", per_client=True
+    )
+    replica_follows = Bound("follow", max_log_follows, "service.max_log_follows", per_client=False)
+    # The follows' own threads: never the default pool's, which the other endpoints use.
+    follow_threads = CapacityLimiter(max_log_follows)
 
-    def require_leader() -> None:
+    async def require_leader() -> None:
+        # On the event loop: reads the last renewal the election thread published.
         if not runtime.leading():
             raise NotLeader
 
@@ -267,6 +294,12 @@ def create_app(  # noqa: PLR0915 - one route per statement
     async def fresh_log_context(request: Request, call_next: Any) -> Any:
         structlog.contextvars.clear_contextvars()
         return await call_next(request)
+
+    @app.exception_handler(LimitReached)
+    def _limit(_: Request, exc: LimitReached) -> JSONResponse:
+        if exc.per_client:
+            return _error(429, "too_many_requests", str(exc))
+        return _error(503, "busy", str(exc))
 
     @app.exception_handler(NotLeader)
     def _not_leader(_: Request, exc: NotLeader) -> JSONResponse:
@@ -318,14 +351,17 @@ def create_app(  # noqa: PLR0915 - one route per statement
         ]
         return _error(422, "invalid", "the request is invalid", problems)
 
+    # The probes run on the event loop, never waiting for a worker thread: what they read
+    # (the supervisor's thread states, the service's start-up flags) is behind locks held
+    # only for a few field reads, never across I/O.
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> PlainTextResponse:
+    async def healthz() -> PlainTextResponse:
         # Fails when a supervised thread cannot go on: restarting the process is the cure.
         healthy, why = runtime.healthy()
         return PlainTextResponse(why, status_code=200 if healthy else 503)
 
     @app.get("/readyz", include_in_schema=False)
-    def readyz() -> PlainTextResponse:
+    async def readyz() -> PlainTextResponse:
         ready, why = runtime.ready()
         return PlainTextResponse(why, status_code=200 if ready else 503)
 
@@ -414,19 +450,38 @@ def create_app(  # noqa: PLR0915 - one route per statement
         responses={404: {"model": ErrorModel}},
         dependencies=one_job,
     )
-    def wait_job(
+    async def wait_job(
         job_id: str, principal: Caller, timeout: Annotated[float, Query(ge=0, le=300)] = 30.0
     ) -> dict[str, Any]:
         """Long poll: answers when the job has finished or after ``timeout`` seconds."""
-        readable(principal, job_id)
-        return runtime.dispatcher.wait(job_id, timeout)
+        # Awaits the job's changes on the event loop: no thread is held while it waits.
+        # Reading a job takes the job table's lock for a dictionary lookup only.
+        slot = waits.take(principal.identity)
+        metrics.API_LONG_REQUESTS.labels(kind="wait").inc()
+        try:
+            with changes.watching(job_id) as waiter:
+                deadline = anyio.current_time() + timeout
+                job = readable(principal, job_id)
+                while not JobState(job["state"]).finished:
+                    remaining = deadline - anyio.current_time()
+                    if remaining <= 0:
+                        break
+                    await waiter.changed(remaining)
+                    try:
+                        job = readable(principal, job_id)
+                    except NotFound:
+                        break  # acknowledged or expired meanwhile: as last seen
+                return job
+        finally:
+            metrics.API_LONG_REQUESTS.labels(kind="wait").dec()
+            slot.release()
 
     @app.get(
         f"{API_PREFIX}/jobs/{{job_id}}/logs",
         responses={404: {"model": ErrorModel}, 409: {"model": ErrorModel}},
         dependencies=one_job,
     )
-    def job_logs(
+    async def job_logs(
         job_id: str,
         principal: Caller,
         follow: bool = False,
@@ -434,9 +489,31 @@ def create_app(  # noqa: PLR0915 - one route per statement
     ) -> StreamingResponse:
         """The job's container log, as text; ``follow=true`` streams until the pod ends."""
         readable(principal, job_id)
-        lines = runtime.dispatcher.logs(job_id, follow=follow, tail_lines=tail_lines)
-        first = _peek(lines)
-        return StreamingResponse(first, media_type="text/plain; charset=utf-8")
+        if not follow:
+            # A bounded read: on the worker threads, like every short request.
+            def start() -> Iterator[str]:
+                return _peek(runtime.dispatcher.logs(job_id, tail_lines=tail_lines))
+
+            first = await run_in_threadpool(start)
+            return StreamingResponse(first, media_type="text/plain; charset=utf-8")
+        slots = [client_follows.take(principal.identity)]
+        try:
+            slots.append(replica_follows.take())
+            lines = await anyio.to_thread.run_sync(
+                lambda: runtime.dispatcher.logs(job_id, follow=True, tail_lines=tail_lines),
+                limiter=follow_threads,
+            )
+        except BaseException:
+            for slot in slots:
+                slot.release()
+            raise
+
+        def finished() -> None:
+            lines.close()
+            for slot in slots:
+                slot.release()
+
+        return _Following(_followed(lines, follow_threads), finished)
 
     @app.get(
         f"{API_PREFIX}/jobs/{{job_id}}/xcom",
@@ -536,6 +613,32 @@ def cluster_view(state: ClusterState) -> dict[str, Any]:
             for model, (alloc, free) in capacity.gpus.items()
         ],
     }
+
+
+class _Following(StreamingResponse):
+    """A followed log: ``finished`` runs however the response ends (the pod's log ended,
+    the client went away, the stream broke), after its last read returned."""
+
+    def __init__(self, content: AsyncIterator[str], finished: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/plain; charset=utf-8")
+        self._finished = finished
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics.API_LONG_REQUESTS.labels(kind="follow").inc()
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            metrics.API_LONG_REQUESTS.labels(kind="follow").dec()
+            self._finished()
+
+
+async def _followed(lines: LogStream, limiter: CapacityLimiter) -> AsyncIterator[str]:
+    while True:
+        # A broken stream raises (the client sees it cut, never a log that looks whole).
+        line = await read_line(lines, limiter)
+        if line is None:
+            return
+        yield _line(line)
 
 
 def _peek(lines: Iterator[str]) -> Iterator[str]:

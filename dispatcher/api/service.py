@@ -250,6 +250,9 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         service,
         max_body_bytes=settings.service.max_body_bytes,
         max_json_depth=settings.service.max_json_depth,
+        max_waits_per_client=settings.service.max_waits_per_client,
+        max_log_follows_per_client=settings.service.max_log_follows_per_client,
+        max_log_follows=settings.service.max_log_follows,
         metrics_route=metrics_port is None,
     )
     starter = threading.Thread(target=_start_in_background, args=(service,), daemon=True)

@@ -53,7 +53,7 @@ from dispatcher.errors import (
 from dispatcher.metrics import KUBE_API_REQUESTS
 from dispatcher.settings import ClientSettings
 
-__all__ = ["ClientProvider", "Connection", "ListResult", "Resource"]
+__all__ = ["ClientProvider", "Connection", "ListResult", "LogLines", "Resource"]
 
 log = structlog.get_logger(__name__)
 
@@ -322,13 +322,14 @@ class Connection:
         tail_lines: int | None = None,
         *,
         idle_timeout: float | None = None,
-    ) -> Iterator[str]:
+    ) -> LogLines:
         """The container's log lines (without newlines), streamed as they are read.
 
         The request is sent now, so a missing pod raises here. With ``follow`` the stream
         lasts until the container ends; ``idle_timeout`` (default: the read timeout, at
         least 5 minutes when following) bounds the silence between two chunks, after which
-        iteration raises ``ClusterUnavailable``. Closing the iterator closes the stream.
+        iteration raises ``ClusterUnavailable``. ``close()`` closes the stream, also from
+        another thread than the one reading it.
         """
         what = f"logs of pod {namespace}/{name}"
         if idle_timeout is None:
@@ -349,7 +350,7 @@ class Connection:
             _keep_open,
             read_timeout=idle_timeout,
         )
-        return self._lines(response, what)
+        return LogLines(self._lines(response, what), response)
 
     def _lines(self, response: Any, what: str) -> Iterator[str]:
         try:
@@ -491,6 +492,22 @@ def _discard(response: Any) -> None:
         response.drain_conn()
     finally:
         response.release_conn()
+
+
+class LogLines(Iterator[str]):
+    """A log being streamed: its lines, and ``close()``, which any thread may call: a read
+    blocked in another thread then ends at once (the iteration stops or raises), so a
+    follower whose client went away gives its thread back without waiting for a line."""
+
+    def __init__(self, lines: Iterator[str], response: Any) -> None:
+        self._lines = lines
+        self._response = response
+
+    def __next__(self) -> str:
+        return next(self._lines)
+
+    def close(self) -> None:
+        close_response(self._response)
 
 
 def _keep_open(response: Any) -> Any:

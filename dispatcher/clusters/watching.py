@@ -18,6 +18,8 @@ pods, other pods) and reports every change to a handler, on its own daemon threa
   or apiserver closing them at once: client-go's reflector calls this a "very short
   watch"), and 410s that follow each other without any event between them (the first
   relists at once, the next ones wait), so there is never a hot reconnect or relist loop;
+  only watch events (bookmarks included) count as delivered, not a bare ``Status`` line;
+  a list answered 410 (its page token expired) is retried at once, then backing off;
 - the loop runs under a ``Supervisor``: anything it does not expect (a bug, a health
   callback that raises) is logged and counted there, the watch is reported disconnected,
   and the loop starts again from the last resourceVersion after the supervisor's backoff
@@ -359,6 +361,7 @@ class Informer:
             getattr(self._health, method)(self.name)
 
     def _relist(self) -> None:
+        expired = 0
         while True:
             try:
                 result = self.source.list_objects(
@@ -370,8 +373,19 @@ class Informer:
                 )
                 break
             except ApiError as exc:
-                # A page token expired during a long list: start over.
+                # A page token expired during a long list: start over, at once the first
+                # time, then backing off (never a hot loop of lists).
                 if exc.status != 410 or self._stop.is_set():
+                    raise
+                expired += 1
+                delay = backoff_delay(
+                    expired - 1,
+                    base=self.options.backoff_base_seconds,
+                    cap=self.options.backoff_max_seconds,
+                    jitter=self.options.backoff_jitter,
+                    draw=self._draw(),
+                )
+                if self._stop.wait(delay):
                     raise
         fresh = {object_key(obj): obj for obj in result.items}
         with self._lock:
@@ -426,7 +440,8 @@ class Informer:
             for line in stream_lines(response):
                 if not line.strip():
                     continue
-                self._event(json.loads(line))
+                if not self._event(json.loads(line)):
+                    continue  # not a watch event (a bare Status): delivers nothing
                 delivered = True
                 if self._health is not None:
                     self._health.watch_data(self.name)
@@ -449,7 +464,8 @@ class Informer:
             close_response(response)
         return delivered
 
-    def _event(self, event: Mapping[str, Any]) -> None:
+    def _event(self, event: Mapping[str, Any]) -> bool:
+        """Apply one line of the stream; ``False`` if it was no watch event."""
         kind = event.get("type")
         obj = event.get("object") or {}
         if kind == "ERROR":
@@ -466,9 +482,9 @@ class Informer:
         if kind == "BOOKMARK":
             if version:
                 self._resource_version = str(version)
-            return
+            return True
         if kind not in (ADDED, MODIFIED, DELETED):
-            return
+            return False
         key = object_key(obj)
         with self._lock:
             old = self._items.get(key)
@@ -479,6 +495,7 @@ class Informer:
             if version:
                 self._resource_version = str(version)
         self._deliver([(str(kind), obj, old)])
+        return True
 
     def _deliver(self, events: Iterable[tuple[str, dict[str, Any], dict[str, Any] | None]]) -> None:
         for kind, obj, old in events:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -64,7 +64,7 @@ from dispatcher.dispatching.jobs import Attempt, Job, job_id_for
 from dispatcher.dispatching.mailbox import RESOLVE, Mail, Mailboxes
 from dispatcher.dispatching.pod_events import PodEvents
 from dispatcher.dispatching.pods import PodActions, deletes_pod
-from dispatcher.dispatching.ports import Cache, Connection
+from dispatcher.dispatching.ports import Cache, Connection, LogStream
 from dispatcher.dispatching.recording import Recorder
 from dispatcher.dispatching.records import Fence, RecordStore
 from dispatcher.dispatching.runner import Runner, ThreadRunner
@@ -339,6 +339,12 @@ class Dispatcher:
         )
         return [j.view() for j in jobs[:limit]]
 
+    def listen(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(job_id)`` after every change readers can see of a job (for
+        waiters that are not threads: the API's long polls). It runs on the thread that
+        made the change and must not block."""
+        self._jobs.listen(listener)
+
     def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
         """Block until the job has finished or ``timeout`` passed (long poll)."""
         self._require_attached()
@@ -346,7 +352,7 @@ class Dispatcher:
 
     def logs(
         self, job_id: str, *, follow: bool = False, tail_lines: int | None = None
-    ) -> Iterator[str]:
+    ) -> LogStream:
         self._require_attached()
         job = self._jobs.require(job_id)
         attempt = job.attempt

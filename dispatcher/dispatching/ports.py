@@ -11,7 +11,16 @@ from typing import Any, Protocol
 
 from dispatcher.core import Health, Snapshot
 
-__all__ = ["Cache", "Connection"]
+__all__ = ["Cache", "Connection", "LogStream"]
+
+
+class LogStream(Protocol):
+    """A container log being read: its lines, and ``close()``, which any thread may call
+    (a read blocked in another thread then ends at once)."""
+
+    def __iter__(self) -> Iterator[str]: ...
+    def __next__(self) -> str: ...
+    def close(self) -> None: ...
 
 
 class Connection(Protocol):
@@ -30,7 +39,7 @@ class Connection(Protocol):
         follow: bool = False,
         since_seconds: int | None = None,
         tail_lines: int | None = None,
-    ) -> Iterator[str]: ...
+    ) -> LogStream: ...
 
 
 class Cache(Protocol):

@@ -4,7 +4,8 @@ Only a job whose record was written is committed here (``commit``); readers (the
 long polls, metrics) see nothing the record store does not also hold. ``touch`` changes
 this process's own bookkeeping of a job (its timers), never a persisted field.
 
-I/O: none; a lock and a condition for long polls.
+I/O: none; a lock and a condition for long polls, and listeners told of every change
+(``listen``) for waiters that are not threads (the API's coroutines).
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+import structlog
+
 from dispatcher.dispatching.jobs import Job
 from dispatcher.errors import NotFound
 
 __all__ = ["JobTable"]
+
+log = structlog.get_logger("dispatcher.jobs")
 
 
 class JobTable:
@@ -27,6 +32,21 @@ class JobTable:
         self._changed = threading.Condition(self._lock)
         self._jobs: dict[str, Job] = {}
         self._submitting: set[str] = set()
+        self._listeners: list[Callable[[str], None]] = []
+
+    def listen(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(job_id)`` after every change of a job's committed value (put,
+        commit, drop), on the thread that made it, outside the lock: it must not block."""
+        with self._lock:
+            self._listeners = [*self._listeners, listener]
+
+    def _tell(self, job_id: str) -> None:
+        for listener in self._listeners:
+            try:
+                listener(job_id)
+            except Exception:
+                # A listener's fault must not undo a commit the record store already holds.
+                log.exception("jobs.listener_failed", job_id=job_id)
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -55,6 +75,7 @@ class JobTable:
         with self._lock:
             self._jobs[job.id] = job
             self._changed.notify_all()
+        self._tell(job.id)
 
     def adopt(self, job: Job) -> Job:
         """``job`` unless another value is already known for its id; the one kept."""
@@ -67,6 +88,7 @@ class JobTable:
             if job.id in self._jobs:
                 self._jobs[job.id] = job
             self._changed.notify_all()
+        self._tell(job.id)
         return job
 
     def touch(self, job_id: str, **fields: Any) -> None:
@@ -93,6 +115,7 @@ class JobTable:
         with self._lock:
             self._jobs.pop(job_id, None)
             self._changed.notify_all()
+        self._tell(job_id)
 
     @contextmanager
     def submitting(self, job_id: str) -> Iterator[Job | None]:

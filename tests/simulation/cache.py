@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import copy
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dispatcher.clusters.connection import LogLines
 from dispatcher.core import ClusterState, Health, NodeInfo, Snapshot, usage_by_node
 from dispatcher.core.apierrors import api_error
 from tests.simulation.world import (
@@ -101,7 +102,7 @@ class FakeConnection:
         follow: bool = False,
         since_seconds: int | None = None,
         tail_lines: int | None = None,
-    ) -> Iterator[str]:
+    ) -> LogLines:
         del container, follow, since_seconds, tail_lines
         if self._cluster.api_read(self._caller, namespace, name) is None:
             raise api_error(
@@ -110,7 +111,7 @@ class FakeConnection:
                 404,
                 {"reason": "NotFound", "message": f'pods "{name}" not found'},
             )
-        return iter([f"sim log of {name}"])
+        return LogLines(iter([f"sim log of {name}"]), response=None)
 
 
 class FakeCache:

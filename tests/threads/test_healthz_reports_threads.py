@@ -3,6 +3,7 @@ thread and why once one cannot (so the kubelet restarts the process)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -14,7 +15,7 @@ from dispatcher.supervise import CannotContinue, SupervisedThread, Supervisor
 
 
 class _Runtime:
-    dispatcher: Any = None
+    dispatcher: Any = SimpleNamespace(listen=lambda listener: None)
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor

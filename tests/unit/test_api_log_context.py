@@ -18,6 +18,9 @@ from dispatcher.core.tenancy import Principal
 
 
 class _Dispatcher:
+    def listen(self, listener: Any) -> None:
+        pass
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         # Deeper layers log without naming the job; the bound context must add it.
         structlog.get_logger("deeper").info("pod.delete_requested")
