@@ -36,6 +36,7 @@ from dispatcher.core import (
     route,
     snapshot_from_document,
 )
+from dispatcher.core.dependencies import DependencyReport
 from dispatcher.errors import DispatcherError, InputError, SnapshotError, SpecError
 from dispatcher.settings import load_settings
 
@@ -91,18 +92,39 @@ def _decision_table(decision: Decision) -> Table:
     table.add_column("reason", no_wrap=True)
     table.add_column("cost/h", justify="right", no_wrap=True)
     table.add_column("message", overflow="fold")
+    checked = any(v.dependencies is not None for v in decision.clusters)
+    if checked:
+        table.add_column("dependencies", overflow="fold")
     for verdict in decision.clusters:
         style = _VERDICT_STYLE[verdict.verdict]
         chosen = verdict.cluster == decision.cluster
         cost = "" if verdict.hourly_cost is None else f"${verdict.hourly_cost:,.2f}"
-        table.add_row(
+        cells = [
             f"[bold]{verdict.cluster}[/bold]" if chosen else verdict.cluster,
             f"[{style}]{verdict.verdict.value}[/{style}]",
             verdict.reason.value,
             cost,
-            verdict.message,
-        )
+            escape(verdict.message),
+        ]
+        if checked:
+            cells.append(escape(_dependency_cell(verdict.dependencies)))
+        table.add_row(*cells)
     return table
+
+
+def _dependency_cell(report: DependencyReport | None) -> str:
+    """``present: Secret db key password; missing: PersistentVolumeClaim data (...)``."""
+    if report is None:
+        return "not checked"
+    parts = []
+    present = sorted({r.describe() for r in report.present})
+    if present:
+        parts.append("present: " + ", ".join(present))
+    if report.missing:
+        parts.append("missing: " + ", ".join(sorted({r.describe() for r, _ in report.missing})))
+    if report.unknown:
+        parts.append("unknown: " + ", ".join(sorted({r.describe() for r, _ in report.unknown})))
+    return f"in {report.namespace}: " + "; ".join(parts)
 
 
 @app.command("route")

@@ -307,6 +307,11 @@ class ClusterSettings(_Section):
     pod_security: PodSecurity = Field(default_factory=PodSecurity)
     #: A running job on this cluster when it stops answering: wait (default) or relaunch.
     on_unreachable: UnreachablePolicy = Field(default_factory=UnreachablePolicy)
+    #: Watch the names (and Secret/ConfigMap key names, never values) of Secrets,
+    #: ConfigMaps, PVCs and ServiceAccounts in the task namespaces (``pod_defaults``'
+    #: ``namespace`` and ``allowed_namespaces``), and route a task here only if what its
+    #: pod names is there. Needs list and watch on those resources in those namespaces.
+    check_dependencies: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -341,6 +346,7 @@ class ClusterSettings(_Section):
             cost=self.cost,
             pod_defaults=self.pod_defaults,
             pod_security=self.pod_security,
+            check_dependencies=self.check_dependencies,
         )
 
 

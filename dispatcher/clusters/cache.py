@@ -1,5 +1,12 @@
 """The ``ClusterCache``: every cluster's nodes and pods, kept current by informers.
 
+With ``check_dependencies`` (the default), four more informers per task namespace keep a
+metadata-only view of its Secrets, ConfigMaps, PVCs and ServiceAccounts: names, and the
+key names of Secrets and ConfigMaps, never a value (``dependency_metadata``); the
+snapshot carries it as ``ClusterState.objects`` for routing. They count neither in the
+cluster's health nor in ``wait_synced``: until one lists (RBAC missing, say), routing
+makes only the tasks that need it wait, and says why.
+
 Per cluster, three informers (nodes; our pods, every phase, for job tracking; everybody
 else's pods that still hold resources, for capacity; the last can be switched off with
 ``client.watch_all_pods: false``) feed an incremental account: per node its ``NodeInfo``
@@ -32,6 +39,9 @@ Listeners get ``(cluster, kind, event_type, obj)``:
   resources (DELETED: it freed them), or an assumption expired (DELETED);
 - ``("health", "up"|"degraded"|"down"|"credentials-unavailable"|"refused", None)`` when
   the cluster's health (or the reason it is refused) changes (``status(cluster)`` says why);
+- ``("dependency", ADDED|MODIFIED|DELETED|"listed", None)`` when a Secret, ConfigMap,
+  PVC or ServiceAccount of a task namespace appears, goes or changes its key names, and
+  after each list of them (no object is passed: listeners do not need one);
 - ``("listed", "first"|"relist", None)`` after our pods were listed (the first time, or
   again after a broken or expired watch) and the list's events delivered: from then on
   ``managed_pods(cluster)`` is the whole truth, and a pod that was created and deleted
@@ -65,7 +75,7 @@ from typing import Any
 import structlog
 
 from dispatcher import metrics
-from dispatcher.clusters.connection import ClientProvider, Connection
+from dispatcher.clusters.connection import ClientProvider, Connection, NamespacedResource
 from dispatcher.clusters.health import ClusterHealth, HealthPolicy, HealthStatus
 from dispatcher.clusters.watching import DELETED, Informer, WatchOptions, object_key
 from dispatcher.core import (
@@ -80,6 +90,7 @@ from dispatcher.core import (
     pod_requests,
     quantity,
 )
+from dispatcher.core.dependencies import DependencyKind, NamespaceView
 from dispatcher.core.scheduling import (
     fits,
     matches_node_affinity,
@@ -118,6 +129,48 @@ RUNNING_PODS_FIELD_SELECTOR = "status.phase!=Succeeded,status.phase!=Failed"
 OTHER_PODS_LABEL_SELECTOR = f"{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}"
 
 _SCORED_RESOURCES = (quantity.CPU, quantity.MEMORY)
+
+#: The dependency kinds watched in each task namespace, by their resource's plural.
+#: PVCs and ServiceAccounts come as ``PartialObjectMetadata`` (no spec at all); Secrets
+#: and ConfigMaps whole, because their key names are in ``data``: ``dependency_metadata``
+#: keeps the names and drops every value on arrival.
+DEPENDENCY_RESOURCES: Mapping[DependencyKind, tuple[Any, bool]] = {
+    DependencyKind.SECRET: ("secrets", False),
+    DependencyKind.CONFIG_MAP: ("configmaps", False),
+    DependencyKind.PERSISTENT_VOLUME_CLAIM: ("persistentvolumeclaims", True),
+    DependencyKind.SERVICE_ACCOUNT: ("serviceaccounts", True),
+}
+
+
+def dependency_metadata(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What the cache keeps of a Secret, ConfigMap, PVC or ServiceAccount: its name,
+    namespace, uid and resourceVersion, and the names of its ``data``/``binaryData`` keys.
+
+    Everything else goes, annotations too: ``kubectl apply`` copies a whole Secret,
+    values included, into ``kubectl.kubernetes.io/last-applied-configuration``.
+    """
+    metadata = obj.get("metadata") or {}
+    keys = sorted({*(obj.get("data") or {}), *(obj.get("binaryData") or {})})
+    return {
+        "metadata": {
+            name: metadata[name]
+            for name in ("name", "namespace", "uid", "resourceVersion")
+            if name in metadata
+        },
+        "keys": keys,
+    }
+
+
+def task_namespaces(settings: ClusterSettings) -> tuple[str, ...]:
+    """The namespaces pods go to in this cluster (``scheduling.pod_namespace``)."""
+    defaults = settings.pod_defaults
+    return tuple(dict.fromkeys((defaults.namespace, *defaults.allowed_namespaces)))
+
+
+def _dependency_watch(kind: DependencyKind, namespace: str) -> str:
+    return f"deps-{DEPENDENCY_RESOURCES[kind][0]}-{namespace}"
+
+
 #: How often ``wait_synced`` looks whether a cluster not synced yet was refused meanwhile.
 _SYNC_POLL = 0.1
 
@@ -196,6 +249,11 @@ class _Cluster:
         self.version = 0
         self.built: tuple[int, ClusterState] | None = None
         self.published = -1
+        #: (namespace, kind) -> the informer of that kind's objects there.
+        self.dependency_informers: dict[tuple[str, DependencyKind], Informer] = {}
+
+    def all_informers(self) -> list[Informer]:
+        return [*self.informers.values(), *self.dependency_informers.values()]
 
     # ----- all below run under ``lock`` -------------------------------------------------
     def changed(self, *nodes: str | None) -> None:
@@ -232,9 +290,32 @@ class _Cluster:
             nodes=self.node_infos.values(),
             queue_depth=self.unplaced(),
             refusal=_refusal(status),
+            objects=self.objects() if self.settings.check_dependencies else None,
         )
         self.built = (self.version, state)
         return state
+
+    def objects(self) -> dict[str, NamespaceView]:
+        """Per task namespace, the dependency objects as the informers last listed them."""
+        found: dict[str, dict[DependencyKind, dict[str, frozenset[str]]]] = {}
+        unknown: dict[str, dict[DependencyKind, str]] = {}
+        for (namespace, kind), informer in self.dependency_informers.items():
+            found.setdefault(namespace, {})
+            unknown.setdefault(namespace, {})
+            if not informer.synced:
+                error = informer.last_error
+                unknown[namespace][kind] = (
+                    f"not listed yet ({error})" if error else "not listed yet"
+                )
+                continue
+            found[namespace][kind] = {
+                str(item["metadata"].get("name", "")): frozenset(item.get("keys") or ())
+                for item in informer.items()
+            }
+        return {
+            namespace: NamespaceView(objects=found[namespace], unknown=unknown[namespace])
+            for namespace in found
+        }
 
     def count_pod(self, source: str, key: str, pod: Mapping[str, Any] | None) -> bool:
         """Account a pod's current state; returns whether usage changed."""
@@ -427,6 +508,24 @@ class ClusterCache:
             cluster.informers[OTHER_PODS] = informer(
                 OTHER_PODS, "pods", OTHER_PODS_LABEL_SELECTOR, RUNNING_PODS_FIELD_SELECTOR
             )
+        if settings.check_dependencies:
+            for namespace in task_namespaces(settings):
+                for kind, (plural, metadata_only) in DEPENDENCY_RESOURCES.items():
+                    watch = _dependency_watch(kind, namespace)
+                    # Apart from ``informers``, and without ``health``: a view that cannot
+                    # be listed (RBAC not granted yet) holds back only the tasks that
+                    # need it (their verdict says why), not the cluster or readiness.
+                    cluster.dependency_informers[(namespace, kind)] = Informer(
+                        connection,
+                        NamespacedResource(plural, namespace, metadata_only),
+                        name=watch,
+                        handler=self._dependency_handler(cluster),
+                        options=self.options.watch,
+                        supervisor=self.supervisor,
+                        draw=draw,
+                        on_listed=lambda first: self._on_dependencies_listed(cluster),
+                        transform=dependency_metadata,
+                    )
         return cluster
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -439,7 +538,7 @@ class ClusterCache:
         if self._timer is not None:
             return
         for cluster in self._clusters.values():
-            for informer in cluster.informers.values():
+            for informer in cluster.all_informers():
                 informer.start()
         self._timer = threading.Thread(target=self._tick_loop, name="kd-cache-timer", daemon=True)
         self._timer.start()
@@ -447,7 +546,7 @@ class ClusterCache:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the informers and the timer; waits up to ``timeout`` seconds for them."""
         self._stop.set()
-        informers = [i for c in self._clusters.values() for i in c.informers.values()]
+        informers = [i for c in self._clusters.values() for i in c.all_informers()]
         for informer in informers:
             informer.stop()
         deadline = self._clock() + timeout
@@ -539,6 +638,10 @@ class ClusterCache:
 
     def informers(self, cluster: str) -> tuple[Informer, ...]:
         return tuple(self._cluster(cluster).informers.values())
+
+    def dependency_informers(self, cluster: str) -> dict[tuple[str, DependencyKind], Informer]:
+        """(task namespace, kind) -> the informer of the cluster's dependency view."""
+        return dict(self._cluster(cluster).dependency_informers)
 
     def assumed(self, cluster: str) -> dict[str, str | None]:
         """Assumed pod name -> the node it is counted on (``None``: in the queue depth)."""
@@ -659,6 +762,24 @@ class ClusterCache:
         elif changed:
             self._emit(cluster.name, "capacity", kind, None)
 
+    def _dependency_handler(
+        self, cluster: _Cluster
+    ) -> Callable[[str, dict[str, Any], dict[str, Any] | None], None]:
+        def handle(kind: str, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+            if old is not None and old.get("keys") == obj.get("keys") and kind != DELETED:
+                return  # a change routing cannot see (labels, a value)
+            with cluster.lock:
+                cluster.changed()
+            self._emit(cluster.name, "dependency", kind, None)
+
+        return handle
+
+    def _on_dependencies_listed(self, cluster: _Cluster) -> None:
+        # The first list turns "not listed yet" into an answer, with or without events.
+        with cluster.lock:
+            cluster.changed()
+        self._emit(cluster.name, "dependency", "listed", None)
+
     def _on_health(self, cluster: _Cluster, new: Health) -> None:
         with cluster.lock:
             cluster.changed()
@@ -669,6 +790,8 @@ class ClusterCache:
             for name, informer in cluster.informers.items():
                 if name not in disconnected:
                     informer.reconnect()
+            for informer in cluster.dependency_informers.values():
+                informer.reconnect()
         self._emit(cluster.name, "health", new.value, None)
 
     # ----- timer -----------------------------------------------------------------------

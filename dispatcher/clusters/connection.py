@@ -53,11 +53,46 @@ from dispatcher.errors import (
 from dispatcher.metrics import KUBE_API_REQUESTS
 from dispatcher.settings import ClientSettings
 
-__all__ = ["ClientProvider", "Connection", "ListResult", "LogLines", "Resource"]
+__all__ = [
+    "ClientProvider",
+    "Connection",
+    "ListResult",
+    "LogLines",
+    "NamespacedResource",
+    "Resource",
+]
 
 log = structlog.get_logger(__name__)
 
-Resource = Literal["pods", "nodes"]
+
+@dataclass(frozen=True, slots=True)
+class NamespacedResource:
+    """A core (``v1``) resource in one namespace, e.g. ``secrets`` in ``batch``.
+
+    ``metadata_only`` asks the API server for ``PartialObjectMetadata`` (names, labels,
+    resourceVersion; no spec, status or data), so no value of the objects is sent at all.
+    """
+
+    plural: Literal["secrets", "configmaps", "persistentvolumeclaims", "serviceaccounts"]
+    namespace: str
+    metadata_only: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.plural} in {self.namespace}"
+
+    def path(self) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/{self.plural}"
+
+    def accept(self, *, watch: bool) -> str:
+        if not self.metadata_only:
+            return "application/json"
+        kind = "PartialObjectMetadata" if watch else "PartialObjectMetadataList"
+        # The server falls back to the full object only if it cannot convert, never silently
+        # for core resources; the second type keeps old servers answering.
+        return f"application/json;as={kind};g=meta.k8s.io;v=v1, application/json"
+
+
+Resource = Literal["pods", "nodes"] | NamespacedResource
 T = TypeVar("T")
 
 _CHUNK = 64 * 1024
@@ -409,18 +444,36 @@ class Connection:
         items: list[dict[str, Any]] = []
         token: str | None = None
         while True:
-
-            def call(api: Any, timeout: tuple[float, float], token: str | None = token) -> Any:
-                return _lister(api, resource)(
+            send: Callable[[Any, tuple[float, float]], Any]
+            if isinstance(resource, NamespacedResource):
+                send = _namespaced_call(
+                    resource,
+                    watch=False,
                     label_selector=label_selector,
                     field_selector=field_selector,
                     limit=page_size,
                     _continue=token,
-                    _preload_content=False,
-                    _request_timeout=timeout,
                 )
+            else:
 
-            page = self._send("list", f"list {resource}", call, _read_json, gated=gated)
+                def send(api: Any, timeout: tuple[float, float], token: str | None = token) -> Any:
+                    return _lister(api, resource)(
+                        label_selector=label_selector,
+                        field_selector=field_selector,
+                        limit=page_size,
+                        _continue=token,
+                        _preload_content=False,
+                        _request_timeout=timeout,
+                    )
+
+            page = self._send(
+                "list",
+                f"list {resource}",
+                send,
+                _read_json,
+                gated=gated,
+                api=_raw_client if isinstance(resource, NamespacedResource) else CoreV1Api,
+            )
             items.extend(page.get("items") or [])
             metadata = page.get("metadata") or {}
             token = metadata.get("continue") or None
@@ -444,6 +497,24 @@ class Connection:
         close it with ``close_response``. Never refused by the breaker: informers' reconnects
         are how a cluster marked down is found up again.
         """
+        if isinstance(resource, NamespacedResource):
+            return self._send(
+                "watch",
+                f"watch {resource}",
+                _namespaced_call(
+                    resource,
+                    watch=True,
+                    allow_watch_bookmarks=True,
+                    resource_version=resource_version,
+                    timeout_seconds=timeout_seconds,
+                    label_selector=label_selector,
+                    field_selector=field_selector,
+                ),
+                _keep_open,
+                gated=False,
+                read_timeout=idle_timeout,
+                api=_raw_client,
+            )
         return self._send(
             "watch",
             f"watch {resource}",
@@ -467,7 +538,54 @@ def _raw_client(client: ApiClient) -> ApiClient:
     return client
 
 
+_QUERY_NAMES = {
+    "watch": "watch",
+    "allow_watch_bookmarks": "allowWatchBookmarks",
+    "resource_version": "resourceVersion",
+    "timeout_seconds": "timeoutSeconds",
+    "label_selector": "labelSelector",
+    "field_selector": "fieldSelector",
+    "limit": "limit",
+    "_continue": "continue",
+}
+
+
+def _namespaced_call(
+    resource: NamespacedResource, *, watch: bool, **query: Any
+) -> Callable[[Any, tuple[float, float]], Any]:
+    """A list or watch of ``resource`` through the raw ``ApiClient``: the generated
+    methods overwrite the ``Accept`` header, which ``PartialObjectMetadata`` needs."""
+    params = [
+        (_QUERY_NAMES[name], str(value).lower() if isinstance(value, bool) else value)
+        for name, value in query.items()
+        if value is not None
+    ]
+    if watch:
+        params.insert(0, ("watch", "true"))
+
+    def call(client: ApiClient, timeout: tuple[float, float]) -> Any:
+        response = client.call_api(
+            resource.path(),
+            "GET",
+            query_params=params,
+            header_params={"Accept": resource.accept(watch=watch)},
+            auth_settings=["BearerToken"],
+            response_types_map={},
+            _return_http_data_only=True,
+            _preload_content=False,
+            _request_timeout=timeout,
+        )
+        # The client keeps the last response (``last_response``), whose body a list of
+        # Secrets fills with their values: only the caller, who reduces it, may hold it.
+        client.last_response = None
+        return response
+
+    return call
+
+
 def _lister(api: Any, resource: Resource) -> Callable[..., Any]:
+    if isinstance(resource, NamespacedResource):
+        raise TypeError(f"{resource} is listed through _namespaced_call")
     if resource == "pods":
         return api.list_pod_for_all_namespaces  # type: ignore[no-any-return]
     return api.list_node  # type: ignore[no-any-return]
@@ -514,17 +632,31 @@ def _keep_open(response: Any) -> Any:
     return response
 
 
-def stream_lines(response: Any) -> Iterator[bytes]:
-    """The lines of a streaming response (watch events, logs), without their newline."""
+def stream_lines(response: Any, *, hold_nothing: bool = False) -> Iterator[bytes]:
+    """The lines of a streaming response (watch events, logs), without their newline.
+
+    ``hold_nothing``: while waiting for more data, hold no line already handed out nor the
+    chunk it came in. urllib3's ``stream()`` keeps its last chunk in its generator until
+    the next one arrives, so this reads with ``read1`` instead: a watch of Secrets would
+    otherwise keep the last event's values alive until the next bookmark.
+    """
     pending = b""
-    for chunk in response.stream(_CHUNK, decode_content=True):
+    chunks: Iterator[bytes] = (
+        iter(lambda: response.read1(_CHUNK, decode_content=True), b"")
+        if hold_nothing
+        else response.stream(_CHUNK, decode_content=True)
+    )
+    for chunk in chunks:
         if not chunk:
             continue
         pending += chunk
+        del chunk
         if b"\n" not in pending:
             continue
         *lines, pending = pending.split(b"\n")
-        yield from lines
+        lines.reverse()
+        while lines:
+            yield lines.pop()
     if pending:
         yield pending
 

@@ -167,7 +167,10 @@ class Informer:
     ``health`` learns whether the watch is connected; ``supervisor`` runs the thread (a
     private one unless given, whose health nobody asks); ``draw`` feeds the backoff jitter
     and the timeout spread (``# fixed for tests``); ``on_listed(first)`` is called on the
-    informer's thread after each list's events were handled.
+    informer's thread after each list's events were handled; ``transform`` (like
+    client-go's ``SetTransform``) turns each object as it arrives into what is kept and
+    handed to the handler, e.g. a Secret into its names and key names, so that no value
+    outlives the response it came in.
     """
 
     def __init__(
@@ -184,8 +187,10 @@ class Informer:
         supervisor: Supervisor | None = None,
         draw: Callable[[], float] = random.random,
         on_listed: Callable[[bool], None] | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.source = source
+        self._transform = transform
         self.resource: Resource = resource
         self.name = name
         self.label_selector = label_selector
@@ -204,6 +209,7 @@ class Informer:
         self._thread: SupervisedThread | None = None
         self._response: Any = None
         self._interrupted = False
+        self._last_error: str | None = None
 
     @property
     def cluster(self) -> str:
@@ -213,6 +219,11 @@ class Informer:
     def synced(self) -> bool:
         """Whether the first list has been applied."""
         return self._synced.is_set()
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last list or watch failed, until one succeeds (``None``: none failed)."""
+        return self._last_error
 
     @property
     def resource_version(self) -> str | None:
@@ -342,6 +353,7 @@ class Informer:
                 thread.wait(max(delay, asked))
 
     def _disconnected(self, exc: BaseException, failures: int) -> None:
+        self._last_error = str(exc) if isinstance(exc, DispatcherError) else type(exc).__name__
         if self._health is not None:
             # The error says whose trouble it is: the API server's, or our credentials'.
             self._health.watch_disconnected(self.name, exc)
@@ -387,13 +399,19 @@ class Informer:
                 )
                 if self._stop.wait(delay):
                     raise
-        fresh = {object_key(obj): obj for obj in result.items}
+        transform = self._transform
+        fresh = {
+            object_key(obj): obj if transform is None else transform(obj) for obj in result.items
+        }
+        version = result.resource_version
+        del result  # with ``transform``, nothing of the raw objects outlives the list
         with self._lock:
             old = self._items
             self._items = fresh
-            self._resource_version = result.resource_version
+            self._resource_version = version
         self._deliver(diff_lists(old, fresh))
         # The list answered: the cluster is reachable, whatever the watch does next.
+        self._last_error = None
         self._health_call("watch_connected")
         first = not self._synced.is_set()
         self._synced.set()
@@ -437,10 +455,13 @@ class Informer:
         self._health_call("watch_connected")
         delivered = False
         try:
-            for line in stream_lines(response):
+            lines = stream_lines(response, hold_nothing=self._transform is not None)
+            for line in lines:
                 if not line.strip():
                     continue
-                if not self._event(json.loads(line)):
+                applied = self._event(json.loads(line))
+                del line  # with ``transform``: hold no raw event while waiting for the next
+                if not applied:
                     continue  # not a watch event (a bare Status): delivers nothing
                 delivered = True
                 if self._health is not None:
@@ -485,6 +506,8 @@ class Informer:
             return True
         if kind not in (ADDED, MODIFIED, DELETED):
             return False
+        if self._transform is not None:
+            obj = self._transform(obj)
         key = object_key(obj)
         with self._lock:
             old = self._items.get(key)

@@ -9,7 +9,10 @@ restricts nothing and is named in the decision's notes. Then, for each cluster, 
    Pod Security Standard level (``podsecurity``: a task breaking ``restricted`` goes to
    ``baseline`` clusters only), cluster labels (region), node-selector conflicts with the cluster's
    pod defaults; then a cluster whose credentials were refused (``Health.REFUSED``) can
-   run nothing until someone fixes them (REJECT, "refused: <reason>");
+   run nothing until someone fixes them (REJECT, "refused: <reason>"); then the task's
+   dependencies (``dependencies``: Secrets, ConfigMaps, PVCs, the ServiceAccount) must be
+   in the cluster's task namespace, with the keys the task reads (REJECT naming the object:
+   nothing copies them yet), or WAIT while the cluster's view of them is not listed;
 2. static node filters, once per node shape (per node only when the task names a per-node
    label): GPU model, node selector, required node affinity, taints, and whether the task
    fits an *empty* node of the shape. No shape passing means the cluster can never run the
@@ -29,6 +32,7 @@ machine-readable ``Reason`` and a message a DAG author understands.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +42,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from dispatcher.core import quantity
+from dispatcher.core.dependencies import DependencyReport, NamespaceView, check, dependencies
 from dispatcher.core.names import DNSLabel
 from dispatcher.core.podsecurity import Level, violations
 from dispatcher.core.podspec import Placement
@@ -47,6 +52,7 @@ from dispatcher.core.scheduling import (
     matches_node_affinity,
     matches_node_selector,
     pod_constraints,
+    pod_namespace,
     untolerated_taints,
 )
 from dispatcher.core.snapshot import (
@@ -96,6 +102,8 @@ class Reason(StrEnum):
     CLUSTER_DOWN = "cluster-down"
     CREDENTIALS_UNAVAILABLE = "credentials-unavailable"
     NODES_NOT_READY = "nodes-not-ready"
+    #: The cluster's view of the task namespace's Secrets, ConfigMaps... is not listed.
+    DEPENDENCIES_UNKNOWN = "dependencies-unknown"
     INSUFFICIENT_FREE = "insufficient-free-resources"
     # REJECT: can never run the task as configured
     NOT_ALLOWED = "not-allowed"
@@ -111,6 +119,8 @@ class Reason(StrEnum):
     OVER_COST_CAP = "over-cost-cap"
     #: Its credentials break our rules (``Health.REFUSED``); the message says which.
     CLUSTER_REFUSED = "cluster-refused"
+    #: A Secret, ConfigMap, PVC or ServiceAccount (or a key) the pod needs is not there.
+    DEPENDENCY_MISSING = "dependency-missing"
 
 
 class Strategy(StrEnum):
@@ -173,6 +183,9 @@ class ClusterVerdict:
     hourly_cost: float | None = None
     #: A node shape where the task fits now (PLACE verdicts only).
     shape: NodeShape | None = field(default=None, repr=False, compare=False)
+    #: Which of the task's dependencies the cluster has, lacks or cannot tell; ``None``
+    #: when they were not checked (switched off, or rejected before the check).
+    dependencies: DependencyReport | None = None
 
     def __str__(self) -> str:
         return f"{self.cluster}: {self.message}"
@@ -184,6 +197,7 @@ class ClusterVerdict:
             "reason": self.reason.value,
             "message": self.message,
             "hourly_cost": self.hourly_cost,
+            "dependencies": None if self.dependencies is None else self.dependencies.to_dict(),
         }
 
 
@@ -285,6 +299,7 @@ class _Candidate:
     shape: NodeShape
     cost: float | None
     headroom: float
+    dependencies: DependencyReport | None = None
 
 
 def _money(cost: float | None) -> str:
@@ -639,6 +654,54 @@ def _judge_cluster(
             Reason.CLUSTER_REFUSED,
             f"refused: {state.refusal or 'its credentials were refused'}",
         )
+    report = _dependency_report(task, state)
+    if report is not None and report.missing:
+        words = "; ".join(why for _, why in report.missing)
+        return ClusterVerdict(
+            state.name,
+            Verdict.REJECT,
+            Reason.DEPENDENCY_MISSING,
+            f"{words} (copying dependencies to a cluster is not available yet)",
+            dependencies=report,
+        )
+    verdict = _judge_nodes(task, state, requests)
+    if isinstance(verdict, _Candidate):
+        if report is not None and report.unknown and state.health.routable:
+            words = "; ".join(dict.fromkeys(why for _, why in report.unknown))
+            return ClusterVerdict(
+                state.name,
+                Verdict.WAIT,
+                Reason.DEPENDENCIES_UNKNOWN,
+                f"could run the task, but cannot tell yet whether its dependencies are "
+                f"there: {words}",
+                verdict.cost,
+                dependencies=report,
+            )
+        return dataclasses.replace(verdict, dependencies=report)
+    return dataclasses.replace(verdict, dependencies=report)
+
+
+def _dependency_report(task: TaskSpec, state: ClusterState) -> DependencyReport | None:
+    """How the cluster stands for the task's dependencies; ``None`` when not checked."""
+    if not state.info.check_dependencies or state.objects is None:
+        return None
+    defaults = state.info.pod_defaults
+    references = dependencies(task, defaults)
+    if not references:
+        return None
+    namespace = pod_namespace(task, defaults)
+    view = state.objects.get(namespace)
+    if view is None:
+        view = NamespaceView(unknown=dict.fromkeys({r.kind for r in references}, "not watched"))
+    return check(references, namespace, view)
+
+
+def _judge_nodes(
+    task: TaskSpec,
+    state: ClusterState,
+    requests: tuple[tuple[str, int], ...],
+) -> ClusterVerdict | _Candidate:
+    constraints = pod_constraints(task, state.info.pod_defaults)
     if not state.shapes:
         if not state.health.routable:
             # A down cluster's nodes may just be unknown (never listed): wait for it.
@@ -728,6 +791,7 @@ def route(
             + (f", {_money(winner.cost)}" if winner.cost is not None else ""),
             winner.cost,
             winner.shape,
+            winner.dependencies,
         )
     ]
     placed.extend(
@@ -738,6 +802,7 @@ def route(
             _outranked_message(c, winner, policy),
             c.cost,
             c.shape,
+            c.dependencies,
         )
         for c in candidates[1:]
     )

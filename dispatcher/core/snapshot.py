@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dispatcher.core import quantity
+from dispatcher.core.dependencies import DependencyKind, NamespaceView
 from dispatcher.core.names import DNSLabel, LabelKey, LabelValue
 from dispatcher.core.podsecurity import PodSecurity
 from dispatcher.core.spec import PodDefaults
@@ -401,6 +402,9 @@ class ClusterInfo:
     cost: CostTable = field(default_factory=CostTable)
     pod_defaults: PodDefaults = field(default_factory=PodDefaults)
     pod_security: PodSecurity = field(default_factory=PodSecurity)
+    #: Whether routing refuses the cluster for a task whose Secrets, ConfigMaps, PVCs or
+    #: ServiceAccount are not in its task namespace (``dispatcher.core.dependencies``).
+    check_dependencies: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +438,10 @@ class ClusterState:
     queue_depth: int = 0
     #: Why it is ``Health.REFUSED`` (``None`` otherwise).
     refusal: ClusterRefusal | None = None
+    #: Task namespace -> the Secrets, ConfigMaps, PVCs and ServiceAccounts seen there
+    #: (names and key names only). ``None``: nobody looked, so routing cannot check a
+    #: task's dependencies here and says so.
+    objects: Mapping[str, NamespaceView] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -475,6 +483,7 @@ class ClusterState:
         nodes: Iterable[NodeInfo] = (),
         queue_depth: int = 0,
         refusal: ClusterRefusal | None = None,
+        objects: Mapping[str, NamespaceView] | None = None,
     ) -> ClusterState:
         groups: dict[tuple[Any, ...], list[NodeInfo]] = {}
         for node in nodes:
@@ -488,6 +497,7 @@ class ClusterState:
             shapes=tuple(shapes),
             queue_depth=queue_depth,
             refusal=refusal if health is Health.REFUSED else None,
+            objects=objects,
         )
 
     @classmethod
@@ -531,6 +541,27 @@ class Snapshot:
         return None
 
 
+class _NamespaceDocument(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    secrets: dict[str, list[str]] = Field(default_factory=dict)
+    configmaps: dict[str, list[str]] = Field(default_factory=dict)
+    persistentvolumeclaims: list[str] = Field(default_factory=list)
+    serviceaccounts: list[str] = Field(default_factory=list)
+
+    def view(self) -> NamespaceView:
+        return NamespaceView(
+            objects={
+                DependencyKind.SECRET: {n: frozenset(k) for n, k in self.secrets.items()},
+                DependencyKind.CONFIG_MAP: {n: frozenset(k) for n, k in self.configmaps.items()},
+                DependencyKind.PERSISTENT_VOLUME_CLAIM: dict.fromkeys(
+                    self.persistentvolumeclaims, frozenset()
+                ),
+                DependencyKind.SERVICE_ACCOUNT: dict.fromkeys(self.serviceaccounts, frozenset()),
+            }
+        )
+
+
 class _ClusterDocument(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -544,6 +575,9 @@ class _ClusterDocument(BaseModel):
     queue_depth: int = Field(default=0, ge=0)
     nodes: list[dict[str, Any]] = Field(default_factory=list)
     pods: list[dict[str, Any]] = Field(default_factory=list)
+    #: Namespace -> the objects there: ``secrets`` and ``configmaps`` map names to key
+    #: names, ``persistentvolumeclaims`` and ``serviceaccounts`` list names.
+    objects: dict[DNSLabel, _NamespaceDocument] | None = None
 
 
 class _SnapshotDocument(BaseModel):
@@ -579,7 +613,9 @@ def snapshot_from_document(
     """A ``Snapshot`` from a document (the CLI's ``--snapshot`` YAML; tests).
 
     The document lists ``clusters``, each with ``name``, ``role``, ``health``, ``labels``,
-    ``cost``, ``pod_defaults``, and ``nodes``/``pods`` in the API's JSON shape. A node may
+    ``cost``, ``pod_defaults``, ``nodes``/``pods`` in the API's JSON shape, and optionally
+    ``objects`` (per namespace, the Secrets and ConfigMaps with their key names and the
+    PVCs and ServiceAccounts there; without it, dependencies are not checked). A node may
     carry ``count: N`` to stand for N identical nodes named ``<name>-0`` ... ``<name>-N-1``.
     Clusters named in ``infos`` (from the settings file) take role, labels, cost and pod
     defaults from there instead. Raises ``SnapshotError`` listing the problems.
@@ -619,7 +655,13 @@ def snapshot_from_document(
                 ) from None
         states.append(
             ClusterState.build(
-                info, health=doc.health, nodes=node_infos, queue_depth=doc.queue_depth
+                info,
+                health=doc.health,
+                nodes=node_infos,
+                queue_depth=doc.queue_depth,
+                objects=None
+                if doc.objects is None
+                else {namespace: ns.view() for namespace, ns in doc.objects.items()},
             )
         )
     try:

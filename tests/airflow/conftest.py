@@ -208,8 +208,42 @@ class DagRunner:
         return DagRunResult(returncode, output, summary)
 
 
+#: The Secrets (with their keys) and ConfigMaps the test DAGs name, as a DAG author's
+#: namespace holds them: routing sends a task only where what its pod names exists.
+DAG_SECRETS = {
+    "warehouse-db": {"password": "example"},  # dags/decorated.py
+    "registry-credentials": {".dockerconfigjson": "{}"},  # dags/kpo_seed.py
+    "airflow-secrets": {"sql_alchemy_conn": "postgresql://example"},  # dags/kpo_example.py
+    "airflow-secrets-2": {"extra": "x"},  # dags/kpo_example.py
+}
+DAG_CONFIG_MAPS = {
+    "loader-config": {"mode": "test"},  # dags/templated_models.py
+    "test-configmap-1": {"mode": "test"},  # dags/kpo_example.py
+}
+
+
 @pytest.fixture
-def dag_runner(airflow_db: Path, service: ServiceProcess, tmp_path: Path) -> Iterator[DagRunner]:
+def dag_objects(stack: Any, namespace: str) -> None:
+    """``DAG_SECRETS`` and ``DAG_CONFIG_MAPS`` in ``namespace`` on every cluster."""
+    from kubernetes import client
+
+    for cluster in ("plane", "gpu-a100", "gpu-h100"):
+        with stack.kube(cluster) as kube:
+            core = client.CoreV1Api(kube)
+            for name, data in DAG_SECRETS.items():
+                core.create_namespaced_secret(
+                    namespace, {"metadata": {"name": name}, "stringData": data}
+                )
+            for name, data in DAG_CONFIG_MAPS.items():
+                core.create_namespaced_config_map(
+                    namespace, {"metadata": {"name": name}, "data": data}
+                )
+
+
+@pytest.fixture
+def dag_runner(
+    airflow_db: Path, service: ServiceProcess, dag_objects: None, tmp_path: Path
+) -> Iterator[DagRunner]:
     yield DagRunner(service, tmp_path)
     # A followed log stream whose client is gone keeps a thread of the service blocked
     # until the cluster writes another line, which KWOK's simulated log never does, so a

@@ -162,7 +162,11 @@ def by_task(seen: dict[str, dict[str, Any]], task_id: str) -> dict[str, Any]:
 
 
 def test_a_kpo_example_dag_runs_with_only_its_imports_changed(
-    dag_runner: DagRunner, stack: Stack, namespace: str, claim: str, tmp_path: Path
+    dag_runner: DagRunner,
+    stack: Stack,
+    namespace: str,
+    claim: str,
+    tmp_path: Path,
 ) -> None:
     dag_file = moved_dag()
     annotate = {"task": succeed("2s"), "deferred_logs": succeed("3s")}

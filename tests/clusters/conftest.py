@@ -30,8 +30,12 @@ def cluster_settings(
     *,
     watch_all_pods: bool = True,
     pod_defaults: dict[str, Any] | None = None,
+    check_dependencies: bool = False,
     **client_kwargs: Any,
 ) -> ClusterSettings:
+    # Off unless asked: these caches watch namespace "default", where the stack grants the
+    # dispatcher identity nothing, and the tests here count watches and requests of nodes
+    # and pods (tests/clusters/test_dependency_view.py turns it on in a granted namespace).
     return ClusterSettings(
         name=name,
         role="in-plane" if name == "plane" else "external",
@@ -43,6 +47,7 @@ def cluster_settings(
         client=ClientSettings(watch_all_pods=watch_all_pods, **client_kwargs),
         allow_insecure=InsecureAllowances(allow_private_addresses=True),
         pod_defaults=PodDefaults.model_validate(pod_defaults or {}),
+        check_dependencies=check_dependencies,
     )
 
 

@@ -60,6 +60,11 @@ TASK_RULES = [
     },
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+    {
+        "apiGroups": [""],
+        "resources": ["secrets", "configmaps", "persistentvolumeclaims", "serviceaccounts"],
+        "verbs": ["list", "watch"],
+    },
 ]
 
 
@@ -288,11 +293,19 @@ def test_rbac_is_least_privilege(default_render: list[dict[str, Any]]) -> None:
         ],
     }  # fmt: skip
     everything = json.dumps([o.get("rules") for o in rbac.values()])
-    for forbidden in ('"*"', "escalate", "bind", "impersonate", "pods/exec", "configmaps"):
+    for forbidden in ('"*"', "escalate", "bind", "impersonate", "pods/exec"):
         assert forbidden not in everything
-    # Secrets only in the state namespace (the records' env values).
-    others = [o.get("rules") for k, o in rbac.items() if k[2] != "kd-kube-dispatcher-state"]
+    # Secrets and ConfigMaps: in the state namespace (the records' env values), and list
+    # and watch in task namespaces (routing's view of task dependencies: TASK_RULES above,
+    # compared whole); nowhere else.
+    others = [
+        o.get("rules")
+        for k, o in rbac.items()
+        if k[2] not in ("kd-kube-dispatcher-state", "kd-kube-dispatcher-tasks")
+    ]
     assert "secrets" not in json.dumps(others)
+    assert "configmaps" not in json.dumps(others)
+    assert "configmaps" not in json.dumps(state)
     sa = one(default_render, "ServiceAccount")["metadata"]["name"]
     for key, obj in rbac.items():
         if key[0].endswith("Binding"):

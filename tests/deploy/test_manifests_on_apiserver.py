@@ -235,6 +235,12 @@ def test_chart_rbac_grants_what_the_dispatcher_needs_and_nothing_more(
         ("watch", "pods", "", ""),  # capacity: every pod, cluster-wide
         ("list", "nodes", "", ""),
         ("watch", "events", "batch", ""),
+        # Routing's view of task dependencies (names and key names are all it keeps).
+        *(
+            (verb, resource, "batch", "")
+            for verb in ("list", "watch")
+            for resource in ("secrets", "configmaps", "persistentvolumeclaims", "serviceaccounts")
+        ),
         ("create", "dispatchjobs", RELEASE_NAMESPACE, "kube-dispatcher.dev"),
         ("update", "dispatchjobs", RELEASE_NAMESPACE, "kube-dispatcher.dev"),
         ("list", "dispatchjobs", RELEASE_NAMESPACE, "kube-dispatcher.dev"),
@@ -295,6 +301,9 @@ def test_external_cluster_rbac_is_accepted_and_least_privilege(
         assert cluster.can(dispatcher, "list", "nodes")
         assert not cluster.can(dispatcher, "create", "pods", namespace="dispatch")
         assert not cluster.can(dispatcher, "get", "secrets", namespace="batch")
+        for resource in ("secrets", "configmaps", "persistentvolumeclaims", "serviceaccounts"):
+            assert cluster.can(dispatcher, "watch", resource, namespace="batch")
+            assert not cluster.can(dispatcher, "list", resource)  # only task namespaces
         assert not cluster.can(dispatcher, "create", "pods", namespace="batch", subresource="exec")
         # The task namespace enforces the baseline Pod Security Standard: a second line
         # behind the dispatcher's own check.

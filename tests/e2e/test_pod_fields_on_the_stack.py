@@ -48,7 +48,16 @@ FIELDS: dict[str, Any] = {
 def test_a_task_with_kpo_pod_fields_makes_a_pod_the_api_server_keeps_as_asked(
     stack: Stack, api: DispatcherClient, namespace: str
 ) -> None:
-    job, created = api.submit(task("kpo-fields", **FIELDS))
+    # The ConfigMap env_from names must be there (the optional Secret need not be):
+    # routing sends the task only where it is.
+    for cluster in ("plane", "gpu-a100", "gpu-h100"):
+        with stack.kube(cluster) as kube:
+            client.CoreV1Api(kube).create_namespaced_config_map(
+                namespace, {"metadata": {"name": "settings"}, "data": {"mode": "test"}}
+            )
+    spec = task("kpo-fields", **FIELDS)
+    wait_until(lambda: api.explain(spec)["verdict"] == "place", what="routing to see it")
+    job, created = api.submit(spec)
     assert created, job
 
     def created_pod() -> dict[str, Any] | None:

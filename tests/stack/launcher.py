@@ -1295,11 +1295,19 @@ TASK_RULES = [
     },
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
-    # Job records and the leader Lease: tests keep each dispatcher's apart.
+    # Job records and the leader Lease: tests keep each dispatcher's apart. ConfigMaps are
+    # watched too: routing's view of a task's dependencies (names and key names).
     {
         "apiGroups": [""],
         "resources": ["configmaps"],
-        "verbs": ["get", "list", "create", "update", "delete"],
+        "verbs": ["get", "list", "watch", "create", "update", "delete"],
+    },
+    # Routing's view of a task's dependencies (``check_dependencies``): the dispatcher keeps
+    # names and key names only, but RBAC cannot grant a list of Secrets without values.
+    {
+        "apiGroups": [""],
+        "resources": ["secrets", "persistentvolumeclaims", "serviceaccounts"],
+        "verbs": ["list", "watch"],
     },
     {
         "apiGroups": ["coordination.k8s.io"],

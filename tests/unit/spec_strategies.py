@@ -806,3 +806,37 @@ def near_misses(draw: st.DrawFn) -> Json:
     else:
         spec[field] = piece
     return spec
+
+
+# --------------------------------------------------------------- environment from sources
+
+
+@st.composite
+def env_from_sources(draw: st.DrawFn) -> list[Json]:
+    """``env_from`` entries: every key of a ConfigMap or a Secret, perhaps optional."""
+    out = []
+    for _ in range(draw(st.integers(min_value=0, max_value=3))):
+        kind = draw(st.sampled_from(["configMapRef", "secretRef"]))
+        ref = _object(draw, {"name": draw(dns_subdomains), "optional": _maybe(draw, st.booleans())})
+        out.append(
+            _object(
+                draw,
+                {kind: ref, "prefix": _maybe(draw, st.sampled_from(["DB_", "X"]))},
+            )
+        )
+    return out
+
+
+@st.composite
+def init_containers_with_references(draw: st.DrawFn) -> list[Json]:
+    """Init containers whose env and envFrom name Secrets and ConfigMaps."""
+    names = draw(st.lists(dns_labels.filter(lambda n: n != "base"), unique=True, max_size=2))
+    return [
+        {
+            "name": name,
+            "image": "busybox:1.36",
+            "env": draw(env_vars()),
+            "env_from": draw(env_from_sources()),
+        }
+        for name in names
+    ]

@@ -102,3 +102,68 @@ def test_validate_config_lists_every_problem(tmp_path: Path) -> None:
     assert "clusters[0].name" in result.output
     assert "clusters[0].credentials: set exactly one of" in result.output
     assert "routing.strategy" in result.output
+
+
+def test_route_explain_shows_which_dependencies_each_cluster_has(tmp_path: Path) -> None:
+    gpu = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+    def cluster(name: str, model: str, objects: dict[str, object]) -> dict[str, object]:
+        return {
+            "name": name,
+            "pod_defaults": {"namespace": "batch", "gpu_tolerations": [gpu]},
+            "nodes": [
+                {
+                    "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": model}},
+                    "status": {
+                        "allocatable": {
+                            "cpu": "96",
+                            "memory": "1Ti",
+                            "pods": "110",
+                            "nvidia.com/gpu": "8",
+                        },
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                    },
+                }
+            ],
+            "objects": {"batch": objects},
+        }
+
+    snapshot = tmp_path / "snapshot.json"
+    snapshot.write_text(
+        json.dumps(
+            {
+                "clusters": [
+                    cluster("gpu-a100", "A100", {"secrets": {"db": ["password"]}}),
+                    cluster(
+                        "gpu-h100",
+                        "H100",
+                        {"secrets": {"db": ["password"]}, "persistentvolumeclaims": ["data-a"]},
+                    ),
+                ]
+            }
+        )
+    )
+    task = tmp_path / "task.json"
+    task.write_text(
+        json.dumps(
+            {
+                "image": "busybox:1.36",
+                "container_resources": {"limits": {"nvidia.com/gpu": "1"}},
+                "env_vars": [
+                    {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}
+                ],
+                "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data-a"}}],
+            }
+        )
+    )
+    code, output = _route("--explain", task, "--snapshot", snapshot)
+    assert code == 0
+    assert "PLACE: placed on gpu-h100" in output
+    assert "dependencies" in output
+    assert "dependency-missing" in output
+    code, output = _route("--output", "json", task, "--snapshot", snapshot)
+    explained = {c["cluster"]: c for c in json.loads(output)["clusters"]}
+    a100 = explained["gpu-a100"]
+    assert a100["message"].startswith("PersistentVolumeClaim data-a not in namespace batch")
+    assert [m["name"] for m in a100["dependencies"]["missing"]] == ["data-a"]
+    assert [(p["name"], p["key"]) for p in a100["dependencies"]["present"]] == [("db", "password")]
