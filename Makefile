@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-noprov lint unit stack-build stack-up stack-down bench clean
+.PHONY: demo test test-provider lint unit stack-build stack-up stack-down bench clean
 
 # The airflow extra is installed too: tests/airflow runs DAGs with the real Airflow.
 $(STAMP): pyproject.toml
@@ -48,24 +48,22 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
-## Without the cncf provider (kubernetes 37.x): the unit tests, the cluster connection and
-## the credentials on the stack, and the Airflow tests that parse or run DAGs without the
-## provider (a KPO example DAG with its imports changed among them).
-test-noprov: $(NOPROV_STAMP) stack-build
-	$(NOPROV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests/unit \
-		tests/clusters/test_connection.py \
-		tests/airflow/test_kpo_parameters.py tests/airflow/test_isolation.py \
-		tests/airflow/test_example_dags.py tests/airflow/test_kpo_example.py \
-		tests/airflow/test_pod_template.py tests/airflow/test_job_operator.py \
-		tests/airflow/test_job_parameters.py tests/airflow/test_decorators.py tests/credentials
+## In the environment DAG authors have (the cncf provider, so kubernetes 36.x): the Airflow
+## tests, the client and credential code, and the dependency informers on the stack.
+test-provider: $(STAMP) stack-build
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile tests/airflow tests/credentials \
+		tests/clusters/test_connection.py tests/clusters/test_dependency_view.py \
+		tests/e2e/test_task_dependencies_on_the_stack.py
 
-## Everything CI runs: static checks, the whole suite against the real stack (with the
-## cncf provider, kubernetes 36.x, as DAG authors have it), then test-noprov.
-## TEST_WORKERS pytest-xdist workers, each with its own stack; a file stays on one worker.
+## Everything CI runs: static checks (mypy under both client generations), the whole suite
+## against the real stack without the cncf provider, on kubernetes 37.x as the service's
+## image installs it, then test-provider. TEST_WORKERS pytest-xdist workers, each with its
+## own stack; a file stays on one worker.
 TEST_WORKERS ?= 2
-test: lint stack-build
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
-	$(MAKE) test-noprov
+test: lint stack-build $(NOPROV_STAMP)
+	$(NOPROV)/bin/python -m mypy --strict --cache-dir .mypy_cache/noprov dispatcher
+	$(NOPROV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(MAKE) test-provider
 
 ## The demo: brings up the stack, starts the dispatcher, routes a mix of tasks.
 demo: stack-build

@@ -564,23 +564,51 @@ def _namespaced_call(
         params.insert(0, ("watch", "true"))
 
     def call(client: ApiClient, timeout: tuple[float, float]) -> Any:
-        response = client.call_api(
-            resource.path(),
+        headers = {"Accept": resource.accept(watch=watch)}
+        response = _raw_get(client, resource.path(), params, headers, timeout)
+        # The client keeps the last response (``last_response``), whose body a list of
+        # Secrets fills with their values: only the caller, who reduces it, may hold it.
+        setattr(client, "last_response", None)  # noqa: B010 - not every generation has it
+        return response
+
+    return call
+
+
+def _raw_get(
+    client: ApiClient,
+    path: str,
+    params: list[tuple[str, Any]],
+    headers: dict[str, str],
+    timeout: tuple[float, float],
+) -> Any:
+    """GET ``path`` with our own headers, unread (the urllib3 response), in either client
+    generation; a non-2xx answer raises ``ApiException`` as the generated methods do.
+
+    37.x builds the request with ``param_serialize`` and sends it with ``call_api(method,
+    url, ...)``, which returns a ``RESTResponse`` without judging its status; up to 36.x
+    ``call_api(path, method, ...)`` takes the parameters itself and raises on an error.
+    """
+    serialize = getattr(client, "param_serialize", None)
+    if serialize is None:  # up to 36.x
+        return getattr(client, "call_api")(  # noqa: B009 - its signature is 36.x's here
+            path,
             "GET",
             query_params=params,
-            header_params={"Accept": resource.accept(watch=watch)},
+            header_params=headers,
             auth_settings=["BearerToken"],
             response_types_map={},
             _return_http_data_only=True,
             _preload_content=False,
             _request_timeout=timeout,
         )
-        # The client keeps the last response (``last_response``), whose body a list of
-        # Secrets fills with their values: only the caller, who reduces it, may hold it.
-        client.last_response = None
-        return response
-
-    return call
+    request = serialize(
+        "GET", path, query_params=params, header_params=headers, auth_settings=["BearerToken"]
+    )
+    response = getattr(client, "call_api")(*request, _request_timeout=timeout)  # noqa: B009
+    if not 200 <= response.status <= 299:
+        response.read()
+        raise ApiException.from_response(http_resp=response, body=None, data=None)  # type: ignore[attr-defined,unused-ignore]
+    return response.response
 
 
 def _lister(api: Any, resource: Resource) -> Callable[..., Any]:

@@ -7,7 +7,8 @@ variables and as a volume, the ConfigMap, the claim, the init container, tolerat
 affinity and ports.
 
 ``dag.test()`` with the real Airflow, a dispatcher process and the stack; runs with the
-cncf provider installed (``make test``) and without it (``make test-noprov``): once the
+cncf provider installed (``make test-provider``) and without it (the whole suite of
+``make test``): once the
 imports are changed the DAG needs only this package."""
 
 from __future__ import annotations
