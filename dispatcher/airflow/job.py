@@ -38,7 +38,6 @@ except ImportError:  # Airflow 3.1: the task SDK does not have them yet
     )
 
 from dispatcher.airflow import parameters
-from dispatcher.airflow.following import catch_up, follow_job
 from dispatcher.airflow.operators import (
     DispatcherJobFailed,
     DispatcherPodOperator,
@@ -155,11 +154,7 @@ class DispatcherJobOperator(DispatcherPodOperator):
         unwrap_single: bool = True,
         **kwargs: Any,
     ) -> None:
-        refused = [
-            f"{name}: {JOB_REFUSED[name].why}; {JOB_REFUSED[name].instead}"
-            for name, value in kwargs.items()
-            if name in JOB_REFUSED and JOB_REFUSED[name].applies_to(value)
-        ]
+        refused = parameters.refusals(kwargs, JOB_REFUSED)
         if refused:
             raise AirflowException(
                 f"DispatcherJobOperator {kwargs.get('task_id')!r} cannot honour these "
@@ -286,7 +281,11 @@ class DispatcherJobOperator(DispatcherPodOperator):
                 while todo and len(futures) < parallelism:
                     completion = todo.pop(0)
                     job = self._start(base, completion, indexed, context, completions)
-                    futures[pool.submit(self._follow, job, completion, completions)] = completion
+                    futures[
+                        pool.submit(
+                            self._follow, job, completion, completions, base.get("namespace")
+                        )
+                    ] = completion
                 done, _ = wait(futures, return_when=FIRST_COMPLETED)
                 for future in done:
                     completion = futures.pop(future)
@@ -326,27 +325,18 @@ class DispatcherJobOperator(DispatcherPodOperator):
         return job
 
     def _follow(
-        self, job: dict[str, Any], completion: _Completion, completions: int
+        self,
+        job: dict[str, Any],
+        completion: _Completion,
+        completions: int,
+        namespace: str | None,
     ) -> dict[str, Any]:
+        """Follow one completion's job; ``namespace`` is the one the task asked for."""
         prefix = None
         if self.container_name_log_prefix_enabled:
             prefix = f"{CONTAINER_NAME}-{completion.index}" if completions > 1 else CONTAINER_NAME
-        watch = Watch(
-            Progress(namespace=job.get("namespace")), get_logs=self.get_logs, prefix=prefix
-        )
-        try:
-            finished = follow_job(
-                job,
-                watch,
-                client=self._client,
-                say=self._say,
-                poll_interval=self.poll_interval,
-                wait_timeout=self.wait_timeout or self.hook.settings.wait_timeout,
-            )
-        except ApiClientError as exc:
-            raise AirflowException(f"lost track of job {job['id']}: {exc}") from exc
-        catch_up(watch, client=self._client, say=self._say)
-        return finished
+        watch = Watch(Progress(namespace=namespace), get_logs=self.get_logs, prefix=prefix)
+        return self._follow_to_end(job, watch)
 
     def _finished(
         self,

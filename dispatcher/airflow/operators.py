@@ -485,8 +485,12 @@ class DispatcherPodOperator(BaseOperator):
                 ),
                 method_name="execute_complete",
             )
+        return self._conclude(self._follow_to_end(job, watch))
+
+    def _follow_to_end(self, job: dict[str, Any], watch: Watch) -> dict[str, Any]:
+        """Follow ``job`` from this thread until it is finished and its log logged."""
         try:
-            job = follow_job(
+            finished = follow_job(
                 job,
                 watch,
                 client=self._client,
@@ -497,7 +501,7 @@ class DispatcherPodOperator(BaseOperator):
         except ApiClientError as exc:
             raise AirflowException(f"lost track of job {job['id']}: {exc}") from exc
         catch_up(watch, client=self._client, say=self._say)
-        return self._conclude(job)
+        return finished
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         """Resumed after ``DispatcherJobTrigger`` fired: log what the trigger could not,

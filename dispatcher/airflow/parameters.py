@@ -228,12 +228,12 @@ CARRIED_OVER = frozenset(
 )
 
 
-def refusals(kwargs: Mapping[str, Any]) -> list[str]:
-    """One line per refused parameter that asks for something: what, why, instead."""
+def refusals(kwargs: Mapping[str, Any], table: Mapping[str, Refusal] = REFUSED) -> list[str]:
+    """One line per parameter of ``table`` that asks for something: what, why, instead."""
     return [
-        f"{name}: {REFUSED[name].why}; {REFUSED[name].instead}"
+        f"{name}: {table[name].why}; {table[name].instead}"
         for name, value in kwargs.items()
-        if name in REFUSED and REFUSED[name].applies_to(value)
+        if name in table and table[name].applies_to(value)
     ]
 
 

@@ -69,7 +69,7 @@ def test_the_check_of_the_test_dags_names_each_parameters_fate_and_fails_on_a_re
     # The provider's KubernetesJobOperator is checked as DispatcherJobOperator.
     job = section(out, "kpo_job.shards")
     assert job[0].endswith("(KubernetesJobOperator, checked as DispatcherJobOperator)"), job
-    assert "    carried over: cmds, image, name" in job, job
+    assert "    carried over: cmds, image, name, namespace" in job, job
     # Only from_a_template is refused.
     assert out.splitlines()[-1].endswith(
         " dispatcher tasks: 1 with refused parameters or an invalid spec, 0 files that do not parse"

@@ -115,6 +115,8 @@ def test_an_indexed_job_runs_each_completion_within_its_parallelism_and_backoff(
     assert run.lines("Completion 1 failed"), run.log
     assert "running it again (failure 1 of 1 tolerated)" in run.lines("Completion 1 failed")[0]
     assert len(run.lines("succeeded on plane")) == 3, run.log
+    # The DAG asks for namespace ml-jobs, which plane does not allow: each pod says so.
+    assert len(run.lines("The task asked for namespace 'ml-jobs'")) == 4, run.log
 
 
 def test_a_job_whose_pods_keep_failing_fails_once_its_backoff_limit_is_exceeded(

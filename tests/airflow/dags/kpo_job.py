@@ -13,6 +13,7 @@ with DAG(dag_id="kpo_job", schedule=None, start_date=datetime(2024, 1, 1), catch
     KubernetesJobOperator(
         task_id="shards",
         name="shards",
+        namespace="ml-jobs",
         image="python:3.12-slim",
         cmds=["python", "-c", "import os; print('shard', os.environ['JOB_COMPLETION_INDEX'])"],
         completions=3,
