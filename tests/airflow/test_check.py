@@ -10,9 +10,14 @@ import sys
 from collections.abc import Mapping, Set
 from pathlib import Path
 
+import pytest
+
 from dispatcher.airflow import check, parameters
 from tests.airflow.conftest import REPO, TEST_DAGS
 from tests.airflow.test_isolation import BLOCK_AIRFLOW
+
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
 
 
 def run_check(target: Path) -> subprocess.CompletedProcess[str]:

@@ -20,6 +20,9 @@ from dispatcher.airflow.provider import CONNECTION_FIELDS
 from dispatcher.client import DispatcherClient
 from tests.airflow.fake_dispatcher import BASE, FakeDispatcher, job_view
 
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
+
 
 def settings(**fields: Any) -> Any:
     return settings_from_connection(conn_id="d", **{"host": "disp.svc:8080", **fields})

@@ -9,7 +9,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import dispatcher.airflow
+
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "dispatcher"

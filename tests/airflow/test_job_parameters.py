@@ -20,6 +20,9 @@ from dispatcher.airflow.job import (
     JOB_REFUSED,
 )
 
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
+
 #: KubernetesJobOperator's own parameters in provider 10.25 (beyond KPO's).
 PINNED_KJO_PARAMETERS = {
     "job_template_file", "full_job_spec", "backoff_limit", "completion_mode", "completions",

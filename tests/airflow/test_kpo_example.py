@@ -29,6 +29,9 @@ from tests.airflow.test_example_dags import assert_once_in_order, pod_lines
 from tests.airflow.test_xcom_file import running_job, sidecar_output
 from tests.stack import Stack
 
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
+
 CLUSTERS = ("plane", "gpu-a100", "gpu-h100")
 IMPORTS = {
     "from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator": (

@@ -45,6 +45,9 @@ from dispatcher.airflow.parameters import (
 )
 from dispatcher.errors import SpecError
 
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
+
 #: KubernetesPodOperator.__init__'s parameters in apache-airflow-providers-cncf-kubernetes
 #: 10.25.0, less BaseOperator's: used when the provider is not installed.
 PINNED_KPO_PARAMETERS = {

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
 from airflow.sdk import DAG
 from kubernetes.client import models as k8s
 
 from dispatcher.airflow import DispatcherPodOperator, Secret, parameters
+
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
 
 #: KubernetesPodOperator.template_fields (cncf.kubernetes provider 10.x); read from the
 #: provider when it is installed.

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 from kubernetes import client
 
 from tests.airflow.conftest import DAGS_FOLDER, TEST_DAGS, DagRunner, succeed
 from tests.stack import Stack
+
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
 
 
 def test_a_pod_template_file_next_to_the_dag_shapes_the_pod(

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from dispatcher.client import DispatcherClient
@@ -79,6 +80,8 @@ def test_a_deferred_mapped_sweep_resumes_and_succeeds(dag_runner: DagRunner) -> 
     assert len(run.lines("dispatched to cluster gpu-")) == 3
 
 
+# The DAG imports the provider's operator before the swap: provider-dependent.
+@pytest.mark.generation
 def test_a_dag_written_for_kubernetes_pod_operator_runs_after_swapping_the_class(
     dag_runner: DagRunner,
 ) -> None:

@@ -7,11 +7,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from tests.airflow.conftest import TEST_DAGS, DagRunner, succeed
 from tests.airflow.test_task_lifecycle import CLUSTERS
 from tests.stack import Stack
+
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
 
 LOGICAL_DATE = datetime(2024, 6, 1, 3, 0, tzinfo=UTC)
 

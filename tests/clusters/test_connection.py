@@ -19,6 +19,9 @@ from tests.clusters.conftest import gpu_pod, managed, wait_for
 from tests.clusters.provider import KubeconfigProvider
 from tests.stack import Stack, StackEnv
 
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
+
 BOGUS_TOKEN = "not-a-real-token-0123456789"
 
 

@@ -11,12 +11,16 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from dispatcher.clusters import ClusterCache
 from dispatcher.clusters.connection import NamespacedResource
 from dispatcher.core.dependencies import DependencyKind
 from tests.stack import Stack
+
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
 
 SECRET = DependencyKind.SECRET
 PVC = DependencyKind.PERSISTENT_VOLUME_CLAIM

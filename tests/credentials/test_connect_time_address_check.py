@@ -20,6 +20,9 @@ from dispatcher.errors import ClusterUnavailable, RefusalReason, UnavailableCaus
 from dispatcher.settings import InsecureAllowances
 from tests.stack import StackEnv
 
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
+
 
 class OneClient:
     def __init__(self, client: object) -> None:

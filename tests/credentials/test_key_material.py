@@ -16,6 +16,9 @@ from tests.credentials.test_login_and_reaching_clusters import IN_MEMORY_CA
 from tests.stack import StackEnv
 from tests.stack.pki import Pki, issue_client_cert
 
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
+
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)

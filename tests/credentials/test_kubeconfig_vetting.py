@@ -20,6 +20,9 @@ from dispatcher.errors import CredentialError, KubeconfigRejected
 from dispatcher.settings import InsecureAllowances
 from tests.credentials.conftest import b64, inline_kubeconfig
 
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
+
 CA = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBclient\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIKEYSECRETMATERIAL\n-----END EC PRIVATE KEY-----\n"

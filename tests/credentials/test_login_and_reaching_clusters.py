@@ -33,6 +33,9 @@ from tests.credentials.conftest import (
 )
 from tests.stack import Stack, StackEnv
 
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
+
 #: 37.x takes the CA in memory; up to 36.x, only as a file.
 IN_MEMORY_CA = hasattr(Configuration(), "ca_cert_data")
 

@@ -28,6 +28,9 @@ from tests.credentials.conftest import (
 )
 from tests.stack import StackEnv
 
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
+
 
 def exec_plugin(marker: Path) -> dict[str, Any]:
     credential = json.dumps(

@@ -32,6 +32,9 @@ from tests.credentials.conftest import (
 )
 from tests.stack import StackEnv
 
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
+
 JWT = (
     "eyJhbGciOiJSUzI1NiIsImtpZCI6ImtleSJ9."
     "eyJpc3MiOiJrdWJlcm5ldGVzIiwic3ViIjoic3lzdGVtOnNlcnZpY2VhY2NvdW50In0."

@@ -20,6 +20,9 @@ from dispatcher.errors import KubeconfigRejected, RefusalReason
 from dispatcher.settings import ClusterPin, InsecureAllowances
 from tests.credentials.conftest import inline_kubeconfig
 
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
+
 TOKEN = "kd-test-token-0123456789-DO-NOT-LEAK"
 SERVER = "https://gpu-h100.example.com:6443"
 # Any real certificate will do: the fingerprint is of its DER bytes.

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
+
 import dispatcher.credentials
 from dispatcher.credentials import CredentialProvider
+
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
 
 EXPECTED = {
     "SERVICE_ACCOUNT_DIR",

@@ -19,6 +19,9 @@ from tests.credentials.conftest import (
 from tests.credentials.test_reauthentication import THREADS, all_at_once
 from tests.stack import Stack, StackEnv
 
+#: Depends on the cncf provider or on the kubernetes client's generation.
+pytestmark = pytest.mark.generation
+
 
 def list_dispatch_pods(api: Any) -> int:
     return len(client.CoreV1Api(api).list_namespaced_pod("dispatch").items)
