@@ -1304,9 +1304,16 @@ TASK_RULES = [
     },
     # Routing's view of a task's dependencies (``check_dependencies``): the dispatcher keeps
     # names and key names only, but RBAC cannot grant a list of Secrets without values.
+    # Secrets are also read (a copy's source, in ``plane``) and created, updated and
+    # deleted (its copies, in GPU clusters: ``copy_dependencies``, ``registries``).
     {
         "apiGroups": [""],
-        "resources": ["secrets", "persistentvolumeclaims", "serviceaccounts"],
+        "resources": ["secrets"],
+        "verbs": ["get", "list", "watch", "create", "update", "delete"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["persistentvolumeclaims", "serviceaccounts"],
         "verbs": ["list", "watch"],
     },
     {
