@@ -1346,6 +1346,8 @@ RECORDS_RULES = [
 VAULT_POLICY_HCL = """
 path "{kv}/data/clusters/*" {{ capabilities = ["read"] }}
 path "{kv}/metadata/clusters/*" {{ capabilities = ["read", "list"] }}
+path "{kv}/data/registries/*" {{ capabilities = ["read"] }}
+path "{kv}/data/dependencies/*" {{ capabilities = ["read"] }}
 path "{k8s}/creds/*" {{ capabilities = ["update"] }}
 path "sys/leases/revoke/{k8s}/creds/*" {{ capabilities = ["update"] }}
 """
