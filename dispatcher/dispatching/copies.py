@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from dispatcher import metrics
 from dispatcher.core import ClusterRole
 from dispatcher.core.copies import (
     CopyPolicy,
@@ -63,6 +64,13 @@ __all__ = ["Copier", "CopyFailed", "KVReader"]
 _PLURALS = {DependencyKind.SECRET: "secrets", DependencyKind.CONFIG_MAP: "configmaps"}
 #: Reads and writes of one copy before giving up on others changing it meanwhile.
 _TRIES = 5
+
+
+_KINDS = {plural: kind.value for kind, plural in _PLURALS.items()}
+
+
+def _count(cluster: str, kind: DependencyKind, action: str) -> None:
+    metrics.DEPENDENCY_COPIES.labels(cluster=cluster, kind=kind.value, action=action).inc()
 
 
 class CopyFailed(DispatcherError):
@@ -219,14 +227,17 @@ class Copier:
                         job_ids=(job_id,),
                     )
                     connection.create_object(plural, namespace, body)
+                    _count(attempt.cluster, kind, "created")
                     return said
                 holders = users(existing)
                 if job_id in holders and source_version(existing) == source.version:
                     return said
                 metadata = existing.get("metadata") or {}
+                action = "joined"
                 if source_version(existing) == source.version:
                     body = with_users(existing, holders | {job_id})
                 else:
+                    action = "updated"
                     body = copy_manifest(
                         kind,
                         name,
@@ -238,6 +249,7 @@ class Copier:
                         resource_version=metadata.get("resourceVersion"),
                     )
                 connection.replace_object(plural, namespace, body)
+                _count(attempt.cluster, kind, action)
                 return said
             except ApiError as exc:
                 if exc.kind is ErrorKind.CONFLICT or exc.status == 404:
@@ -326,6 +338,9 @@ class Copier:
                     connection.replace_object(plural, namespace, with_users(current, remaining))
                 else:
                     connection.delete_object(plural, namespace, name, version)
+                    metrics.DEPENDENCY_COPIES.labels(
+                        cluster=cluster, kind=_KINDS[plural], action="deleted"
+                    ).inc()
                     log.info("copy.deleted", cluster=cluster, namespace=namespace, name=name)
                 return
             except ApiError as exc:
