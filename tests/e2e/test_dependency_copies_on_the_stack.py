@@ -6,8 +6,10 @@ A task naming a registry Secret, a secret env var, a ConfigMap volume and a Conf
 there): each copy is created before the pod (its creation's resourceVersion is lower: every
 apiserver of the stack writes to one etcd, whose revisions order all its writes) and holds
 the source's data, and all are deleted once the job has ended (no garbage collector runs
-in the stack: the dispatcher deletes them itself). Without copying, the same task is
-rejected naming each object. A dispatcher killed during a job and started again keeps the
+in the stack: the dispatcher deletes them itself), while gpu-h100, which may get copies
+too but was not chosen, gets none (its own admin watch). Without copying, the same task is
+rejected naming each object. A task whose image comes from a declared registry gets a pull
+Secret from Vault KV in its pod's imagePullSecrets, and a Secret filled from Vault. A dispatcher killed during a job and started again keeps the
 copies a running job uses and deletes those of a job that ended while it was down.
 KWOK never reads Secrets: pod phases say nothing here, the API objects do.
 """
@@ -180,7 +182,11 @@ def test_dependencies_only_in_plane_are_copied_to_gpu_a100_before_the_pod_and_re
 ) -> None:
     value = f"pw-{uuid.uuid4().hex}"
     _plane_objects(stack, namespace, value)
-    service: ServiceProcess = service_factory(clusters={"gpu-a100": COPY_ALL}, log_level="debug")
+    # Both GPU clusters may get copies; the task goes to the cheaper gpu-a100 only.
+    h100_watch = AdminWatch(stack, "gpu-h100", namespace)
+    service: ServiceProcess = service_factory(
+        clusters={"gpu-a100": COPY_ALL, "gpu-h100": COPY_ALL}, log_level="debug"
+    )
     spec = _task("copied", annotations=succeed("3s"))
     with service.client() as api:
         decision = wait_until(
@@ -194,9 +200,9 @@ def test_dependencies_only_in_plane_are_copied_to_gpu_a100_before_the_pod_and_re
         assert {w["message"] for w in would_copy} == {
             f"would be copied from plane namespace {namespace}"
         }
-        # gpu-h100 has no copy policy: it lacks them, and says so.
-        assert verdicts["gpu-h100"]["reason"] == "dependency-missing"
-        assert "Secret regcred not in namespace" in verdicts["gpu-h100"]["message"]
+        # gpu-h100 could have them copied too, but is not chosen.
+        assert verdicts["gpu-h100"]["verdict"] == "place"
+        assert len(verdicts["gpu-h100"]["dependencies"]["would_copy"]) == len(DEPENDENCIES)
 
         job, _ = api.submit(spec)
         done = finish(api, job["id"])
@@ -236,7 +242,9 @@ def test_dependencies_only_in_plane_are_copied_to_gpu_a100_before_the_pod_and_re
     pod_spec = pod_added["spec"]
     assert pod_spec["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod_spec["volumes"][0]["configMap"]["name"] == "model-config"
-    # Nothing copied anywhere else.
+    # Nothing copied to the cluster the task was not routed to.
+    h100_watch.stop()
+    assert h100_watch.copies("ADDED") == set()
     assert _copies_in(stack, "gpu-h100", namespace) == {}
     # The value never reached the job's view, metrics or the service's (debug) log.
     assert value not in str(done)
