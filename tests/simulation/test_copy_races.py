@@ -18,6 +18,7 @@ from dispatcher.core.copies import COPY_LABEL, CopyPolicy, users
 from dispatcher.core.dependencies import DependencyKind
 from dispatcher.core.lifecycle import State
 from dispatcher.dispatching.copies import Copier
+from dispatcher.dispatching.dispatcher import _ended_attempt
 from dispatcher.dispatching.jobs import Attempt, Job
 from dispatcher.errors import ApiError
 from tests.unit.factories import info
@@ -239,3 +240,17 @@ def test_an_object_that_is_not_a_copy_is_left_alone() -> None:
     copy = _regcred(clusters)
     assert copy is not None
     assert copy["data"] == {}
+
+
+def test_an_attempt_releases_its_copies_when_its_job_finishes_or_it_is_given_up() -> None:
+    job, attempt = _job("j-1")
+    running = dataclasses.replace(job, state=State.RUNNING)
+    assert _ended_attempt(job, running) is None  # the same attempt goes on
+    assert _ended_attempt(running, dataclasses.replace(running, state=State.SUCCEEDED)) == attempt
+    assert _ended_attempt(running, dataclasses.replace(running, state=State.CANCELLED)) == attempt
+    moved = dataclasses.replace(running, state=State.QUEUED, attempt=None)
+    assert _ended_attempt(running, moved) == attempt  # moved on: gpu-a100's copies go
+    relaunched = dataclasses.replace(attempt, number=2, cluster="gpu-h100")
+    assert _ended_attempt(running, dataclasses.replace(running, attempt=relaunched)) == attempt
+    done = dataclasses.replace(running, state=State.SUCCEEDED)
+    assert _ended_attempt(done, done) is None  # released once, when it finished
