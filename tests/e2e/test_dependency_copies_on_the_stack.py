@@ -1,5 +1,5 @@
-"""A task's Secrets and ConfigMaps follow it to the cluster that runs it (issue 15, item 3),
-judged by an admin watch of gpu-a100, never by the dispatcher's own account.
+"""A task's Secrets and ConfigMaps follow it to the cluster that runs it (issue 15, items 3
+and 4), judged by an admin watch of gpu-a100, never by the dispatcher's own account.
 
 A task naming a registry Secret, a secret env var, a ConfigMap volume and a ConfigMap
 ``env_from`` that exist only in the plane namespace runs in gpu-a100 (copying allowed
@@ -8,9 +8,10 @@ apiserver of the stack writes to one etcd, whose revisions order all its writes)
 the source's data, and all are deleted once the job has ended (no garbage collector runs
 in the stack: the dispatcher deletes them itself), while gpu-h100, which may get copies
 too but was not chosen, gets none (its own admin watch). Without copying, the same task is
-rejected naming each object. A task whose image comes from a declared registry gets a pull
-Secret from Vault KV in its pod's imagePullSecrets, and a Secret filled from Vault. A dispatcher killed during a job and started again keeps the
-copies a running job uses and deletes those of a job that ended while it was down.
+rejected naming each object. A dispatcher killed during a job and started again keeps the
+copies a running job uses and deletes those of a job that ended while it was down. A task
+whose image comes from a declared registry gets a pull Secret from Vault KV in its pod's
+imagePullSecrets, and a Secret filled from Vault, both made before the pod.
 KWOK never reads Secrets: pod phases say nothing here, the API objects do.
 """
 
