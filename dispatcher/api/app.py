@@ -100,6 +100,8 @@ class AttemptModel(BaseModel):
     ended: str | None = None
     #: Abandoned on an unreachable cluster (relaunch policy): its pod may have run on.
     abandoned: bool = False
+    #: What the dispatcher copied to the cluster before the pod (names only).
+    materialised: list[str] = Field(default_factory=list)
 
 
 class ConditionModel(BaseModel):

@@ -91,6 +91,7 @@ class Service:
             fence=fence,
             on_fenced=self._fenced if settings.service.leader_election else None,
             tenants=settings.tenants if settings.service.auth.enabled else None,
+            vault=self.vault,
         )
         self.authenticator = Authenticator(
             settings.service.auth, settings.tenants, self._reviewer(settings)

@@ -69,6 +69,8 @@ class Placement:
     defaults: PodDefaults = field(default_factory=PodDefaults)
     #: Node labels naming the requested GPU model: label key -> accepted values (ORed).
     gpu_model_labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Pull Secrets the cluster's registries add (``dispatcher.core.copies.Registry``).
+    pull_secrets: tuple[str, ...] = ()
 
 
 def managed_pods_selector() -> str:
@@ -250,7 +252,9 @@ def build_pod(
     priority_class = task.priority_class_name or defaults.priority_class_name
     if priority_class:
         spec["priorityClassName"] = priority_class
-    pull_secrets = dict.fromkeys((*task.image_pull_secrets, *defaults.image_pull_secrets))
+    pull_secrets = dict.fromkeys(
+        (*task.image_pull_secrets, *defaults.image_pull_secrets, *placement.pull_secrets)
+    )
     if pull_secrets:
         spec["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
     if task.active_deadline_seconds is not None:

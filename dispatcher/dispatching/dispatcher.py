@@ -41,6 +41,7 @@ I/O: through the injected cache, cluster connections, record store and runner on
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -53,12 +54,13 @@ import structlog
 from dispatcher import metrics
 from dispatcher.core import CONTAINER_NAME, RoutingPolicy, TaskSpec, Verdict, route
 from dispatcher.core.backoff import backoff_delay
-from dispatcher.core.lifecycle import Action, Event, State, transition
+from dispatcher.core.lifecycle import LIVE, Action, Event, State, transition
 from dispatcher.core.podsecurity import submission_problems
 from dispatcher.core.routing import Decision
 from dispatcher.core.tenancy import ClusterAllowance, TenantPolicy, cluster_allowance
 from dispatcher.core.xcom import XCOM_SIDECAR_NAME, XComError, parse_sidecar_log
 from dispatcher.dispatching import facts, recovery, timers
+from dispatcher.dispatching.copies import Copier, KVReader
 from dispatcher.dispatching.cycle import Router
 from dispatcher.dispatching.jobs import Attempt, Job, job_id_for
 from dispatcher.dispatching.mailbox import RESOLVE, Mail, Mailboxes
@@ -72,6 +74,7 @@ from dispatcher.dispatching.table import JobTable
 from dispatcher.dispatching.tracking import Reachability
 from dispatcher.errors import (
     Conflict,
+    DispatcherError,
     Fenced,
     SpecError,
     StaleRecord,
@@ -86,6 +89,17 @@ __all__ = ["Cache", "Connection", "Dispatcher"]
 
 def _no_election() -> Fence:
     return Fence(holder="", term=0)
+
+
+def _ended_attempt(old: Job, new: Job) -> Attempt | None:
+    """The attempt this step ended (the job finished, or its attempt was given up), whose
+    dependency copies it no longer needs."""
+    attempt = old.attempt
+    if attempt is None or old.state.finished:
+        return None
+    if new.state.finished or new.attempt is None or new.attempt.number != attempt.number:
+        return attempt
+    return None
 
 
 class Dispatcher:
@@ -104,6 +118,7 @@ class Dispatcher:
         draw: Callable[[], float] = random.random,
         on_fenced: Callable[[], None] | None = None,
         tenants: Mapping[str, TenantPolicy] | None = None,
+        vault: KVReader | None = None,
     ) -> None:
         self._cache = cache
         # ``None``: no tenants (a service without authentication): nothing restricted.
@@ -126,6 +141,8 @@ class Dispatcher:
         self._records = Recorder(store, fence, on_fenced)
         self._mail = Mailboxes(self._runner, self._handle, clock=clock, draw=draw)
         self._reach = Reachability()
+        self._copies = Copier(cache, vault)
+        self._next_sweep = 0.0
         self._pods = PodActions(
             cache,
             self._jobs,
@@ -135,6 +152,7 @@ class Dispatcher:
             service=self._service,
             clock=clock,
             draw=draw,
+            copier=self._copies,
         )
         self._events = PodEvents(
             cache,
@@ -194,8 +212,28 @@ class Dispatcher:
             return
         now = self._clock()
         self._check_timers(now)
+        if now >= self._next_sweep and self._copies.enabled():
+            self._next_sweep = now + self._service.copy_sweep_interval_seconds
+            self._runner.submit(self.sweep_copies)
         self._router.route_queued(now)
         self._publish()
+
+    def sweep_copies(self) -> None:
+        """Delete the dependency copies no live job uses any more, in every cluster
+        (``dispatching.copies``); a cluster that cannot be read is tried next time."""
+        for cluster in self._clusters:
+            try:
+                self._copies.sweep(cluster, functools.partial(self._live_on, cluster))
+            except DispatcherError as exc:
+                log.warning("copy.sweep_failed", cluster=cluster, error=str(exc))
+
+    def _live_on(self, cluster: str) -> set[str]:
+        return {
+            j.id
+            for j in self._jobs.select(
+                lambda j: j.state in LIVE and j.attempt is not None and j.attempt.cluster == cluster
+            )
+        }
 
     def reattach(self) -> None:
         """Rebuild jobs from the records, then judge every managed pod against them
@@ -211,6 +249,10 @@ class Dispatcher:
             reach=self._reach,
             clock=self._clock,
         )
+        # Copies of jobs that ended while no dispatcher ran (or whose release failed):
+        # found by their label, judged against the jobs just rebuilt.
+        self.sweep_copies()
+        self._next_sweep = self._clock() + self._service.copy_sweep_interval_seconds
         self._attached.set()
         self._publish()
 
@@ -476,6 +518,9 @@ class Dispatcher:
             new = self._jobs.commit(new)
         for action in step.actions:
             new = self._act(new, action, mail.payload.get("manifest"))
+        ended = _ended_attempt(job, new)
+        if ended is not None:
+            self._pods.release_copies(new, ended)
 
     def _orphaned_mail(self, mail: Mail) -> None:
         # A placement that will not be launched gives its assumed room back.

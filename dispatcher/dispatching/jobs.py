@@ -45,6 +45,9 @@ class Attempt:
     ended: str | None = None  # why this attempt ended: "moved: ...", "abandoned: ..."
     #: Abandoned on an unreachable cluster: its pod may still run there until deleted.
     abandoned: bool = False
+    #: Dependencies the dispatcher copied to the cluster for this attempt (names only:
+    #: "Secret regcred copied to gpu-a100/batch from plane/batch/regcred").
+    materialised: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +59,7 @@ class Attempt:
             "uid": self.uid,
             "ended": self.ended,
             "abandoned": self.abandoned,
+            "materialised": list(self.materialised),
         }
 
     @classmethod
@@ -69,6 +73,7 @@ class Attempt:
             uid=data.get("uid"),
             ended=data.get("ended"),
             abandoned=bool(data.get("abandoned", False)),
+            materialised=tuple(str(m) for m in data.get("materialised") or ()),
         )
 
 

@@ -1304,9 +1304,16 @@ TASK_RULES = [
     },
     # Routing's view of a task's dependencies (``check_dependencies``): the dispatcher keeps
     # names and key names only, but RBAC cannot grant a list of Secrets without values.
+    # Secrets are also read (a copy's source, in ``plane``) and created, updated and
+    # deleted (its copies, in GPU clusters: ``copy_dependencies``, ``registries``).
     {
         "apiGroups": [""],
-        "resources": ["secrets", "persistentvolumeclaims", "serviceaccounts"],
+        "resources": ["secrets"],
+        "verbs": ["get", "list", "watch", "create", "update", "delete"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["persistentvolumeclaims", "serviceaccounts"],
         "verbs": ["list", "watch"],
     },
     {
@@ -1339,6 +1346,8 @@ RECORDS_RULES = [
 VAULT_POLICY_HCL = """
 path "{kv}/data/clusters/*" {{ capabilities = ["read"] }}
 path "{kv}/metadata/clusters/*" {{ capabilities = ["read", "list"] }}
+path "{kv}/data/registries/*" {{ capabilities = ["read"] }}
+path "{kv}/data/dependencies/*" {{ capabilities = ["read"] }}
 path "{k8s}/creds/*" {{ capabilities = ["update"] }}
 path "sys/leases/revoke/{k8s}/creds/*" {{ capabilities = ["update"] }}
 """
