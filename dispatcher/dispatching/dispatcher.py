@@ -50,7 +50,7 @@ from typing import Any
 
 import structlog
 
-from dispatcher import metrics
+from dispatcher import metrics, tracing
 from dispatcher.core import CONTAINER_NAME, RoutingPolicy, TaskSpec, Verdict, route
 from dispatcher.core.backoff import backoff_delay
 from dispatcher.core.lifecycle import Action, Event, State, transition
@@ -58,7 +58,7 @@ from dispatcher.core.podsecurity import submission_problems
 from dispatcher.core.routing import Decision
 from dispatcher.core.tenancy import ClusterAllowance, TenantPolicy, cluster_allowance
 from dispatcher.core.xcom import XCOM_SIDECAR_NAME, XComError, parse_sidecar_log
-from dispatcher.dispatching import facts, recovery, timers
+from dispatcher.dispatching import facts, recovery, timers, traces
 from dispatcher.dispatching.cycle import Router
 from dispatcher.dispatching.jobs import Attempt, Job, job_id_for
 from dispatcher.dispatching.mailbox import RESOLVE, Mail, Mailboxes
@@ -226,20 +226,34 @@ class Dispatcher:
         return cluster_allowance(tenant, self._tenants)
 
     # ----- submission -----------------------------------------------------------------
-    def submit(self, spec: TaskSpec, tenant: str | None = None) -> tuple[dict[str, Any], bool]:
+    def submit(
+        self, spec: TaskSpec, tenant: str | None = None, traceparent: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
         """Accept a validated (and authorized) task of ``tenant``; returns (job view,
-        created). The same key of the same tenant -> the same job.
+        created). The same key of the same tenant -> the same job. ``traceparent``: the
+        submitter's W3C trace context, which the job's trace joins (invalid: ignored).
 
         Raises ``SpecError`` (nothing created) when the task breaks pod security.
         """
         self._check_pod_security(spec, tenant)
         self._require_attached()
         job_id = job_id_for(spec.idempotency_key, tenant)
+        traceparent = tracing.parse_traceparent(traceparent)
+        with tracing.live(tracing.JobTrace(job_id, traceparent), "submit") as span:
+            view, created = self._submit(job_id, spec, tenant, traceparent)
+            if span is not None:
+                span.set_attribute("dispatcher.job.created", created)
+                span.set_attribute("dispatcher.job.state", str(view["state"]))
+        return view, created
+
+    def _submit(
+        self, job_id: str, spec: TaskSpec, tenant: str | None, traceparent: str | None
+    ) -> tuple[dict[str, Any], bool]:
         # A concurrent submission of the same key finishes first; then it is a duplicate.
         with self._jobs.submitting(job_id) as existing:
             if existing is not None:
                 return self._duplicate(existing, spec), False
-            job = self._new_job(job_id, spec, tenant)
+            job = self._new_job(job_id, spec, tenant, traceparent)
             # The record exists before any pod: a restart (or the next leader) finds it.
             try:
                 job = replace(job, version=self._records.create(job))
@@ -252,6 +266,7 @@ class Dispatcher:
                 return self._duplicate(kept, spec), False
             self._jobs.put(job)
         if job.state is State.REJECTED:
+            traces.finished(job, job.submitted_at)
             metrics.SUBMISSIONS.labels(outcome="rejected").inc()
             metrics.JOBS_FINISHED.labels(cluster="", outcome="rejected", failure_class="").inc()
             log.info("job.rejected", job_id=job_id, reason=job.reason)
@@ -261,7 +276,9 @@ class Dispatcher:
             self.wake()
         return job.view(), True
 
-    def _new_job(self, job_id: str, spec: TaskSpec, tenant: str | None) -> Job:
+    def _new_job(
+        self, job_id: str, spec: TaskSpec, tenant: str | None, traceparent: str | None
+    ) -> Job:
         """The job as submitted: queued, or rejected at once if no cluster could ever run it."""
         now = self._clock()
         job = Job(
@@ -270,8 +287,14 @@ class Dispatcher:
             submitted_at=now,
             idempotency_key=spec.idempotency_key,
             tenant=tenant,
+            traceparent=traceparent,
+            since=now,
         )
-        decision = self._router.route(job, self._cache.snapshot())
+        with tracing.child("route") as span:
+            decision = self._router.route(job, self._cache.snapshot())
+            if span is not None:
+                span.set_attribute("dispatcher.routing.verdict", decision.verdict.value)
+                span.set_attribute("dispatcher.routing.reason", decision.message()[:1024])
         job = replace(job, reason=decision.message())
         if decision.verdict is Verdict.REJECT:
             job = replace(job, state=State.REJECTED, message=job.reason, finished_at=now)
@@ -506,6 +529,9 @@ class Dispatcher:
         if written.state is State.QUEUED:
             self._wake.set()  # route it now, not at the next timer turn
         if new.state is not old.state:
+            now = self._clock()
+            written = replace(written, since=now)
+            traces.changed(old, written, now)
             self._finished_metrics(old, written)
             log.info(
                 "job.transition",

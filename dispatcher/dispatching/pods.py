@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from dispatcher import metrics
+from dispatcher import metrics, tracing
 from dispatcher.core import FailureClass, OnFinishAction, build_pod, placement_for
 from dispatcher.core.apierrors import authorizer_denied
 from dispatcher.core.backoff import backoff_delay
@@ -77,7 +77,7 @@ class PodActions:
             self._mail.post(job.id, Mail(Event.CREATE_UNCERTAIN, {"message": message}))
             return
         try:
-            pod = self._cache.connection(attempt.cluster).create_pod(attempt.namespace, manifest)
+            pod = self._traced_create(job, attempt, manifest)
         except ApiError as exc:
             if exc.kind is ErrorKind.CONFLICT:  # the name exists: this attempt's pod
                 self._mail.post(job.id, Mail(Event.CREATED, {}))
@@ -96,6 +96,19 @@ class PodActions:
         uid = (pod.get("metadata") or {}).get("uid")
         log.info("job.launched", job_id=job.id, cluster=attempt.cluster, pod=attempt.pod)
         self._mail.post(job.id, Mail(Event.CREATED, {"uid": uid}))
+
+    def _traced_create(
+        self, job: Job, attempt: Attempt, manifest: dict[str, Any]
+    ) -> dict[str, Any]:
+        attributes = {
+            "dispatcher.job.id": job.id,
+            "dispatcher.cluster": attempt.cluster,
+            "dispatcher.attempt": attempt.number,
+            "k8s.namespace.name": attempt.namespace,
+            "k8s.pod.name": attempt.pod,
+        }
+        with tracing.live(job.trace, "pod.create", attributes):
+            return self._cache.connection(attempt.cluster).create_pod(attempt.namespace, manifest)
 
     def _manifest(self, job: Job, attempt: Attempt) -> dict[str, Any] | None:
         """The attempt's manifest again (after a restart): same cluster, same name."""
