@@ -477,20 +477,21 @@ class Dispatcher:
             log.info("job.event_ignored", job_id=job_id, state=job.state.value, on=event.value)
             self._orphaned_mail(mail)
             return
+        now = self._clock()
         new = facts.advance(
             job,
             step.target,
             event,
             mail.payload,
             step.actions,
-            now=self._clock(),
+            now=now,
             service=self._service,
             draw=self._draw,
         )
         # ``WRITE_RECORD`` is always the first action with an effect (END_ATTEMPT is folded
         # into ``facts.advance``): nothing happens unless the record says so first.
         if Action.WRITE_RECORD in step.actions:
-            written = self._write(job, new, mail)
+            written = self._write(job, new, mail, now)
             if written is None:
                 self._orphaned_mail(mail)
                 return
@@ -506,8 +507,9 @@ class Dispatcher:
             attempt: Attempt = mail.payload["attempt"]
             self._cache.forget(attempt.cluster, attempt.pod)
 
-    def _write(self, old: Job, new: Job, mail: Mail) -> Job | None:
+    def _write(self, old: Job, new: Job, mail: Mail, now: float) -> Job | None:
         """Write ``new``'s record over ``old``'s version; the committed job or ``None``.
+        ``now``: when the event was decided (the moment ``new``'s state began).
 
         ``None`` means nothing may follow: the event is decided again later on the record
         as it is now (stale), retried after a backoff (store error), or this replica has
@@ -529,7 +531,6 @@ class Dispatcher:
         if written.state is State.QUEUED:
             self._wake.set()  # route it now, not at the next timer turn
         if new.state is not old.state:
-            now = self._clock()
             written = replace(written, since=now)
             traces.changed(old, written, now)
             self._finished_metrics(old, written)
