@@ -59,6 +59,7 @@ __all__ = [
     "Settings",
     "StaticToken",
     "TokenReviewAuth",
+    "TracingSettings",
     "VaultAppRoleAuth",
     "VaultAuth",
     "VaultKVCredentials",
@@ -748,6 +749,29 @@ class ServiceSettings(_Section):
 # ----------------------------------------------------------------------------- settings
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry traces of every job (``dispatcher.tracing``): off unless enabled."""
+
+    enabled: bool = False
+    #: The collector's OTLP/HTTP traces endpoint. Plain http is allowed (a collector is
+    #: usually a sidecar or node agent on localhost); spans carry no secret.
+    endpoint: str = "http://localhost:4318/v1/traces"
+    service_name: str = Field(default="kube-dispatcher", min_length=1, max_length=255)
+    #: How long finished spans are batched before they are sent.
+    export_delay_seconds: float = Field(default=5.0, gt=0, le=300)
+    export_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL (the OTLP/HTTP traces path)")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything the dispatcher is configured with."""
 
@@ -765,6 +789,7 @@ class Settings(BaseSettings):
     tenants: dict[DNSLabel, TenantPolicy] = Field(default_factory=dict)
     vault: VaultSettings | None = None
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("clusters")
     @classmethod

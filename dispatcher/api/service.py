@@ -20,7 +20,7 @@ import structlog
 import uvicorn
 from prometheus_client import start_http_server
 
-from dispatcher import __version__, metrics
+from dispatcher import __version__, metrics, tracing
 from dispatcher.api.app import create_app
 from dispatcher.api.auth import Authenticator, TokenReviewer
 from dispatcher.clusters import ClusterCache
@@ -239,6 +239,7 @@ def _in_plane(settings: Settings, field: str = "service.state_cluster") -> str:
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
     """Run the service until interrupted: API first (so probes answer), then the rest."""
     configure_logging(json=settings.service.log_json, level=settings.service.log_level)
+    tracing.configure(settings.tracing)
     service = Service(settings)
     if settings.service.auth.insecure_development_mode:
         log.warning(
@@ -270,6 +271,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     @app.on_event("shutdown")
     def _shutdown() -> None:
         service.stop()
+        tracing.shutdown()
 
     uvicorn.run(
         app,

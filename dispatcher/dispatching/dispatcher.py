@@ -51,7 +51,7 @@ from typing import Any
 
 import structlog
 
-from dispatcher import metrics
+from dispatcher import metrics, tracing
 from dispatcher.core import CONTAINER_NAME, RoutingPolicy, TaskSpec, Verdict, route
 from dispatcher.core.backoff import backoff_delay
 from dispatcher.core.lifecycle import LIVE, Action, Event, State, transition
@@ -59,7 +59,7 @@ from dispatcher.core.podsecurity import submission_problems
 from dispatcher.core.routing import Decision
 from dispatcher.core.tenancy import ClusterAllowance, TenantPolicy, cluster_allowance
 from dispatcher.core.xcom import XCOM_SIDECAR_NAME, XComError, parse_sidecar_log
-from dispatcher.dispatching import facts, recovery, timers
+from dispatcher.dispatching import facts, recovery, timers, traces
 from dispatcher.dispatching.copies import Copier, KVReader
 from dispatcher.dispatching.cycle import Router
 from dispatcher.dispatching.jobs import Attempt, Job, job_id_for
@@ -268,20 +268,34 @@ class Dispatcher:
         return cluster_allowance(tenant, self._tenants)
 
     # ----- submission -----------------------------------------------------------------
-    def submit(self, spec: TaskSpec, tenant: str | None = None) -> tuple[dict[str, Any], bool]:
+    def submit(
+        self, spec: TaskSpec, tenant: str | None = None, traceparent: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
         """Accept a validated (and authorized) task of ``tenant``; returns (job view,
-        created). The same key of the same tenant -> the same job.
+        created). The same key of the same tenant -> the same job. ``traceparent``: the
+        submitter's W3C trace context, which the job's trace joins (invalid: ignored).
 
         Raises ``SpecError`` (nothing created) when the task breaks pod security.
         """
         self._check_pod_security(spec, tenant)
         self._require_attached()
         job_id = job_id_for(spec.idempotency_key, tenant)
+        traceparent = tracing.parse_traceparent(traceparent)
+        with tracing.live(tracing.JobTrace(job_id, traceparent), "submit") as span:
+            view, created = self._submit(job_id, spec, tenant, traceparent)
+            if span is not None:
+                span.set_attribute("dispatcher.job.created", created)
+                span.set_attribute("dispatcher.job.state", str(view["state"]))
+        return view, created
+
+    def _submit(
+        self, job_id: str, spec: TaskSpec, tenant: str | None, traceparent: str | None
+    ) -> tuple[dict[str, Any], bool]:
         # A concurrent submission of the same key finishes first; then it is a duplicate.
         with self._jobs.submitting(job_id) as existing:
             if existing is not None:
                 return self._duplicate(existing, spec), False
-            job = self._new_job(job_id, spec, tenant)
+            job = self._new_job(job_id, spec, tenant, traceparent)
             # The record exists before any pod: a restart (or the next leader) finds it.
             try:
                 job = replace(job, version=self._records.create(job))
@@ -294,6 +308,7 @@ class Dispatcher:
                 return self._duplicate(kept, spec), False
             self._jobs.put(job)
         if job.state is State.REJECTED:
+            traces.finished(job, job.submitted_at)
             metrics.SUBMISSIONS.labels(outcome="rejected").inc()
             metrics.JOBS_FINISHED.labels(cluster="", outcome="rejected", failure_class="").inc()
             log.info("job.rejected", job_id=job_id, reason=job.reason)
@@ -303,7 +318,9 @@ class Dispatcher:
             self.wake()
         return job.view(), True
 
-    def _new_job(self, job_id: str, spec: TaskSpec, tenant: str | None) -> Job:
+    def _new_job(
+        self, job_id: str, spec: TaskSpec, tenant: str | None, traceparent: str | None
+    ) -> Job:
         """The job as submitted: queued, or rejected at once if no cluster could ever run it."""
         now = self._clock()
         job = Job(
@@ -312,8 +329,14 @@ class Dispatcher:
             submitted_at=now,
             idempotency_key=spec.idempotency_key,
             tenant=tenant,
+            traceparent=traceparent,
+            since=now,
         )
-        decision = self._router.route(job, self._cache.snapshot())
+        with tracing.child("route") as span:
+            decision = self._router.route(job, self._cache.snapshot())
+            if span is not None:
+                span.set_attribute("dispatcher.routing.verdict", decision.verdict.value)
+                span.set_attribute("dispatcher.routing.reason", decision.message()[:1024])
         job = replace(job, reason=decision.message())
         if decision.verdict is Verdict.REJECT:
             job = replace(job, state=State.REJECTED, message=job.reason, finished_at=now)
@@ -496,20 +519,21 @@ class Dispatcher:
             log.info("job.event_ignored", job_id=job_id, state=job.state.value, on=event.value)
             self._orphaned_mail(mail)
             return
+        now = self._clock()
         new = facts.advance(
             job,
             step.target,
             event,
             mail.payload,
             step.actions,
-            now=self._clock(),
+            now=now,
             service=self._service,
             draw=self._draw,
         )
         # ``WRITE_RECORD`` is always the first action with an effect (END_ATTEMPT is folded
         # into ``facts.advance``): nothing happens unless the record says so first.
         if Action.WRITE_RECORD in step.actions:
-            written = self._write(job, new, mail)
+            written = self._write(job, new, mail, now)
             if written is None:
                 self._orphaned_mail(mail)
                 return
@@ -528,8 +552,9 @@ class Dispatcher:
             attempt: Attempt = mail.payload["attempt"]
             self._cache.forget(attempt.cluster, attempt.pod)
 
-    def _write(self, old: Job, new: Job, mail: Mail) -> Job | None:
+    def _write(self, old: Job, new: Job, mail: Mail, now: float) -> Job | None:
         """Write ``new``'s record over ``old``'s version; the committed job or ``None``.
+        ``now``: when the event was decided (the moment ``new``'s state began).
 
         ``None`` means nothing may follow: the event is decided again later on the record
         as it is now (stale), retried after a backoff (store error), or this replica has
@@ -551,6 +576,8 @@ class Dispatcher:
         if written.state is State.QUEUED:
             self._wake.set()  # route it now, not at the next timer turn
         if new.state is not old.state:
+            written = replace(written, since=now)
+            traces.changed(old, written, now)
             self._finished_metrics(old, written)
             log.info(
                 "job.transition",

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from dispatcher import metrics
+from dispatcher import metrics, tracing
 from dispatcher.core import FailureClass, OnFinishAction, build_pod, placement_for
 from dispatcher.core.apierrors import authorizer_denied
 from dispatcher.core.backoff import backoff_delay
@@ -86,7 +86,7 @@ class PodActions:
         if materialised is None:
             return
         try:
-            pod = self._cache.connection(attempt.cluster).create_pod(attempt.namespace, manifest)
+            pod = self._traced_create(job, attempt, manifest)
         except ApiError as exc:
             if exc.kind is ErrorKind.CONFLICT:  # the name exists: this attempt's pod
                 self._mail.post(job.id, Mail(Event.CREATED, {"materialised": materialised}))
@@ -111,7 +111,13 @@ class PodActions:
         ``None`` when they could not all be made: the create's failure is posted instead
         and no pod is created that would name an object its cluster lacks."""
         try:
-            return list(self._copier.materialise(job, attempt))
+            with tracing.live(
+                job.trace, "dependencies", self._span_attributes(job, attempt)
+            ) as span:
+                made = list(self._copier.materialise(job, attempt))
+                if span is not None:
+                    span.set_attribute("dispatcher.materialised", made)
+                return made
         except ApiError as exc:
             if exc.kind is ErrorKind.PERMANENT and not authorizer_denied(exc):
                 self._refused(job, attempt, exc, what="a dependency copy")
@@ -120,6 +126,22 @@ class PodActions:
         except DispatcherError as exc:
             self._uncertain(job, attempt, exc, retry_after=None)
         return None
+
+    @staticmethod
+    def _span_attributes(job: Job, attempt: Attempt) -> dict[str, Any]:
+        return {
+            "dispatcher.job.id": job.id,
+            "dispatcher.cluster": attempt.cluster,
+            "dispatcher.attempt": attempt.number,
+            "k8s.namespace.name": attempt.namespace,
+            "k8s.pod.name": attempt.pod,
+        }
+
+    def _traced_create(
+        self, job: Job, attempt: Attempt, manifest: dict[str, Any]
+    ) -> dict[str, Any]:
+        with tracing.live(job.trace, "pod.create", self._span_attributes(job, attempt)):
+            return self._cache.connection(attempt.cluster).create_pod(attempt.namespace, manifest)
 
     def _manifest(self, job: Job, attempt: Attempt) -> dict[str, Any] | None:
         """The attempt's manifest again (after a restart): same cluster, same name."""
