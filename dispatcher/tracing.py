@@ -9,6 +9,7 @@ holds::
     │   └── route            the decision and its explanation
     ├── queued               waiting for room (the latest routing explanation)
     ├── launching            attempt N named -> its pod exists
+    │   ├── dependencies     copies of the task's Secrets/ConfigMaps made there first
     │   └── pod.create       the create call on the chosen cluster
     │       └── credentials  the cluster's credentials (cached, or fetched from Vault)
     │           └── vault.*  logins and reads when fetched
