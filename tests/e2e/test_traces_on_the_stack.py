@@ -116,6 +116,10 @@ def test_a_job_is_one_trace_from_submission_to_outcome_under_its_callers_span(
     assert route.parent_id == named["submit"][0].span_id
     (create,) = named["pod.create"]
     assert create.parent_id == root.span_id
+    # The dependency copies (none needed here) come before the pod, as their span says.
+    (dependencies,) = named["dependencies"]
+    assert dependencies.parent_id == root.span_id
+    assert dependencies.end <= create.start + 0.001
     assert create.attributes["k8s.pod.name"] == done["pod"]
     # (The submit's record writes to plane get credentials too, under the submit span.)
     (credentials,) = [s for s in named["credentials"] if s.parent_id == create.span_id]
