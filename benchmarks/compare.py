@@ -517,10 +517,15 @@ RATIO_KEYS = (
 )
 
 
+def _qps(row: dict[str, Any]) -> str:
+    qps = row["qps"]
+    return f"{qps:g}" if isinstance(qps, int | float) else f"{qps} ({DEFAULT_QPS:g})"
+
+
 def _label(row: dict[str, Any]) -> str:
     if row["contender"] == "kpo":
         return "kpo"
-    return f"{row['contender']} @ QPS {row['qps']}"
+    return f"{row['contender']} @ QPS {_qps(row)}"
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[str]:
@@ -551,7 +556,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = ["contender", "QPS", *(title for _, title in COLUMNS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [row["contender"], str(row["qps"])] + [f"{row[k]:g}" for k, _ in COLUMNS]
+        qps = "-" if row["contender"] == "kpo" else _qps(row)
+        cells = [row["contender"], qps] + [f"{row[k]:g}" for k, _ in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

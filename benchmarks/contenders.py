@@ -28,13 +28,16 @@ its peak RSS, and (raw) the requests it sent. I/O: talks to the test stack's api
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import resource
+import shutil
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
@@ -174,51 +177,49 @@ def run_raw(
 
 
 # ----- kpo: Airflow's KubernetesPodOperator through dag.test() -------------------------------
+KPO_DAG = Path(__file__).with_name("kpo_dag.py")
+
+
 def run_kpo_lane(
     kubeconfig: str, namespace: str, keys: list[str], *, seconds: float, lane: int
 ) -> dict[str, Any]:
-    """One lane: a DAG of one KubernetesPodOperator per key, run by ``dag.test()`` (serially).
-
-    Airflow must be configured by the environment (``AIRFLOW_HOME`` with a migrated DB).
-    """
-    # Imported here: the provider is optional (the raw contender runs without it).
-    from airflow.providers.cncf.kubernetes.operators.pod import (  # noqa: PLC0415
-        KubernetesPodOperator,
+    """One lane: ``kpo_dag.py``, one KubernetesPodOperator per key, run by ``dag.test()``
+    (one task after another). Airflow is configured by the environment (``AIRFLOW_HOME``
+    with a migrated DB, ``AIRFLOW__CORE__DAGS_FOLDER``), where the DAG file is copied."""
+    dags = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    dags.mkdir(parents=True, exist_ok=True)
+    submitted_file = dags.parent / "submitted.jsonl"
+    settings = dags.parent / "lane.json"
+    settings.write_text(
+        json.dumps(
+            {
+                "keys": keys,
+                "namespace": namespace,
+                "kubeconfig": kubeconfig,
+                "lane": lane,
+                "image": IMAGE,
+                "label": TASK_LABEL,
+                "annotations": sim_annotations(seconds),
+                "requests": REQUESTS,
+                "submitted_file": str(submitted_file),
+            }
+        )
     )
-    from airflow.sdk import DAG  # noqa: PLC0415
-    from kubernetes.client import models as k8s  # noqa: PLC0415
-
-    submitted: dict[str, float] = {}
-
-    def began(context: Any) -> None:
-        submitted[context["task"].task_id] = time.time()
-
-    with DAG(
-        dag_id=f"compare_kpo_lane_{lane}",
-        schedule=None,
-        start_date=datetime(2026, 1, 1, tzinfo=UTC),
-        catchup=False,
-    ) as dag:
-        for key in keys:
-            KubernetesPodOperator(
-                task_id=key,
-                name=key,
-                namespace=namespace,
-                image=IMAGE,
-                labels={TASK_LABEL: key},
-                annotations=sim_annotations(seconds),
-                container_resources=k8s.V1ResourceRequirements(requests=REQUESTS),
-                config_file=kubeconfig,
-                in_cluster=False,
-                # The stack's simulated log follow never ends (module docstring).
-                get_logs=False,
-                do_xcom_push=False,
-                on_finish_action="delete_pod",
-                on_execute_callback=began,
-            )
+    os.environ["KD_COMPARE_KPO_LANE"] = str(settings)
+    installed = dags / KPO_DAG.name
+    shutil.copy(KPO_DAG, installed)
+    spec = importlib.util.spec_from_file_location("compare_kpo_dag", installed)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {installed}")
+    module = importlib.util.module_from_spec(spec)
     cpu_before, _ = usage()
-    dag_run = dag.test()
+    spec.loader.exec_module(module)
+    dag_run = module.dag.test()
     cpu_after, rss = usage()
+    submitted = {}
+    for line in submitted_file.read_text().splitlines():
+        record = json.loads(line)
+        submitted.setdefault(record["key"], record["t"])
     return {
         "submitted": submitted,
         "cpu_seconds": round(cpu_after - cpu_before, 3),

@@ -28,7 +28,7 @@ def test_a_small_compare_run_measures_every_contender_from_the_apiservers_record
 ) -> None:
     contenders = ("raw", "dispatcher", "kpo") if HAS_PROVIDER else ("raw", "dispatcher")
     options = compare.Options(
-        tasks=4, seconds=3, raised_qps=100, kpo_tasks=2, kpo_lanes=2, contenders=contenders
+        tasks=4, seconds=8, raised_qps=100, kpo_tasks=2, kpo_lanes=2, contenders=contenders
     )
     out = io.StringIO()
     report = compare.run(audited_stack, options, out)
