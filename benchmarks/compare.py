@@ -27,7 +27,8 @@ identities in the three clusters). Figures per contender:
 * API requests the contender's identity sent, counted from the apiservers' own audit logs
   (``tests.stack.audit``; the stack runs with ``audit=True``) from the contender's start to
   its last pod deleted: per task, per running pod-minute (pod-minutes from the watch:
-  Running → finished), and those naming a task's pod while it ran, per running pod-minute.
+  Running → finished), and the reads (get, list, watch) naming a task's pod while it ran,
+  per running pod-minute (what polling costs).
   The dispatcher's start-up requests (lists and watches, before the first submit) are
   reported apart. raw's own count of what it sent is printed next to the audit's;
 * CPU seconds of the controlling process from first submit to the end, and its peak RSS
@@ -58,6 +59,7 @@ from typing import Any
 
 import yaml
 from kubernetes import client
+from pydantic import ValidationError
 
 from benchmarks import scratch_stack
 from benchmarks.bench_dispatch import Serve
@@ -82,6 +84,11 @@ from tests.support import ADMIN_TOKEN, REPO
 
 CLIENT_THREADS = 16
 KPO_PROVIDER = "airflow.providers.cncf.kubernetes"
+NO_PROVIDER = (
+    "the kpo contender needs apache-airflow-providers-cncf-kubernetes in this environment "
+    "(pip install 'kube-dispatcher[airflow]' apache-airflow-providers-cncf-kubernetes); "
+    "leave kpo out of --contenders otherwise"
+)
 #: The dispatcher's identities: its ServiceAccount in plane, the restricted one elsewhere.
 DISPATCHER_USERS = frozenset(
     {
@@ -90,6 +97,7 @@ DISPATCHER_USERS = frozenset(
     }
 )
 RUN_TIMEOUT = 900.0
+READ_VERBS = frozenset({"get", "list", "watch"})
 #: What raw and kpo may do in their namespace (a Role of its own: the aggregated
 #: ClusterRoles such as ``admin`` stay empty in a stack without kube-controller-manager).
 CONTENDER_RULES = [
@@ -393,10 +401,7 @@ def _airflow_env(home: Path) -> dict[str, str]:
 
 def run_kpo(stack: Stack, audit: Audit, options: Options) -> Outcome:
     if not provider_installed():
-        raise SystemExit(
-            "the kpo contender needs apache-airflow-providers-cncf-kubernetes in this "
-            "environment (/work/main/.venv has it); leave kpo out of --contenders otherwise"
-        )
+        raise SystemExit(NO_PROVIDER)
     template = _airflow_home(stack)
     namespace = _namespace(stack, "kpo")
     folder = stack.state_dir / namespace
@@ -457,12 +462,15 @@ def figures(outcome: Outcome) -> dict[str, Any]:
     to_running = [times.running[k] - submitted[k] for k in keys]
     pod_minutes = sum(times.finished[k] - times.running[k] for k in keys) / 60
     pods = {times.pods[k]: k for k in keys}
+    # Reads only: a contender's delete of a pod that just finished may reach the apiserver
+    # before the admin watch has seen the pod finish.
     while_running = [
         r
         for r in outcome.requests
         if r.name in pods
         and r.resource == "pods"
-        and times.running[pods[r.name]] <= r.received <= times.finished[pods[r.name]]
+        and r.verb in READ_VERBS
+        and times.running[pods[r.name]] <= r.received < times.finished[pods[r.name]]
     ]
     total = len(outcome.requests)
     return {
@@ -480,8 +488,8 @@ def figures(outcome: Outcome) -> dict[str, Any]:
         "requests_per_task": round(total / len(keys), 2),
         "running_pod_minutes": round(pod_minutes, 2),
         "requests_per_running_pod_minute": round(total / max(pod_minutes, 1e-6), 2),
-        "requests_naming_pod_while_running": len(while_running),
-        "naming_pod_while_running_per_pod_minute": round(
+        "reads_naming_pod_while_running": len(while_running),
+        "reads_naming_pod_while_running_per_pod_minute": round(
             len(while_running) / max(pod_minutes, 1e-6), 2
         ),
         "cpu_seconds": outcome.cpu_seconds,
@@ -501,7 +509,7 @@ COLUMNS = (
     ("running_p99_s", "running p99 s"),
     ("requests_per_task", "requests/task"),
     ("requests_per_running_pod_minute", "requests/running pod-min"),
-    ("naming_pod_while_running_per_pod_minute", "naming its pod while running/pod-min"),
+    ("reads_naming_pod_while_running_per_pod_minute", "reads of its pod while running/pod-min"),
     ("cpu_seconds", "CPU s"),
     ("cpu_ms_per_task", "CPU ms/task"),
     ("peak_rss_mib", "peak RSS MiB"),
@@ -607,8 +615,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(chosen) - set(defaults.contenders))
     if unknown:
         parser.error(f"unknown contenders {unknown}: choose from {list(defaults.contenders)}")
-    if args.tasks < 1 or args.kpo_tasks < 1 or args.seconds <= 0:
-        parser.error("--tasks and --kpo-tasks must be at least 1, --seconds positive")
+    if min(args.tasks, args.kpo_tasks, args.kpo_lanes) < 1 or args.seconds <= 0:
+        parser.error("--tasks, --kpo-tasks and --kpo-lanes must be at least 1, --seconds > 0")
+    try:  # the dispatcher's own settings judge the raised QPS (and its burst)
+        ClientSettings(qps=args.raised_qps, burst=int(2 * args.raised_qps))
+    except ValidationError as exc:
+        parser.error(f"--raised-qps {args.raised_qps:g}: {exc.errors()[0]['msg']}")
+    if "kpo" in chosen and not provider_installed():
+        parser.error(NO_PROVIDER)
     options = Options(
         tasks=args.tasks,
         seconds=args.seconds,

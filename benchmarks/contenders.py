@@ -13,10 +13,11 @@ the stack's simulated kubelet, then succeed; when it has finished, its pod is de
   real ``KubernetesPodOperator`` from the cncf provider, one task per pod (the DAG file
   ``kpo_dag.py``, copied into the lane's dags folder), run by ``dag.test()``, which runs a
   DAG's tasks one after another: concurrency comes from several lanes (processes, each
-  with its own copy of a migrated SQLite metadata DB) running at once. ``get_logs=False``: the stack's simulated kubelet keeps a log follow
-  open after the container exits, which a real kubelet closes, so following logs would
-  hang each task until its read timeout. Otherwise the operator's defaults (it polls the
-  pod while it starts and runs, and deletes it at the end).
+  with its own copy of a migrated SQLite metadata DB) running at once.
+  ``get_logs=False``: the stack's simulated kubelet keeps a log follow open after the
+  container exits, which a real kubelet closes, so following logs would hang each task
+  until its read timeout. Otherwise the operator's defaults (it polls the pod while it
+  starts and runs, and deletes it at the end).
 * the dispatcher is driven from ``benchmarks.compare`` itself (a ``dispatcher serve``
   process and 16 client threads submitting), so it has no entry point here.
 

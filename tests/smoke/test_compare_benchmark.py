@@ -56,7 +56,10 @@ def test_a_small_compare_run_measures_every_contender_from_the_apiservers_record
     assert len(ratio_lines) == (3 if HAS_PROVIDER else 2), report["ratios"]
     if HAS_PROVIDER:
         # The operator polls its pod while it runs (GET pods/<name>).
-        assert rows["kpo", "-"]["requests_naming_pod_while_running"] > 0
+        assert rows["kpo", "-"]["reads_naming_pod_while_running"] > 0
+    # The plain client and the dispatcher learn from their watch: no reads of a pod.
+    for key in (("raw", 20.0), ("raw", 100), ("dispatcher", "default"), ("dispatcher", 100)):
+        assert rows[key]["reads_naming_pod_while_running"] == 0, rows[key]
     text = out.getvalue()
     assert "| contender | QPS |" in text
     assert all(line in text for line in report["ratios"])
