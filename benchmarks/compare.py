@@ -553,7 +553,7 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
         parts = []
         for key in RATIO_KEYS:
             if other[key]:
-                parts.append(f"{key} {mine[key] / other[key]:.2f}")
+                parts.append(f"{key} {mine[key] / other[key]:.3g}")
             else:
                 parts.append(f"{key} {mine[key]:g}/0")
         lines.append(f"{_label(mine)} / {_label(other)}: " + ", ".join(parts))
