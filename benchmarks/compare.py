@@ -32,7 +32,8 @@ identities in the three clusters). Figures per contender:
   The dispatcher's start-up requests (lists and watches, before the first submit) are
   reported apart. raw's own count of what it sent is printed next to the audit's;
 * CPU seconds of the controlling process from first submit to the end, and its peak RSS
-  (kpo: the sum over its lanes; the dispatcher: ``dispatcher serve``, read from /proc).
+  (the dispatcher: ``dispatcher serve``, read from /proc; kpo: summed over its lanes, each
+  from before it parses the DAG to the end of ``dag.test()``).
 
 Then the ratios dispatcher/raw at the same QPS and dispatcher/kpo. Runs on its own stack
 (``KD_STACK_DIR``/``KD_STACK_PORT_BASE`` default to ``/tmp/kd-stack-compare`` and 32600),
