@@ -80,11 +80,10 @@ def dag_of(spec: TaskSpec) -> str | None:
 
 def pool_of(spec: TaskSpec) -> str:
     """The pool a task queues in: the GPU model it asks for, any GPU, or CPU only."""
-    wanted = spec.requirements
-    gpus = wanted.gpus or 0
-    if not gpus:
+    if not spec.gpus:
         return CPU_POOL
-    return f"gpu:{wanted.gpu_model}" if wanted.gpu_model else "gpu:any"
+    model = spec.requirements.gpu_model
+    return f"gpu:{model}" if model else "gpu:any"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +158,7 @@ def explain_job(dispatcher: Dispatcher, job: Mapping[str, Any]) -> dict[str, Any
     try:
         spec = dispatcher.spec(job["id"])
         return explanation(dispatcher.explain(spec, job.get("tenant")))
-    except (DispatcherError, InputError) as exc:
+    except DispatcherError as exc:
         return {"verdict": "", "cluster": None, "message": str(exc), "clusters": [], "notes": []}
 
 
@@ -215,7 +214,7 @@ class RoutingQueue:
             try:
                 spec = self._dispatcher.spec(job["id"])
                 decision = self._dispatcher.explain(spec, job.get("tenant"))
-            except (DispatcherError, InputError):
+            except DispatcherError:
                 continue  # acknowledged or gone meanwhile
             entries.append(
                 QueueEntry(
