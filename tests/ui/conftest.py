@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -67,4 +68,10 @@ def sign_in(driver: webdriver.Chrome, svc: ServiceProcess, token: str = ADMIN_TO
 
 
 def wait_for(driver: webdriver.Chrome, condition: Any, timeout: float = 60) -> Any:
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+    # An element replaced by a live update between two calls is looked up again.
+    return WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.2,
+        ignored_exceptions=[NoSuchElementException, StaleElementReferenceException],
+    ).until(condition)

@@ -23,8 +23,24 @@ CLUSTERS = ("gpu-a100", "gpu-h100", "plane")
 
 
 def row_state(driver: WebDriver, job_id: str) -> str | None:
-    rows = driver.find_elements(By.CSS_SELECTOR, f'#jobs tr[data-job="{job_id}"]')
-    return rows[0].get_attribute("data-state") if rows else None
+    # Read in one script: the live updates replace rows between two WebDriver calls.
+    state: str | None = driver.execute_script(
+        "const row = document.querySelector(`#jobs tr[data-job='${arguments[0]}']`);"
+        "return row ? row.dataset.state : null;",
+        job_id,
+    )
+    return state
+
+
+def rows_by(driver: WebDriver, selector: str, key: str) -> dict[str, str]:
+    """``data-<key>`` -> text of the rows ``selector`` finds, read at one moment."""
+    rows: list[list[str]] = driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]))"
+        ".map(row => [row.dataset[arguments[1]], row.innerText]);",
+        selector,
+        key,
+    )
+    return dict(rows)
 
 
 def test_a_visitor_without_a_valid_token_sees_nothing(
@@ -107,8 +123,7 @@ def test_a_submitted_job_appears_and_succeeds_without_a_reload(
     assert state == "succeeded"
     seen.add(state)
     assert browser.execute_script("return window.consoleMark") == "still-here"
-    row = browser.find_element(By.CSS_SELECTOR, f'#jobs tr[data-job="{job["id"]}"]')
-    assert "plane" in row.text
+    assert "plane" in rows_by(browser, "#jobs tbody tr", "job")[job["id"]]
     assert console_errors(browser) == []
 
 
@@ -120,10 +135,7 @@ def test_job_page_explains_why_not_each_cluster_and_follows_the_job(
     sign_in(browser, service)
     browser.get(f"{service.url}/ui/jobs/{job['id']}")
     browser.execute_script("window.consoleMark = 'still-here'")
-    explained = {
-        row.get_attribute("data-cluster"): row.text
-        for row in browser.find_elements(By.CSS_SELECTOR, "#explanation tbody tr")
-    }
+    explained = rows_by(browser, "#explanation tbody tr", "cluster")
     assert set(explained) == set(CLUSTERS)
     # Why not the others, in the routing's own words: no H100 in a100's or plane's nodes.
     assert "H100" in explained["gpu-a100"], explained
@@ -131,9 +143,9 @@ def test_job_page_explains_why_not_each_cluster_and_follows_the_job(
     stack.append_container_log("gpu-h100", [marker])
     wait_for(browser, lambda d: marker in d.find_element(By.ID, "log").text)
     wait_for(browser, lambda d: d.find_element(By.ID, "state").text == "succeeded")
+    # Finished: no more updates come, the page stays as it is.
     assert browser.find_element(By.ID, "cluster").text == "gpu-h100"
-    attempts = browser.find_element(By.ID, "attempts").text
-    assert "gpu-h100" in attempts
+    assert "gpu-h100" in browser.find_element(By.ID, "attempts").text
     assert browser.execute_script("return window.consoleMark") == "still-here"
     assert console_errors(browser) == []
 
