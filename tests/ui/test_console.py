@@ -190,3 +190,27 @@ def wait_for_state(api: DispatcherClient, job_id: str, state: str) -> None:
     from tests.support import wait_until
 
     wait_until(lambda: api.get(job_id)["state"] == state, what=f"{job_id} {state}")
+
+
+def test_a_cluster_whose_api_server_is_gone_shows_down_and_why(
+    browser: WebDriver, service: ServiceProcess, stack: Stack
+) -> None:
+    sign_in(browser, service)
+
+    def health() -> tuple[str, str]:
+        browser.get(f"{service.url}/ui/clusters")
+        row = browser.find_element(By.CSS_SELECTOR, '#clusters tr[data-cluster="gpu-a100"]')
+        return (
+            row.find_element(By.CSS_SELECTOR, ".health").text,
+            row.find_element(By.CSS_SELECTOR, ".why").text,
+        )
+
+    assert health() == ("up", "")
+    stack.stop_apiserver("gpu-a100")
+    try:
+        _, why = wait_for(browser, lambda _: (h := health())[0] == "down" and h, timeout=120)
+        assert why, "a down cluster must say why"
+        assert "connection refused or unreachable" in why, why
+    finally:
+        stack.start_apiserver("gpu-a100")
+    assert console_errors(browser) == []
