@@ -8,6 +8,7 @@ judges what Chromium shows. Jobs are submitted through the API, never through th
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import httpx
 from selenium.webdriver.chrome.webdriver import WebDriver
@@ -214,3 +215,23 @@ def test_a_cluster_whose_api_server_is_gone_shows_down_and_why(
     finally:
         stack.start_apiserver("gpu-a100")
     assert console_errors(browser) == []
+
+
+def test_live_update_streams_are_bounded_per_caller(service_factory: Any) -> None:
+    svc = service_factory(console={"max_streams_per_client": 1})
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with (
+        httpx.Client(base_url=svc.url, headers=headers, timeout=10) as first,
+        first.stream("GET", "/ui/events") as opened,
+    ):
+        assert opened.status_code == 200
+        assert opened.headers["content-type"].startswith("text/event-stream")
+        # Kept: a discarded iterator closes the response, which ends the stream.
+        chunks = opened.iter_text()
+        assert next(chunks).startswith("retry:")
+        refused = httpx.get(f"{svc.url}/ui/events", headers=headers, timeout=10)
+        assert refused.status_code == 429
+        assert "service.console.max_streams_per_client" in refused.text
+    # Closed, its slot is given back at once: the next stream is served.
+    with httpx.stream("GET", f"{svc.url}/ui/events", headers=headers, timeout=10) as again:
+        assert again.status_code == 200
