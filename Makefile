@@ -1,13 +1,14 @@
 # kube-dispatcher: the two commands a fresh machine needs are `make demo` and `make test`.
 # Everything else is a step they depend on. Requires python3 (>= 3.11, with venv), go (>= 1.26.7)
-# and make, and network access to PyPI and the Go module proxy.
+# and make, and network access to PyPI and the Go module proxy (and to the distribution's
+# packages for `browser`, when Chromium is not installed yet).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-provider lint unit stack-build stack-up stack-down bench clean
+.PHONY: demo test test-provider lint unit browser stack-build stack-up stack-down bench clean
 
 # The airflow extra is installed too: tests/airflow runs DAGs with the real Airflow.
 $(STAMP): pyproject.toml
@@ -57,12 +58,18 @@ test-provider: $(STAMP) stack-build
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m generation \
 		tests/airflow tests/credentials tests/clusters tests/smoke/test_compare_benchmark.py
 
+## The console's browser tests (tests/ui) drive the distribution's Chromium through its
+## chromedriver: installed with apt-get when missing (needs root, as CI runs).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver; }
+
 ## Everything CI runs: static checks (mypy under both client generations), the whole suite
 ## against the real stack without the cncf provider, on kubernetes 37.x as the service's
 ## image installs it, then test-provider. TEST_WORKERS pytest-xdist workers, each with its
 ## own stack; a file stays on one worker.
 TEST_WORKERS ?= 2
-test: lint stack-build $(NOPROV_STAMP)
+test: lint stack-build browser $(NOPROV_STAMP)
 	$(NOPROV)/bin/python -m mypy --strict --cache-dir .mypy_cache/noprov dispatcher
 	$(NOPROV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 	$(MAKE) test-provider

@@ -51,6 +51,7 @@ __all__ = [
     "AuthSettings",
     "ClientSettings",
     "ClusterSettings",
+    "ConsoleSettings",
     "Credentials",
     "InClusterCredentials",
     "InsecureAllowances",
@@ -621,6 +622,26 @@ class AuthSettings(_Section):
         return []
 
 
+class ConsoleSettings(_Section):
+    """The read-only web console at ``/ui`` (``dispatcher.api.console``): who signs in is
+    authenticated as API callers are, and sees what their tenant may read."""
+
+    enabled: bool = True
+    #: The sign-in cookie carries the ``Secure`` attribute (sent over https only). Turn it
+    #: off only where the service is reached over plain http on a trusted network.
+    secure_cookie: bool = True
+    #: How long a sign-in lasts in the browser; every request is authenticated again
+    #: anyway, so a token that stops being valid stops the session at once.
+    session_seconds: int = Field(default=8 * 3600, ge=60, le=7 * 24 * 3600)
+    #: Lines of a job's container log its page shows (the last ones).
+    log_tail_lines: int = Field(default=200, ge=1, le=10_000)
+    #: At most this many jobs on one page of the jobs list and of the queue.
+    max_jobs: int = Field(default=500, ge=1, le=10_000)
+    #: Live-update streams (Server-Sent Events) open at once, per caller and in all.
+    max_streams_per_client: int = Field(default=20, ge=1, le=1000)
+    max_streams: int = Field(default=500, ge=1, le=100_000)
+
+
 class ServiceSettings(_Section):
     """How the dispatcher service itself runs: API, job state, failover, cleanup."""
 
@@ -632,6 +653,8 @@ class ServiceSettings(_Section):
     state_namespace: DNSLabel = "kube-dispatcher"
     #: Who may call the API (required: the service refuses to start without a method).
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    #: The web console (``/ui``).
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     #: Serve ``/metrics`` on this port of its own (no authentication; metrics carry no
     #: secret), and not on the API port; unset: on the API port, without authentication.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)

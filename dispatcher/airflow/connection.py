@@ -42,6 +42,11 @@ class ConnectionSettings:
     timeout: float = 30.0
     wait_timeout: float = 60.0
     retries: int = 5
+    #: Where people reach the dispatcher's console (the task's extra link); default
+    #: ``base_url``, which workers use and a browser may not reach.
+    console_url: str | None = None
+    #: The kube-dispatcher Grafana dashboard's URL (the task's other extra link).
+    grafana_url: str | None = None
 
 
 def settings_from_connection(
@@ -62,6 +67,8 @@ def settings_from_connection(
         timeout=extras.number("timeout", default=30.0, low=1.0, high=3600.0),
         wait_timeout=extras.number("wait_timeout", default=60.0, low=1.0, high=MAX_WAIT_SECONDS),
         retries=int(extras.number("retries", default=5, low=0, high=100)),
+        console_url=extras.url("console_url"),
+        grafana_url=extras.url("grafana_url"),
     )
 
 
@@ -109,6 +116,17 @@ class _Extras:
         if not isinstance(value, str):
             raise self._bad(name, "a string")
         return value
+
+    def url(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise self._bad(
+                name, "an http(s) URL, e.g. https://grafana.example.com/d/kube-dispatcher"
+            )
+        return value.strip()
 
     def flag(self, name: str, *, default: bool) -> bool:
         value = self._get(name)

@@ -321,7 +321,7 @@ class DispatcherJobOperator(DispatcherPodOperator):
             spec["labels"] = {**spec.get("labels", {}), "completion_index": str(completion.index)}
         job = self._submit(spec, context)
         self._running[str(job["id"])] = completion
-        self.job_id = str(job["id"])
+        self._seen(job)
         return job
 
     def _follow(
@@ -348,6 +348,7 @@ class DispatcherJobOperator(DispatcherPodOperator):
     ) -> bool:
         """Record a finished completion; ``False`` when it is to run again. Raises when the
         task fails (or is skipped)."""
+        self._seen(job)
         where = f"completion {completion.index}" if indexed else f"pod {completion.runs}"
         if job.get("state") == "succeeded":
             state.results[completion.index] = self._xcom(job) if self.do_xcom_push else None

@@ -41,6 +41,7 @@ except ImportError:  # Airflow 3.1: the task SDK does not have them yet
 from dispatcher.airflow import parameters
 from dispatcher.airflow.following import catch_up, follow_job
 from dispatcher.airflow.hooks import DispatcherHook
+from dispatcher.airflow.links import DispatcherConsoleLink, GrafanaClusterLink
 from dispatcher.airflow.progress import (
     Progress,
     Watch,
@@ -151,6 +152,10 @@ class DispatcherPodOperator(BaseOperator):
         "requirements": "py",
     }
     ui_color = "#b9e0f7"
+    #: The job's console page and the Grafana dashboard for its cluster (``links``).
+    operator_extra_links = (DispatcherConsoleLink(), GrafanaClusterLink())
+    #: The cluster the job last ran on (the Grafana link's filter); set by ``_seen``.
+    job_cluster: str | None = None
     #: With ``do_xcom_push``, the pod gets the XCom sidecar that hands over
     #: ``/airflow/xcom/return.json`` (``dispatcher.core.xcom``).
     xcom_from_file: bool = True
@@ -468,7 +473,7 @@ class DispatcherPodOperator(BaseOperator):
     def execute(self, context: Context) -> Any:
         spec = self.build_spec(context)
         job = self._submit(spec, context)
-        self.job_id = job["id"]
+        self._seen(job)
         watch = self._watch(Progress(namespace=spec.get("namespace")))
         if self.deferrable and not is_finished(job):
             for line in watch.on_job(job).say:
@@ -511,7 +516,7 @@ class DispatcherPodOperator(BaseOperator):
                 f"lost track of job {event.get('job_id')}: {event.get('message')}"
             )
         job = event["job"]
-        self.job_id = job["id"]
+        self._seen(job)
         watch = self._watch(Progress.from_dict(event.get("progress")))
         for line in watch.on_job(job).say:
             self._say(line)
@@ -561,8 +566,14 @@ class DispatcherPodOperator(BaseOperator):
             )
         return job
 
+    def _seen(self, job: Mapping[str, Any]) -> None:
+        """Remember the job, and where it runs, for ``on_kill`` and the extra links."""
+        self.job_id = str(job["id"])
+        self.job_cluster = job.get("cluster") or self.job_cluster
+
     def _conclude(self, job: Mapping[str, Any]) -> Any:
         """The task's return value, or the exception it fails with."""
+        self._seen(job)
         state = job.get("state")
         if state == "succeeded":
             started = job.get("running_at") or job.get("submitted_at") or 0.0

@@ -20,6 +20,7 @@ __all__ = [
     "CONNECTION_FIELDS",
     "CONN_TYPE",
     "DEFAULT_CONN_ID",
+    "EXTRA_LINKS",
     "HOOK_CLASS",
     "TASK_DECORATORS",
     "UI_FIELD_BEHAVIOUR",
@@ -93,6 +94,26 @@ CONNECTION_FIELDS = (
         "Retries of transient failures (unreachable, 502/503/504, not the leader).",
         5,
     ),
+    ConnectionField(
+        "console_url",
+        "Console URL",
+        "string",
+        "Where people reach the dispatcher (its console is at /ui), for the task's "
+        "'Dispatcher job' link. Default: the Dispatcher URL.",
+    ),
+    ConnectionField(
+        "grafana_url",
+        "Grafana dashboard URL",
+        "string",
+        "The kube-dispatcher dashboard, for the task's 'Grafana (cluster)' link "
+        "(filtered to the job's cluster). No link without it.",
+    ),
+)
+
+#: The operators' extra links (``dispatcher.airflow.links``).
+EXTRA_LINKS = (
+    "dispatcher.airflow.links.DispatcherConsoleLink",
+    "dispatcher.airflow.links.GrafanaClusterLink",
 )
 
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
@@ -128,6 +149,7 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": _INTEGRATION, "python-modules": ["dispatcher.airflow.triggers"]}
         ],
+        "extra-links": list(EXTRA_LINKS),
         "task-decorators": [
             {"name": name, "class-name": factory} for name, factory in TASK_DECORATORS.items()
         ],

@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 from dispatcher import __version__, metrics, tracing
 from dispatcher.api.app import create_app
 from dispatcher.api.auth import Authenticator, TokenReviewer
+from dispatcher.api.console import mount_console
 from dispatcher.clusters import ClusterCache
 from dispatcher.core import ClusterRole, Snapshot
 from dispatcher.core.tenancy import Principal
@@ -216,6 +217,13 @@ class Service:
     def authenticate(self, authorization: str | None) -> Principal:
         return self.authenticator.authenticate(authorization)
 
+    # The console's view (``dispatcher.api.console.ConsoleRuntime``).
+    def cluster_status(self, cluster: str) -> str:
+        return self.cache.status(cluster).message
+
+    def credential_expiry(self, cluster: str) -> float | None:
+        return self.provider.expiry(cluster)
+
 
 def _identity() -> str:
     """This replica's name in the Lease: the pod name when the chart sets it."""
@@ -257,6 +265,8 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
         max_log_follows=settings.service.max_log_follows,
         metrics_route=metrics_port is None,
     )
+    if settings.service.console.enabled:
+        mount_console(app, service, settings.service.console)
     starter = threading.Thread(target=_start_in_background, args=(service,), daemon=True)
 
     @app.on_event("startup")

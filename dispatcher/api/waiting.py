@@ -34,6 +34,10 @@ from dispatcher.dispatching.ports import LogStream
 __all__ = ["Bound", "JobChanges", "LimitReached", "Slot", "read_line"]
 
 
+#: What each kind of long request is called in refusals.
+_WHAT = {"wait": "long polls", "follow": "log follows", "events": "console live-update streams"}
+
+
 class LimitReached(Exception):
     """A long request over a bound: 429 (``per_client``) or 503 (the replica's)."""
 
@@ -42,7 +46,7 @@ class LimitReached(Exception):
         self.setting = setting
         self.limit = limit
         self.per_client = per_client
-        what = "long polls" if kind == "wait" else "log follows"
+        what = _WHAT.get(kind, kind)
         who = "this caller" if per_client else "this replica (all callers together)"
         super().__init__(
             f"{who} has {limit} {what} open, the most {setting} allows; retry once "

@@ -378,6 +378,11 @@ class Dispatcher:
         self._require_attached()
         return self._jobs.require(job_id).view()
 
+    def spec(self, job_id: str) -> TaskSpec:
+        """The task the job was submitted with (as validated), e.g. to explain its routing."""
+        self._require_attached()
+        return self._jobs.require(job_id).spec
+
     def find(self, idempotency_key: str, tenant: str | None = None) -> dict[str, Any]:
         """The job ``tenant`` submitted with this key."""
         return self.get(job_id_for(idempotency_key, tenant))

@@ -7,7 +7,7 @@
 ``sim.dispatcher.dev/*`` annotations that make simulated pods succeed or fail), so the
 example DAGs stay as a user would write them. The task log goes to stdout; the last line
 is ``DAGRUN-SUMMARY {json}``: the run's state, each task instance's state and try, and
-every XCom ``return_value``.
+every XCom ``return_value`` and the extra links (``links``).
 
 Airflow is configured by the environment (``AIRFLOW_HOME``, the dags folder, and
 ``AIRFLOW_CONN_DISPATCHER_DEFAULT``); see ``tests/airflow/conftest.py``.
@@ -72,7 +72,25 @@ def _summary(dag_run: Any) -> dict[str, Any]:
             )
         ).all()
         xcoms = {f"{x.task_id}[{x.map_index}]": XComModel.deserialize_value(x) for x in rows}
-    return {"state": str(dag_run.state), "run_id": dag_run.run_id, "tasks": tis, "xcom": xcoms}
+        # The operators' extra links, as the worker stored them for the UI.
+        links: dict[str, dict[str, Any]] = {}
+        for x in session.scalars(
+            select(XComModel).where(
+                XComModel.dag_id == dag_run.dag_id,
+                XComModel.run_id == dag_run.run_id,
+                XComModel.key.startswith("_link_"),
+            )
+        ).all():
+            links.setdefault(f"{x.task_id}[{x.map_index}]", {})[x.key] = (
+                XComModel.deserialize_value(x)
+            )
+    return {
+        "state": str(dag_run.state),
+        "run_id": dag_run.run_id,
+        "tasks": tis,
+        "xcom": xcoms,
+        "links": links,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
