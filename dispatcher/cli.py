@@ -15,6 +15,7 @@ invalid configuration in ``validate-config``).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from enum import StrEnum
@@ -38,7 +39,7 @@ from dispatcher.core import (
 )
 from dispatcher.core.dependencies import DependencyReport
 from dispatcher.errors import DispatcherError, InputError, SnapshotError, SpecError
-from dispatcher.settings import load_settings
+from dispatcher.settings import CONFIG_ENV, load_settings
 
 __all__ = ["app", "main"]
 
@@ -258,7 +259,8 @@ def serve_command(
     # other commands do not need.
     from dispatcher.api.service import serve  # noqa: PLC0415
 
-    serve(settings, host=host, port=port)
+    path = config if config is not None else os.environ.get(CONFIG_ENV) or None
+    serve(settings, host=host, port=port, settings_path=path)
 
 
 @app.command("submit")

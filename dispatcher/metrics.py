@@ -252,6 +252,15 @@ API_LONG_REQUESTS_REFUSED = Counter(
     registry=REGISTRY,
 )
 
+# ---- settings -------------------------------------------------------------------------------
+SETTINGS_RELOADS = Counter(
+    "dispatcher_settings_reloads_total",
+    "Changes of the settings file seen, by outcome (applied: its fair_share section is in "
+    "force; invalid: refused, the settings in force kept).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
 # ---- threads -------------------------------------------------------------------------------
 THREAD_RESTARTS = Counter(
     "dispatcher_thread_restarts_total",

@@ -4,8 +4,10 @@ How work flows (``run_once`` is one turn of the loop; ``start`` runs it on a thr
 
 1. **Submit** (API thread): route on a snapshot; the record is created synchronously
    (fenced by the leader term) before the job exists anywhere else; 201.
-2. **Route** (``run_once``): queued jobs by priority then age; a placement is assumed in
-   the cache at once (the next decision sees it taken) and handed to the job as ``PLACED``.
+2. **Route** (``run_once``): queued jobs in fair-share order (priority, then the tenants'
+   weighted dominant shares, then age; quotas and reservations: ``core.fairshare``); a
+   placement is assumed in the cache at once (the next decision sees it taken) and handed
+   to the job as ``PLACED``.
 3. **Per-job mailboxes**: every event of a job (placement, the create's answer, informer
    observations, timers, cancel) goes to its mailbox, drained by one runner task at a
    time, so a job's events are handled one by one and in order, never concurrently. For
@@ -53,6 +55,7 @@ import structlog
 from dispatcher import metrics
 from dispatcher.core import CONTAINER_NAME, RoutingPolicy, TaskSpec, Verdict, route
 from dispatcher.core.backoff import backoff_delay
+from dispatcher.core.fairshare import FairShareSettings
 from dispatcher.core.lifecycle import Action, Event, State, transition
 from dispatcher.core.podsecurity import submission_problems
 from dispatcher.core.routing import Decision
@@ -60,6 +63,7 @@ from dispatcher.core.tenancy import ClusterAllowance, TenantPolicy, cluster_allo
 from dispatcher.core.xcom import XCOM_SIDECAR_NAME, XComError, parse_sidecar_log
 from dispatcher.dispatching import facts, recovery, timers
 from dispatcher.dispatching.cycle import Router
+from dispatcher.dispatching.fairness import FairShare
 from dispatcher.dispatching.jobs import Attempt, Job, job_id_for
 from dispatcher.dispatching.mailbox import RESOLVE, Mail, Mailboxes
 from dispatcher.dispatching.pod_events import PodEvents
@@ -104,8 +108,11 @@ class Dispatcher:
         draw: Callable[[], float] = random.random,
         on_fenced: Callable[[], None] | None = None,
         tenants: Mapping[str, TenantPolicy] | None = None,
+        fair_share: FairShareSettings | None = None,
     ) -> None:
         self._cache = cache
+        #: Replaced whole by ``set_fair_share`` (a settings reload); read once per cycle.
+        self._fair_share = fair_share or FairShareSettings()
         # ``None``: no tenants (a service without authentication): nothing restricted.
         self._tenants = dict(tenants) if tenants is not None else None
         self._clusters = clusters
@@ -146,7 +153,10 @@ class Dispatcher:
             wake=self._wake.set,
             stopped=lambda: self._records.fenced,
         )
-        self._router = Router(cache, self._jobs, self._mail, self._policy, self.allowance)
+        self.fair = FairShare(cache, self._jobs, lambda: self._fair_share)
+        self._router = Router(
+            cache, self._jobs, self._mail, self._policy, self.allowance, fair=self.fair
+        )
         cache.add_listener(self._events.on_event)
 
     # ----- lifecycle ------------------------------------------------------------------
@@ -219,6 +229,15 @@ class Dispatcher:
         records: an empty table would call every job unknown."""
         if not self._attached.is_set():
             raise StoreError("this replica is still reading the job records; retry")
+
+    @property
+    def fair_share(self) -> FairShareSettings:
+        return self._fair_share
+
+    def set_fair_share(self, settings: FairShareSettings) -> None:
+        """New fair-share settings (a reload): the next cycle orders and admits by them."""
+        self._fair_share = settings
+        self.wake()
 
     def allowance(self, tenant: str | None) -> ClusterAllowance | None:
         """The clusters jobs of ``tenant`` may use (``None``: any), from the settings of
