@@ -44,15 +44,23 @@ def fair_tenant(settings: FairShareSettings, job: Job) -> str:
     return settings.tenant_of(job.tenant, job.spec.requirements.owner, job.spec.requirements.queue)
 
 
-def _started(pod: dict[str, Any]) -> float | None:
-    status = pod.get("status") or {}
-    text = status.get("startTime")
+def _moment(text: object) -> float | None:
     if not isinstance(text, str) or not text:
         return None
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def _started(pod: dict[str, Any]) -> float | None:
+    """When the pod's ``activeDeadlineSeconds`` began counting: ``status.startTime``, else
+    (not started yet) its creation, which is earlier: the expected end is then never later
+    than the real one, so a backfill decision errs on the safe side."""
+    started = _moment((pod.get("status") or {}).get("startTime"))
+    if started is not None:
+        return started
+    return _moment((pod.get("metadata") or {}).get("creationTimestamp"))
 
 
 def pod_ending(cluster: str, pod: dict[str, Any], now: float) -> Ending | None:
