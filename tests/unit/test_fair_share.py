@@ -173,6 +173,9 @@ def test_order_is_priority_then_weighted_dominant_share_then_age() -> None:
     # urgent first (priority); then b (0.125) -> b1 puts b at 8/16/3 = 0.167, still under
     # a's 0.25 -> b2 (0.208) -> then a1 (a at 0.25 + the urgent GPU, b at 0.208 < a) ...
     assert order == ["urgent", "b1", "b2", "a1", "a2"]
+    # docs/fair-share.md: with equal weights, team-a's jobs come first, then age decides.
+    plan = CyclePlan(fair(**{"team-a": {}, "team-b": {}}), a100_snapshot(), ledger, now=100.0)
+    assert [e.job_id for e in plan.order(entries)] == ["urgent", "a1", "a2", "b1", "b2"]
 
 
 def test_equal_shares_order_by_age_then_id() -> None:
