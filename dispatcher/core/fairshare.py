@@ -23,9 +23,11 @@ it, job by job:
    soonest (nodes with no known drain time last, least missing first). Other jobs may
    use a reserved node only when their own ``active_deadline_seconds`` ends before the
    reservation is expected to be satisfiable (backfill); jobs that declare none never do.
+   Jobs of a higher priority are never kept off it (strict priority).
    A reservation is kept on the same node from one cycle to the next (``held``) while
-   its job waits, so later arrivals cannot push it back: the node's expected time never
-   grows, and the job runs once the pods there at reservation time have ended.
+   its job waits, and is in force before anyone of the next cycle is routed, so later
+   arrivals of its priority cannot push it back: the node's expected time never grows,
+   and the job runs once the pods there at reservation time have ended.
 
 Over-quota jobs neither get reservations nor count ahead of anyone, so they never hold
 a tenant within its quota back. See docs/fair-share.md for a worked example.
@@ -434,6 +436,8 @@ class Reservation:
     eta: float | None
     #: What the job needs on one node, for readers.
     requests: Mapping[str, int] = field(default_factory=dict, compare=False)
+    #: Its job's priority: a job of a higher priority is not kept off the node.
+    priority: int = 0
 
     def describe(self, now: float) -> str:
         when = (
@@ -556,7 +560,7 @@ class CyclePlan:
                 continue
             eta = fit_time(node, entry.task.requests, self._endings().get(where, ()), self.now)
             self.reservations[entry.job_id] = Reservation(
-                entry.job_id, *where, eta, dict(entry.task.requests)
+                entry.job_id, *where, eta, dict(entry.task.requests), entry.priority
             )
         self._views.clear()
 
@@ -579,11 +583,15 @@ class CyclePlan:
 
     # ----- 2. view ----------------------------------------------------------------------
     def barred(self, entry: Entry) -> frozenset[tuple[str, str]]:
-        """The reserved (cluster, node)s ``entry`` may not use."""
+        """The reserved (cluster, node)s ``entry`` may not use: those of other jobs of its
+        priority or higher (strict priority: a higher class is never kept waiting by a
+        lower one's reservation), unless it backfills them."""
         return frozenset(
             (r.cluster, r.node)
             for r in self.reservations.values()
-            if r.job_id != entry.job_id and not may_backfill(entry.task, r, self.now)
+            if r.job_id != entry.job_id
+            and r.priority >= entry.priority
+            and not may_backfill(entry.task, r, self.now)
         )
 
     def view(self, entry: Entry) -> Snapshot:
@@ -663,7 +671,8 @@ class CyclePlan:
                     where,
                 )
                 if best is None or key < best[0]:
-                    best = (key, Reservation(entry.job_id, *where, eta, requests))
+                    reservation = Reservation(entry.job_id, *where, eta, requests, entry.priority)
+                    best = (key, reservation)
         if best is None:
             return None
         self.reservations[entry.job_id] = best[1]

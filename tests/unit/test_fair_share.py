@@ -253,6 +253,16 @@ def test_the_pod_of_a_job_kept_off_a_reserved_node_says_so_in_its_affinity() -> 
     ]
 
 
+def test_a_reservation_keeps_off_its_own_priority_and_lower_never_a_higher_one() -> None:
+    snap = Snapshot.of([ClusterState.build(info("gpu-a100"), nodes=[_busy("a100-0", 8)])])
+    plan = CyclePlan(fair(), snap, Ledger(), now=0.0)
+    big = entry("big", "default", 0.0, gpus=8, priority=1)
+    assert plan.reserve(big, route(big.task, plan.view(big))) is not None
+    assert plan.avoid(entry("same", "default", 1.0, priority=1), "gpu-a100") == ("a100-0",)
+    assert plan.avoid(entry("lower", "default", 1.0, priority=0), "gpu-a100") == ("a100-0",)
+    assert plan.avoid(entry("higher", "default", 1.0, priority=2), "gpu-a100") == ()
+
+
 def test_an_over_quota_job_gets_no_reservation() -> None:
     settings = fair(b={"quota": {"gpus": {"a100": 0}}})
     snap = Snapshot.of([ClusterState.build(info("gpu-a100"), nodes=[_busy("a100-0", 8)])])
