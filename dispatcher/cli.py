@@ -313,6 +313,53 @@ def status_command(  # noqa: PLR0917 - typer maps parameters to options
         console.print(jobs_table(jobs))
 
 
+def queue_table(jobs: list[dict[str, Any]]) -> Table:
+    """Waiting jobs in the dispatcher's order, with where each stands and what it waits for."""
+    table = Table(show_lines=False, title_justify="left")
+    for column in ("#", "job", "name", "tenant", "pool", "ahead in tenant", "waits for"):
+        table.add_column(column, overflow="fold")
+    ordered = sorted(
+        (job for job in jobs if job.get("queue")),
+        key=lambda job: (job["queue"]["ahead"], job["submitted_at"]),
+    )
+    for job in ordered:
+        queue = job["queue"]
+        waits = queue["waiting_for"]
+        if queue.get("reservation"):
+            reserved = queue["reservation"]
+            waits += f"; node {reserved['node']} on {reserved['cluster']} reserved for it"
+        table.add_row(
+            str(queue["ahead"] + 1),
+            job["id"],
+            job.get("name") or "",
+            queue["tenant"],
+            f"{queue['pool']} (#{queue['ahead_in_pool'] + 1})",
+            str(queue["ahead_in_tenant"]),
+            waits,
+        )
+    return table
+
+
+@app.command("queue")
+def queue_command(
+    server: Annotated[str, _SERVER] = "http://127.0.0.1:8080",
+    token: Annotated[str | None, _TOKEN] = None,
+    token_file: Annotated[Path | None, _TOKEN_FILE] = None,
+    output: Annotated[Output, typer.Option("--output", "-o")] = Output.TABLE,
+) -> None:
+    """Show the waiting jobs you may see, in the order they will run, and what each waits for."""
+    with _client(server, token, token_file) as client:
+        try:
+            jobs = client.jobs(state="queued")
+        except ApiClientError as exc:
+            _api_fail(exc)
+    console = Console(highlight=False)
+    if output is Output.JSON:
+        console.print_json(json.dumps([{"id": j["id"], "queue": j.get("queue")} for j in jobs]))
+    else:
+        console.print(queue_table(jobs))
+
+
 @app.command("logs")
 def logs_command(
     job_id: Annotated[str, typer.Argument(help="The job id.")],

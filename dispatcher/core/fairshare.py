@@ -40,6 +40,7 @@ import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -65,6 +66,7 @@ __all__ = [
     "Entry",
     "FairShareSettings",
     "Ledger",
+    "QueueView",
     "Quota",
     "Reservation",
     "TenantShare",
@@ -440,11 +442,12 @@ class Reservation:
     priority: int = 0
 
     def describe(self, now: float) -> str:
-        when = (
-            "when the running work there ends (no declared deadlines)"
-            if self.eta is None
-            else f"expected to fit in {max(self.eta - now, 0):.0f}s"
-        )
+        if self.eta is None:
+            when = "when the running work there ends (no declared deadlines)"
+        elif self.eta <= now:
+            when = "expected to fit now"
+        else:
+            when = f"expected to fit by {datetime.fromtimestamp(self.eta, UTC):%H:%M:%S} UTC"
         return f"node {self.node} on {self.cluster} is reserved for it, {when}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -476,6 +479,91 @@ def _masked(state: ClusterState, nodes: frozenset[str]) -> ClusterState:
     )
 
 
+def _wanted_pool(task: TaskSpec) -> str:
+    """The pool a waiting job is counted in: GPUs (of the model it asks for), else CPU."""
+    if task.gpus:
+        return _GPU_PREFIX + (task.requirements.gpu_model or "any")
+    return CPU_POOL
+
+
+def _largest_free(task: TaskSpec, snapshot: Snapshot, decision: Decision) -> int:
+    """The most of the job's scarcest resource free on one node that could run it, over
+    the clusters that could run it later."""
+    name = quantity.GPU if task.gpus else quantity.CPU
+    could = {v.cluster for v in decision.clusters if v.verdict is not Verdict.REJECT}
+    return max(
+        (
+            max(node.free.get(name, 0), 0)
+            for state in snapshot.clusters
+            if state.name in could
+            for node in feasible_nodes(task, state)
+        ),
+        default=0,
+    )
+
+
+def _waiting_for(task: TaskSpec, snapshot: Snapshot, decision: Decision) -> str:
+    """``16 a100 GPUs on one node; largest free block 6``."""
+    largest = _largest_free(task, snapshot, decision)
+    if task.gpus:
+        model = task.requirements.gpu_model
+        noun = "GPU" if task.gpus == 1 else "GPUs"
+        what = f"{task.gpus} {model + ' ' if model else ''}{noun}"
+        return f"{what} on one node; largest free block {largest}"
+    cpu = task.requests.get(quantity.CPU, 0)
+    return (
+        f"{quantity.describe_amount(quantity.CPU, cpu)} on one node; largest free block "
+        f"{quantity.describe_amount(quantity.CPU, largest)}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueView:
+    """Where a waiting job stands, for people: ``dispatcher queue``, the API, task logs."""
+
+    #: Jobs ahead of it in the order, overall.
+    ahead: int
+    ahead_in_tenant: int
+    #: The resource pool it waits in (``gpu/a100``, ``gpu/any``, ``cpu``) and jobs ahead there.
+    pool: str
+    ahead_in_pool: int
+    tenant: str
+    #: What it waits for, or the quota that holds it.
+    waiting_for: str
+    reservation: Reservation | None = None
+    #: When it is expected to start (known when its reserved node drains by deadlines).
+    expected_start: float | None = None
+
+    def message(self, now: float) -> str:
+        """``16 a100 GPUs on one node; largest free block 6; 2 tasks ahead in your tenant,
+        5 overall``."""
+        parts = [
+            self.waiting_for,
+            f"{_tasks(self.ahead_in_tenant)} ahead in your tenant ({self.tenant}), "
+            f"{self.ahead} overall, {self.ahead_in_pool} in pool {self.pool}",
+        ]
+        if self.reservation is not None:
+            parts.append(self.reservation.describe(now))
+        return "; ".join(parts)
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "ahead": self.ahead,
+            "ahead_in_tenant": self.ahead_in_tenant,
+            "tenant": self.tenant,
+            "pool": self.pool,
+            "ahead_in_pool": self.ahead_in_pool,
+            "waiting_for": self.waiting_for,
+            "reservation": self.reservation.to_dict() if self.reservation else None,
+            "expected_start": self.expected_start,
+            "message": self.message(now),
+        }
+
+
+def _tasks(count: int) -> str:
+    return "1 task" if count == 1 else f"{count} tasks"
+
+
 class CyclePlan:
     """One cycle's fair-share decisions (the module docstring's steps). Pure: it only
     computes on what it is given; the cycle does the placing."""
@@ -499,6 +587,8 @@ class CyclePlan:
         #: Job id -> (cluster, node) reserved for it in the last cycle.
         self._held = dict(held or {})
         self.reservations: dict[str, Reservation] = {}
+        #: Job id -> (ahead overall, ahead in its tenant, pool, ahead in that pool).
+        self.positions: dict[str, tuple[int, int, str, int]] = {}
         self._views: dict[frozenset[tuple[str, str]], Snapshot] = {}
         self.refresh(snapshot)
 
@@ -543,7 +633,39 @@ class CyclePlan:
                 if queue:
                     heapq.heappush(heap, self._key(tenant, queue[-1], virtual, capacity))
         self._restore(ordered)
+        self._positions(ordered)
         return ordered
+
+    def _positions(self, ordered: Sequence[Entry]) -> None:
+        """Each job's place in the order: overall, in its tenant, in its resource pool."""
+        tenants: dict[str, int] = {}
+        pools: dict[str, int] = {}
+        self.positions = {}
+        for index, entry in enumerate(ordered):
+            pool = _wanted_pool(entry.task)
+            self.positions[entry.job_id] = (
+                index,
+                tenants.get(entry.tenant, 0),
+                pool,
+                pools.get(pool, 0),
+            )
+            tenants[entry.tenant] = tenants.get(entry.tenant, 0) + 1
+            pools[pool] = pools.get(pool, 0) + 1
+
+    def queue_view(self, entry: Entry, decision: Decision, held: str | None = None) -> QueueView:
+        """What ``entry`` waits for and where it stands (``held``: its quota's words)."""
+        ahead, in_tenant, pool, in_pool = self.positions.get(entry.job_id, (0, 0, "", 0))
+        reservation = self.reservations.get(entry.job_id)
+        return QueueView(
+            ahead=ahead,
+            ahead_in_tenant=in_tenant,
+            pool=pool,
+            ahead_in_pool=in_pool,
+            tenant=entry.tenant,
+            waiting_for=held or _waiting_for(entry.task, self._snapshot, decision),
+            reservation=reservation,
+            expected_start=reservation.eta if reservation is not None else None,
+        )
 
     def _restore(self, entries: Sequence[Entry]) -> None:
         """Put last cycle's reservations in force before anyone is routed: a job ahead in

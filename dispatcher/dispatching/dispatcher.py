@@ -330,7 +330,7 @@ class Dispatcher:
     # ----- reads ----------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any]:
         self._require_attached()
-        return self._jobs.require(job_id).view()
+        return self._view(self._jobs.require(job_id))
 
     def find(self, idempotency_key: str, tenant: str | None = None) -> dict[str, Any]:
         """The job ``tenant`` submitted with this key."""
@@ -356,7 +356,13 @@ class Dispatcher:
             ),
             key=lambda j: (j.submitted_at, j.id),
         )
-        return [j.view() for j in jobs[:limit]]
+        return [self._view(j) for j in jobs[:limit]]
+
+    def _view(self, job: Job) -> dict[str, Any]:
+        """What the API returns about ``job``, with where it stands in the queue."""
+        view = job.view()
+        view["queue"] = self.fair.queue(job.id) if job.state is State.QUEUED else None
+        return view
 
     def listen(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(job_id)`` after every change readers can see of a job (for
@@ -367,7 +373,7 @@ class Dispatcher:
     def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
         """Block until the job has finished or ``timeout`` passed (long poll)."""
         self._require_attached()
-        return self._jobs.wait_finished(job_id, timeout, time.monotonic).view()
+        return self._view(self._jobs.wait_finished(job_id, timeout, time.monotonic))
 
     def logs(
         self, job_id: str, *, follow: bool = False, tail_lines: int | None = None

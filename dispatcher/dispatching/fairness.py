@@ -24,6 +24,7 @@ from dispatcher.core.fairshare import (
     Entry,
     FairShareSettings,
     Ledger,
+    QueueView,
     Reservation,
     charge_of,
     gpu_model_for,
@@ -87,6 +88,8 @@ class Turn:
         self._owner = owner
         self.plan = plan
         self._jobs = jobs
+        #: Job id -> where each job that waits stands (``queue_view``).
+        self.queue: dict[str, QueueView] = {}
 
     def order(self) -> list[Job]:
         """The waiting jobs in fair-share order."""
@@ -105,10 +108,14 @@ class Turn:
 
     def hold(self, job: Job, decision: Decision) -> str | None:
         """Why a job that fits on ``decision.cluster`` must wait for its quota, or ``None``."""
-        admission = self.plan.admit(self._entry(job), decision.cluster or "")
+        entry = self._entry(job)
+        admission = self.plan.admit(entry, decision.cluster or "")
         if admission.admitted:
             return None
-        return f"fits on {decision.cluster}, but waits for quota: {admission.message}"
+        held = f"fits on {decision.cluster}, but waits for quota: {admission.message}"
+        view = self.plan.queue_view(entry, decision, held=held)
+        self.queue[job.id] = view
+        return view.message(self.plan.now)
 
     def placement(self, job: Job, placement: Placement) -> Placement:
         """``placement`` kept off the nodes reserved for others."""
@@ -121,11 +128,11 @@ class Turn:
 
     def waiting(self, job: Job, decision: Decision) -> str:
         """The reason to show for a job that waits; reserves a node for it if it may."""
-        reservation = self.plan.reserve(self._entry(job), decision)
-        message = decision.message()
-        if reservation is None:
-            return message
-        return f"{message}; {reservation.describe(self.plan.now)}"
+        entry = self._entry(job)
+        self.plan.reserve(entry, decision)
+        view = self.plan.queue_view(entry, decision)
+        self.queue[job.id] = view
+        return f"{view.message(self.plan.now)}. {decision.message()}"
 
     def end(self) -> None:
         self._owner.finish(self)
@@ -146,6 +153,8 @@ class FairShare:
         self._lock = threading.Lock()
         self._held: dict[str, tuple[str, str]] = {}
         self._reservations: dict[str, Reservation] = {}
+        self._queue: dict[str, QueueView] = {}
+        self._queue_at = 0.0
 
     def ledger(self, settings: FairShareSettings, snapshot: Snapshot) -> Ledger:
         """What each tenant's live jobs hold, on the clusters they run on."""
@@ -188,6 +197,14 @@ class FairShare:
         with self._lock:
             self._held = turn.plan.held()
             self._reservations = dict(turn.plan.reservations)
+            self._queue = dict(turn.queue)
+            self._queue_at = turn.plan.now
+
+    def queue(self, job_id: str) -> dict[str, Any] | None:
+        """Where a waiting job stood at the last cycle (``QueueView.to_dict``), if it waited."""
+        with self._lock:
+            view = self._queue.get(job_id)
+            return view.to_dict(self._queue_at) if view is not None else None
 
     def reservations(self) -> dict[str, Reservation]:
         """The reservations of the last cycle, by job id."""

@@ -9,6 +9,8 @@ at each moment, never the dispatcher's own account.
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -142,6 +144,25 @@ def test_a_tenant_over_quota_waits_while_another_within_quota_runs(
         assert waiting["state"] == "queued"
         assert "waits for quota: tenant 'team-a' would hold 16 a100 GPUs" in waiting["reason"]
         assert "fair_share.tenants.team-a.quota" in waiting["reason"]
+        # The API's queue view and `dispatcher queue` say the same.
+        assert waiting["queue"]["tenant"] == "team-a"
+        assert "waits for quota" in waiting["queue"]["waiting_for"]
+        shown = subprocess.run(
+            [sys.executable, "-m", "dispatcher.cli", "queue"],
+            capture_output=True,
+            text=True,
+            env={
+                "DISPATCHER_URL": service.url,
+                "DISPATCHER_TOKEN": TEAM_A_TOKEN,
+                "COLUMNS": "250",
+                "PATH": "/usr/bin:/bin",
+            },
+            timeout=120,
+            check=False,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert second["id"] in shown.stdout
+        assert "waits for quota" in shown.stdout
         other, _ = team_b.submit(a100("b-within", seconds=1))
         # team-b, not over any quota, is not held back by team-a's waiting job.
         assert history.wait_created(2) == [first["id"], other["id"]]

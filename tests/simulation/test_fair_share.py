@@ -25,6 +25,8 @@ from tests.simulation.world import (
 
 BIG_AT = 10
 HORIZON = 120
+#: The big job as the API showed it while it waited (the last run's).
+QUEUE_VIEWS: list[dict[str, Any]] = []
 
 
 def topology() -> tuple[ClusterSpec, ...]:
@@ -65,6 +67,7 @@ def run_stream(
     world got the big task's pod (``None``: never while small ones kept arriving), and
     when it got each other pod (seconds from the start)."""
     sim = Simulation(topology=topology(), fair_share=fair_share)
+    QUEUE_VIEWS.clear()
     start = sim.world.clock()
     big = None
     for second in range(HORIZON):
@@ -73,6 +76,9 @@ def run_stream(
         if second == BIG_AT:
             big = sim.submit(gpu_task("big", 16, 5, deadline=None))
         sim.run_for(1)
+        leader = sim.leader()
+        if big is not None and leader is not None and sim.state(big.job_id) == "queued":
+            QUEUE_VIEWS.append(leader.dispatcher.get(big.job_id))
     assert big is not None
     created = [c.at - start for c in sim.world.created if c.job_id == big.job_id]
     others = [c.at - start for c in sim.world.created if c.job_id != big.job_id]
@@ -87,6 +93,12 @@ def test_a_16_gpu_task_gets_its_node_while_1_gpu_tasks_keep_arriving() -> None:
     assert created <= BIG_AT + 12, created
     # Small tasks went on running meanwhile (they were not all held back).
     assert sum(1 for at in others if BIG_AT <= at <= created) >= 10
+    # While it waited, the API said what for, and which node is reserved for it.
+    assert QUEUE_VIEWS
+    queue = QUEUE_VIEWS[-1]["queue"]
+    assert queue["waiting_for"].startswith("16 a100 GPUs on one node; largest free block ")
+    assert queue["reservation"]["cluster"] == "gpu-a100"
+    assert "is reserved for it" in QUEUE_VIEWS[-1]["reason"]
     sim.settle()
     sim.check_final()
 

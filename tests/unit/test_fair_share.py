@@ -502,3 +502,28 @@ def test_a_tenant_within_quota_is_never_held_back_by_one_over_quota(
         return [(j.id, str(j.placed), j.node) for j in mine] + [("held", str(model.held), None)]
 
     assert outcome(with_b=True) == outcome(with_b=False)
+
+
+# ----- the readable queue ----------------------------------------------------------------
+
+
+def test_a_waiting_job_says_what_it_waits_for_and_how_many_are_ahead() -> None:
+    nodes = [_busy("a100-0", 10, gpus=16), _busy("a100-1", 12, gpus=16)]
+    snap = Snapshot.of([ClusterState.build(info("gpu-a100"), nodes=nodes)])
+    plan = CyclePlan(fair(**{"team-a": {}, "team-b": {}}), snap, Ledger(), now=0.0)
+    entries = [
+        Entry("a1", "team-a", gpu_task(16, model="a100"), 1.0),
+        Entry("b1", "team-b", gpu_task(16, model="a100"), 2.0),
+        Entry("c1", "team-b", gpu_task(1), 3.0),
+        Entry("a2", "team-a", gpu_task(16, model="a100"), 4.0),
+        Entry("a3", "team-a", gpu_task(16, model="a100"), 5.0),
+    ]
+    order = plan.order(entries)
+    last = order[-1]
+    assert last.job_id == "a3"
+    view = plan.queue_view(last, route(last.task, plan.view(last)))
+    assert view.message(0.0) == (
+        "16 a100 GPUs on one node; largest free block 6; 2 tasks ahead in your tenant "
+        "(team-a), 4 overall, 3 in pool gpu/a100"
+    )
+    assert view.to_dict(0.0)["ahead_in_pool"] == 3
