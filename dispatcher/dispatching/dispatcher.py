@@ -565,6 +565,7 @@ class Dispatcher:
             )
         if new.state is State.LAUNCHING:
             metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, self._clock() - new.submitted_at))
+            self.fair.observe_wait(new, self._clock())
         if not new.state.finished or old.state.finished:
             return
         failure = new.failure.value if new.failure and new.state is State.FAILED else ""
@@ -658,3 +659,4 @@ class Dispatcher:
         queued = [j.submitted_at for j in self._jobs.select(lambda j: j.state is State.QUEUED)]
         # The wait histogram only counts jobs that left the queue; a stuck queue shows here.
         metrics.QUEUE_OLDEST_SUBMISSION.set(min(queued, default=0.0))
+        self.fair.publish(self._cache.snapshot(), self._clock())

@@ -17,6 +17,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from dispatcher import metrics
 from dispatcher.core import Placement, Snapshot, quantity
 from dispatcher.core.fairshare import (
     CyclePlan,
@@ -29,7 +30,7 @@ from dispatcher.core.fairshare import (
     charge_of,
     gpu_model_for,
 )
-from dispatcher.core.lifecycle import LIVE
+from dispatcher.core.lifecycle import LIVE, State
 from dispatcher.core.routing import Decision
 from dispatcher.core.snapshot import is_terminated, pod_requests
 from dispatcher.dispatching.jobs import Job
@@ -205,6 +206,43 @@ class FairShare:
         with self._lock:
             view = self._queue.get(job_id)
             return view.to_dict(self._queue_at) if view is not None else None
+
+    def publish(self, snapshot: Snapshot, now: float) -> None:
+        """The per-tenant and per-pool gauges (tenants are the configured ones and the
+        default; pools the quota resources and the clusters' GPU models: bounded)."""
+        settings = self._settings()
+        ledger = self.ledger(settings, snapshot)
+        names = settings.names()
+        usage: dict[tuple[str, ...], float] = {}
+        quota: dict[tuple[str, ...], float] = {}
+        borrowed: dict[tuple[str, ...], float] = {}
+        for tenant in names:
+            for pool, amount in ledger.pools(tenant).items():
+                usage[tenant, pool] = amount
+            nominal = settings.share(tenant).quota
+            for key, limit in (nominal.limits() if nominal is not None else {}).items():
+                quota[tenant, key] = limit
+                borrowed[tenant, key] = max(ledger.used(tenant, key) - limit, 0)
+        waiting = dict.fromkeys(names, 0)
+        oldest = dict.fromkeys(names, 0.0)
+        for job in self._table.select(lambda j: j.state is State.QUEUED):
+            tenant = fair_tenant(settings, job)
+            waiting[tenant] = waiting.get(tenant, 0) + 1
+            oldest[tenant] = max(oldest.get(tenant, 0.0), now - job.submitted_at)
+        metrics.replace_gauge(metrics.TENANT_USAGE, usage)
+        metrics.replace_gauge(metrics.TENANT_QUOTA, quota)
+        metrics.replace_gauge(metrics.TENANT_BORROWED, borrowed)
+        metrics.replace_gauge(metrics.TENANT_WAITING, {(t,): n for t, n in waiting.items()})
+        metrics.replace_gauge(metrics.TENANT_OLDEST_WAIT, {(t,): s for t, s in oldest.items()})
+        reserved = dict.fromkeys((state.name for state in snapshot.clusters), 0)
+        for reservation in self.reservations().values():
+            reserved[reservation.cluster] = reserved.get(reservation.cluster, 0) + 1
+        metrics.replace_gauge(metrics.RESERVATIONS, {(c,): n for c, n in reserved.items()})
+
+    def observe_wait(self, job: Job, now: float) -> None:
+        """A job left the queue for a pod: how long its tenant's job waited."""
+        tenant = fair_tenant(self._settings(), job)
+        metrics.TENANT_WAIT_SECONDS.labels(tenant=tenant).observe(max(0.0, now - job.submitted_at))
 
     def reservations(self) -> dict[str, Reservation]:
         """The reservations of the last cycle, by job id."""

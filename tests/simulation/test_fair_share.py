@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dispatcher import metrics
 from dispatcher.core import ClusterInfo, PodDefaults, TaskSpec, parse_task_spec
 from dispatcher.core.fairshare import FairShareSettings
 from tests.simulation.harness import Simulation
@@ -106,3 +107,44 @@ def test_a_16_gpu_task_gets_its_node_while_1_gpu_tasks_keep_arriving() -> None:
 def test_without_reservations_the_16_gpu_task_starves_in_the_same_stream() -> None:
     _, _, created, _ = run_stream(FairShareSettings(reservations=False))
     assert created is None
+
+
+def test_tenant_metrics_name_configured_tenants_only_and_show_quota_usage_and_waits() -> None:
+    """Quota holds on requirements.queue (no authentication in the simulation); a queue
+    name nobody configured counts as the default tenant, so labels stay bounded."""
+    fair_share = FairShareSettings.model_validate(
+        {"tenants": {"team-a": {"quota": {"gpus": {"a100": 1}}}}}
+    )
+    sim = Simulation(topology=topology(), fair_share=fair_share)
+
+    def queued(key: str, queue: str) -> TaskSpec:
+        spec = gpu_task(key, 1, 60, deadline=None)
+        requirements = spec.requirements.model_copy(update={"queue": queue})
+        return spec.model_copy(update={"requirements": requirements})
+
+    first = sim.submit(queued("a-1", "team-a"))
+    second = sim.submit(queued("a-2", "team-a"))
+    sim.submit(queued("x-1", "nobody-configured-this"))
+    sim.run_for(3)
+    assert sim.pods_created(first.job_id)
+    assert not sim.pods_created(second.job_id)  # over team-a's quota of 1 A100
+    stored = sim.world.store.peek(second.job_id)
+    assert stored is not None
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.REGISTRY.get_sample_value(name, labels)
+
+    assert sample("dispatcher_tenant_usage", tenant="team-a", pool=f"gpu/{A100}") == 1
+    assert sample("dispatcher_tenant_usage", tenant="default", pool=f"gpu/{A100}") == 1
+    assert sample("dispatcher_tenant_quota", tenant="team-a", pool="gpu/a100") == 1
+    assert sample("dispatcher_tenant_waiting_jobs", tenant="team-a") == 1
+    assert sample("dispatcher_tenant_waiting_jobs", tenant="default") == 0
+    oldest = sample("dispatcher_tenant_oldest_wait_seconds", tenant="team-a")
+    assert oldest is not None and oldest >= 2
+    tenants = {
+        s.labels["tenant"]
+        for metric in metrics.REGISTRY.collect()
+        if metric.name.startswith("dispatcher_tenant")
+        for s in metric.samples
+    }
+    assert tenants == {"team-a", "default"}
