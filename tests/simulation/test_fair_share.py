@@ -140,7 +140,8 @@ def test_tenant_metrics_name_configured_tenants_only_and_show_quota_usage_and_wa
     assert sample("dispatcher_tenant_waiting_jobs", tenant="team-a") == 1
     assert sample("dispatcher_tenant_waiting_jobs", tenant="default") == 0
     oldest = sample("dispatcher_tenant_oldest_wait_seconds", tenant="team-a")
-    assert oldest is not None and oldest >= 2
+    assert oldest is not None
+    assert oldest >= 2
     tenants = {
         s.labels["tenant"]
         for metric in metrics.REGISTRY.collect()
