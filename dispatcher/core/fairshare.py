@@ -605,6 +605,7 @@ class CyclePlan:
         """After a placement: the next decisions see the new snapshot."""
         self._snapshot = snapshot
         self._views.clear()
+        self._words: dict[int, tuple[Decision, str]] = {}
 
     # ----- 1. order ---------------------------------------------------------------------
     def order(self, entries: Iterable[Entry]) -> list[Entry]:
@@ -636,6 +637,16 @@ class CyclePlan:
         self._positions(ordered)
         return ordered
 
+    def _waiting_for(self, task: TaskSpec, decision: Decision) -> str:
+        # Jobs of one routing shape share their decision: the words are computed once
+        # per decision (and snapshot), not once per job. The decision is kept with its
+        # words so that its id cannot be reused meanwhile.
+        cached = self._words.get(id(decision))
+        if cached is None or cached[0] is not decision:
+            cached = (decision, _waiting_for(task, self._snapshot, decision))
+            self._words[id(decision)] = cached
+        return cached[1]
+
     def _positions(self, ordered: Sequence[Entry]) -> None:
         """Each job's place in the order: overall, in its tenant, in its resource pool."""
         tenants: dict[str, int] = {}
@@ -662,7 +673,7 @@ class CyclePlan:
             pool=pool,
             ahead_in_pool=in_pool,
             tenant=entry.tenant,
-            waiting_for=held or _waiting_for(entry.task, self._snapshot, decision),
+            waiting_for=held or self._waiting_for(entry.task, decision),
             reservation=reservation,
             expected_start=reservation.eta if reservation is not None else None,
         )
