@@ -2,7 +2,8 @@
 #
 # Two stages from the same pinned base image (keep both FROM lines equal: the virtual
 # environment built in the first needs the same /usr/local/bin/python3.11 in the second):
-#   builder  builds the project wheel and installs it with its dependencies into /opt/venv,
+#   builder  builds the project wheel and installs it with its dependencies (and the
+#            `tracing` extra, so traces can be switched on by settings) into /opt/venv,
 #            using the base image's pip from outside the venv (the venv gets no pip);
 #   runtime  copies only /opt/venv; no compiler, no pip, no caches, no source tree.
 #
@@ -30,7 +31,8 @@ COPY dispatcher/ ./dispatcher/
 
 RUN python -m venv --without-pip "$VIRTUAL_ENV" \
     && python -m pip wheel --no-cache-dir --no-deps --wheel-dir dist . \
-    && python -m pip --python "$VIRTUAL_ENV/bin/python" install --no-cache-dir --compile dist/*.whl
+    && wheel="$(ls dist/*.whl)" \
+    && python -m pip --python "$VIRTUAL_ENV/bin/python" install --no-cache-dir --compile "${wheel}[tracing]"
 
 # ------------------------------------------------------------------------------- runtime
 FROM python:3.11.13-slim-bookworm AS runtime

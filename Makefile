@@ -55,7 +55,7 @@ unit: $(STAMP)
 ## (Vault-only credential tests, DAG runs that use no model object) ran already on 37.x.
 test-provider: $(STAMP) stack-build
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m generation \
-		tests/airflow tests/credentials tests/clusters
+		tests/airflow tests/credentials tests/clusters tests/smoke/test_compare_benchmark.py
 
 ## Everything CI runs: static checks (mypy under both client generations), the whole suite
 ## against the real stack without the cncf provider, on kubernetes 37.x as the service's

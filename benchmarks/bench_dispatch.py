@@ -47,13 +47,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +60,8 @@ import httpx
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-os.environ.setdefault("KD_STACK_DIR", "/tmp/kd-stack-bench")  # noqa: S108 - a scratch stack
-os.environ.setdefault("KD_STACK_PORT_BASE", "32400")
-
+from benchmarks import scratch_stack
+from benchmarks.podwatch import PodTimes, watching
 from dispatcher.client import DispatcherClient
 from tests.stack.dispatcher_config import dispatcher_settings
 from tests.stack.launcher import Stack, default_clusters
@@ -81,73 +79,7 @@ def _load() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
-# ----- observing: an admin watch and the apiservers' own counters -------------------------
-@dataclass
-class PodTimes:
-    """When each job's pod was first seen, and first seen Running (admin watch)."""
-
-    created: dict[str, float] = field(default_factory=dict)
-    running: dict[str, float] = field(default_factory=dict)
-
-
-def _pod_watch(
-    stack: Stack,
-    cluster: str,
-    namespace: str,
-    times: PodTimes,
-    *,
-    ready: threading.Event,
-    stop: threading.Event,
-) -> None:
-    """Record pod creation and Running times (an admin watch, outside the dispatcher)."""
-    with stack.kube(cluster) as api:
-        while not stop.is_set():
-            response = client.CoreV1Api(api).list_namespaced_pod(
-                namespace,
-                watch=True,
-                timeout_seconds=30,
-                _preload_content=False,
-                _request_timeout=(5, 40),
-            )
-            ready.set()
-            for raw in response.stream(decode_content=True):
-                now = time.time()
-                for line in raw.splitlines():
-                    if not line.strip():
-                        continue
-                    pod = json.loads(line)["object"]
-                    job = (pod["metadata"].get("labels") or {}).get(JOB_LABEL)
-                    if not job:
-                        continue
-                    times.created.setdefault(job, now)
-                    if (pod.get("status") or {}).get("phase") == "Running":
-                        times.running.setdefault(job, now)
-                if stop.is_set():
-                    break
-
-
-@contextlib.contextmanager
-def _watching(stack: Stack, namespace: str) -> Iterator[PodTimes]:
-    times = PodTimes()
-    stop = threading.Event()
-    threads = []
-    for spec in stack.clusters:
-        ready = threading.Event()
-        thread = threading.Thread(
-            target=_pod_watch,
-            args=(stack, spec.name, namespace, times),
-            kwargs={"ready": ready, "stop": stop},
-            daemon=True,
-        )
-        thread.start()
-        ready.wait(30)
-        threads.append(thread)
-    try:
-        yield times
-    finally:
-        stop.set()
-
-
+# ----- observing: an admin watch (benchmarks.podwatch) and the apiservers' own counters ---
 def _admin_metrics(stack: Stack, cluster: str) -> str:
     token = (Path(stack.state_dir) / "admin.token").read_text().strip()
     return httpx.get(
@@ -404,7 +336,7 @@ def _load_run(stack: Stack, service: Serve, namespace: str, count: int) -> dict[
     """Submit ``count`` tasks at once and wait until their pods run; the figures."""
     clusters = [s.name for s in stack.clusters]
     with (
-        _watching(stack, namespace) as times,
+        watching(stack, namespace, JOB_LABEL) as times,
         DispatcherClient(service.url, token=ADMIN_TOKEN, timeout=120) as api,
     ):
         api_before = {c: _apiserver_requests(stack, c) for c in clusters}
@@ -503,6 +435,7 @@ def main() -> int:  # noqa: PLR0915 - a script, step by step
     parser.add_argument("--skip-monitoring", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
+    scratch_stack("/tmp/kd-stack-bench", 32400)  # noqa: S108 - a scratch stack
     # Lowest QPS first: the monitoring and memory phases use the last (highest) run.
     qps_list = sorted(set(args.qps or [20.0, 500.0]))
     head = _rev("HEAD")

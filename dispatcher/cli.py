@@ -121,6 +121,11 @@ def _dependency_cell(report: DependencyReport | None) -> str:
     present = sorted({r.describe() for r in report.present})
     if present:
         parts.append("present: " + ", ".join(present))
+    if report.would_copy:
+        parts.append(
+            "would be copied: "
+            + ", ".join(sorted({f"{r.describe()} ({why})" for r, why in report.would_copy}))
+        )
     if report.missing:
         parts.append("missing: " + ", ".join(sorted({r.describe() for r, _ in report.missing})))
     if report.unknown:

@@ -33,6 +33,7 @@ __all__ = [
     "TokenSource",
     "error_from_response",
     "retry_after",
+    "trace_context",
 ]
 
 #: 429: this caller has too many long polls open (``service.max_waits_per_client``).
@@ -117,6 +118,19 @@ class BearerAuth(httpx.Auth):
         yield request
 
 
+def trace_context() -> dict[str, str]:
+    """The current OpenTelemetry trace context as W3C Trace Context headers
+    (``traceparent``), so a job's trace joins its submitter's (an Airflow task's span when
+    Airflow traces): empty without the OpenTelemetry API or without a current span."""
+    try:  # optional (the `tracing` extra; Airflow has it): imported only when used
+        from opentelemetry import propagate  # noqa: PLC0415
+    except ImportError:
+        return {}
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers
+
+
 class DispatcherClient:
     """``token``: a fixed bearer token; ``token_file``: a file holding one (a projected
     ServiceAccount token), read again whenever it changes."""
@@ -177,7 +191,7 @@ class DispatcherClient:
     def submit(self, task: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Submit a task spec; returns (job, created). ``created`` is False for a
         re-submission of the same idempotency key."""
-        response = self._request("POST", "/v1/jobs", json=task)
+        response = self._request("POST", "/v1/jobs", json=task, headers=trace_context())
         return response.json(), response.status_code == 201
 
     def get(self, job_id: str) -> dict[str, Any]:

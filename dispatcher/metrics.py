@@ -136,6 +136,13 @@ LAUNCH_ERRORS = Counter(
     ["cluster", "kind"],
     registry=REGISTRY,
 )
+DEPENDENCY_COPIES = Counter(
+    "dispatcher_dependency_copies_total",
+    "Writes of dependency copies (Secrets, ConfigMaps) in a cluster, by kind and action "
+    "(created, updated, joined, deleted).",
+    ["cluster", "kind", "action"],
+    registry=REGISTRY,
+)
 
 # ---- clusters ------------------------------------------------------------------------------
 CLUSTER_UP = Gauge(

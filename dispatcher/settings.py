@@ -39,8 +39,10 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dispatcher.core import ClusterInfo, ClusterRole, CostTable, PodDefaults, RoutingPolicy
+from dispatcher.core.copies import CopyPolicy, Registry, VaultObject
+from dispatcher.core.dependencies import DependencyKind
 from dispatcher.core.fairshare import FairShareSettings
-from dispatcher.core.names import DNSLabel, LabelKey, LabelValue
+from dispatcher.core.names import DNSLabel, DNSSubdomain, LabelKey, LabelValue
 from dispatcher.core.podsecurity import PodSecurity
 from dispatcher.core.tenancy import TenantPolicy
 from dispatcher.errors import ConfigError, Problem
@@ -58,6 +60,7 @@ __all__ = [
     "Settings",
     "StaticToken",
     "TokenReviewAuth",
+    "TracingSettings",
     "VaultAppRoleAuth",
     "VaultAuth",
     "VaultKVCredentials",
@@ -288,6 +291,78 @@ class UnreachablePolicy(_Section):
     relaunch_after_seconds: float = Field(default=600.0, gt=0, le=86400)
 
 
+_REGISTRY_SERVER = re.compile(r"[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?")
+
+
+class PlaneCopies(_Section):
+    """Secrets and ConfigMaps copied from the in-plane cluster's task namespace, by name
+    pattern (``fnmatch``: ``"*"`` for all, ``"db-*"``); none by default."""
+
+    secrets: tuple[Annotated[str, Field(min_length=1, max_length=253)], ...] = ()
+    configmaps: tuple[Annotated[str, Field(min_length=1, max_length=253)], ...] = ()
+
+
+class VaultCopy(_Section):
+    """A Secret or ConfigMap filled from one Vault KV v2 entry: each of ``keys`` is a
+    field of the entry (``mount``/``path``)."""
+
+    kind: Literal["Secret", "ConfigMap"] = "Secret"
+    name: DNSSubdomain
+    mount: str = Field(default="secret", min_length=1)
+    path: str = Field(min_length=1)
+    keys: tuple[Annotated[str, Field(min_length=1, pattern=r"^[-._a-zA-Z0-9]+$")], ...] = Field(
+        min_length=1
+    )
+    #: The Secret's ``type`` (``Opaque`` by default; ignored for ConfigMaps).
+    type: str = Field(default="Opaque", min_length=1)
+
+
+class CopyDependencies(_Section):
+    """Which of a task's missing Secrets and ConfigMaps the dispatcher may materialise in
+    this cluster, just before the pod (``dispatcher.core.copies``). PVCs and ServiceAccounts
+    are never copied."""
+
+    from_plane: PlaneCopies = Field(default_factory=PlaneCopies)
+    from_vault: tuple[VaultCopy, ...] = ()
+
+    @field_validator("from_vault")
+    @classmethod
+    def _distinct(cls, value: tuple[VaultCopy, ...]) -> tuple[VaultCopy, ...]:
+        seen: set[tuple[str, str]] = set()
+        for item in value:
+            if (item.kind, item.name) in seen:
+                raise ValueError(f"{item.kind} {item.name} is listed twice")
+            seen.add((item.kind, item.name))
+        return value
+
+
+class RegistryKV(_Section):
+    """Where a registry's ``.dockerconfigjson`` lives: one field of a Vault KV v2 entry."""
+
+    mount: str = Field(default="secret", min_length=1)
+    path: str = Field(min_length=1)
+    field: str = Field(default=".dockerconfigjson", min_length=1)
+
+
+class RegistryCredential(_Section):
+    """Pull credentials for an image registry, kept in Vault: a task whose image comes from
+    ``server`` gets a pull Secret in this cluster, added to its pod's imagePullSecrets."""
+
+    #: ``host[:port]``, optionally with a path prefix (``ghcr.io``, ``ghcr.io/acme``).
+    server: str = Field(max_length=200)
+    vault_kv: RegistryKV
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str) -> str:
+        if not _REGISTRY_SERVER.fullmatch(value):
+            raise ValueError(
+                "must be a registry host, optionally with a port and path prefix "
+                "(e.g. ghcr.io, registry.example.com:5000/team), without a scheme"
+            )
+        return value
+
+
 class ClusterSettings(_Section):
     """One cluster of the inventory."""
 
@@ -314,10 +389,27 @@ class ClusterSettings(_Section):
     #: ``namespace`` and ``allowed_namespaces``), and route a task here only if what its
     #: pod names is there. Needs list and watch on those resources in those namespaces.
     check_dependencies: bool = True
+    #: What the dispatcher may copy here of a task's missing dependencies (none by default).
+    copy_dependencies: CopyDependencies = Field(default_factory=CopyDependencies)
+    #: Image registries whose pull credentials the dispatcher brings here from Vault.
+    registries: tuple[RegistryCredential, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         problems = []
+        if self.role is ClusterRole.IN_PLANE and self.copies().enabled:
+            field = "copy_dependencies" if not self.registries else "registries"
+            problems.append(
+                Problem(
+                    field,
+                    "the in-plane cluster is where copies come from; copy to external "
+                    "clusters only",
+                )
+            )
+        servers = [r.server for r in self.registries]
+        for index, server in enumerate(servers):
+            if server in servers[:index]:
+                problems.append(Problem(f"registries[{index}].server", f"{server} is listed twice"))
         if self.credentials.in_cluster is not None and self.role is not ClusterRole.IN_PLANE:
             problems.append(
                 Problem(
@@ -349,6 +441,36 @@ class ClusterSettings(_Section):
             pod_defaults=self.pod_defaults,
             pod_security=self.pod_security,
             check_dependencies=self.check_dependencies,
+            copies=self.copies(),
+        )
+
+    def copies(self) -> CopyPolicy:
+        """The copy policy routing and the dispatcher apply to this cluster."""
+        plane = self.copy_dependencies.from_plane
+        return CopyPolicy(
+            from_plane={
+                kind: patterns
+                for kind, patterns in (
+                    (DependencyKind.SECRET, plane.secrets),
+                    (DependencyKind.CONFIG_MAP, plane.configmaps),
+                )
+                if patterns
+            },
+            from_vault=tuple(
+                VaultObject(
+                    DependencyKind(item.kind),
+                    item.name,
+                    item.mount,
+                    item.path,
+                    item.keys,
+                    item.type,
+                )
+                for item in self.copy_dependencies.from_vault
+            ),
+            registries=tuple(
+                Registry(r.server, r.vault_kv.mount, r.vault_kv.path, r.vault_kv.field)
+                for r in self.registries
+            ),
         )
 
 
@@ -551,6 +673,10 @@ class ServiceSettings(_Section):
     #: A finished pod that its ``on_finish_action`` deletes stays this long, or until the
     #: job is acknowledged, so that its log can still be read (0: delete at once).
     finished_pod_linger_seconds: float = Field(default=30.0, ge=0, le=86400)
+    #: How often copied dependencies whose jobs have all ended are looked for and deleted
+    #: in each cluster with a copy policy (also once after every restart). Jobs delete
+    #: their copies when they end; this catches what a crash or a moved attempt left.
+    copy_sweep_interval_seconds: float = Field(default=300.0, gt=0, le=86400)
     #: The largest ``/airflow/xcom/return.json`` read from a job's XCom sidecar (its log
     #: carries it base64-encoded; a kubelet rotates container logs at 10 MiB by default).
     max_xcom_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
@@ -628,6 +754,29 @@ class ServiceSettings(_Section):
 # ----------------------------------------------------------------------------- settings
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry traces of every job (``dispatcher.tracing``): off unless enabled."""
+
+    enabled: bool = False
+    #: The collector's OTLP/HTTP traces endpoint. Plain http is allowed (a collector is
+    #: usually a sidecar or node agent on localhost); spans carry no secret.
+    endpoint: str = "http://localhost:4318/v1/traces"
+    service_name: str = Field(default="kube-dispatcher", min_length=1, max_length=255)
+    #: How long finished spans are batched before they are sent.
+    export_delay_seconds: float = Field(default=5.0, gt=0, le=300)
+    export_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL (the OTLP/HTTP traces path)")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything the dispatcher is configured with."""
 
@@ -648,6 +797,7 @@ class Settings(BaseSettings):
     fair_share: FairShareSettings = Field(default_factory=FairShareSettings)
     vault: VaultSettings | None = None
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @field_validator("clusters")
     @classmethod
@@ -739,6 +889,17 @@ def _cross_field_problems(data: Any) -> list[Problem]:
                 Problem(
                     "vault",
                     f"required: clusters[{index}] ({name}) reads its credentials from Vault",
+                )
+            )
+        copies = _get(cluster, "copy_dependencies")
+        if (_get(cluster, "registries") or (copies and _get(copies, "from_vault"))) and _get(
+            data, "vault"
+        ) is None:
+            problems.append(
+                Problem(
+                    "vault",
+                    f"required: clusters[{index}] ({name}) copies registry credentials or "
+                    "dependencies from Vault",
                 )
             )
     state = _get(_get(data, "service"), "state_cluster")

@@ -10,6 +10,15 @@ path "secret/metadata/clusters/*" {
   capabilities = ["read", "list"]
 }
 
+# Registry pull credentials (clusters' `registries`) and Secrets or ConfigMaps filled from
+# Vault (`copy_dependencies.from_vault`): only if your settings name such paths.
+path "secret/data/registries/*" {
+  capabilities = ["read"]
+}
+path "secret/data/dependencies/*" {
+  capabilities = ["read"]
+}
+
 # Short-lived ServiceAccount tokens from the Kubernetes secrets engine, and revoking
 # their leases once replaced or at shutdown.
 path "kubernetes-gpu-h100/creds/dispatcher" {

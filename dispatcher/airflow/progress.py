@@ -71,6 +71,8 @@ class Progress:
     namespace: str | None = None
     #: Where the queued job stood when last said (``queue.message`` of the job view).
     queue: str | None = None
+    #: The placement whose dependency copies were said (``cluster/pod``).
+    copies: str | None = None
 
     def observe(self, job: Job) -> list[str]:
         """Messages about where the job is, each said once; resets the line count when
@@ -93,6 +95,7 @@ class Progress:
                 messages.append(_sentence(head, "" if reason == said else reason))
                 messages += self._namespace_notice(cluster, job.get("namespace"))
                 self.announced, self.reason = placement, reason
+            messages += self._copies_notice(job, cluster, placement)
             if pod != self.pod:
                 self.pod, self.lines = pod, 0
         elif job.get("state") == "queued" and self.announced is None:
@@ -104,6 +107,17 @@ class Progress:
                 messages.append(f"Job {job.get('id')} waits for {where}")
                 self.queue = where
         return messages
+
+    def _copies_notice(self, job: Job, cluster: str, placement: str) -> list[str]:
+        """What the dispatcher materialised in the cluster for this attempt (names only),
+        said once the record has it (the pod's create answered)."""
+        history = job.get("history") or []
+        current = history[-1] if history else {}
+        materialised = current.get("materialised") or []
+        if not materialised or self.copies == placement:
+            return []
+        self.copies = placement
+        return [f"Materialised in cluster {cluster} before the pod: " + "; ".join(materialised)]
 
     def _namespace_notice(self, cluster: str, namespace: str | None) -> list[str]:
         if not self.namespace or not namespace or namespace == self.namespace:
@@ -135,6 +149,7 @@ class Progress:
             reason=data.get("reason"),
             namespace=data.get("namespace"),
             queue=data.get("queue"),
+            copies=data.get("copies"),
         )
 
 

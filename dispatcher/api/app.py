@@ -100,6 +100,8 @@ class AttemptModel(BaseModel):
     ended: str | None = None
     #: Abandoned on an unreachable cluster (relaunch policy): its pod may have run on.
     abandoned: bool = False
+    #: What the dispatcher copied to the cluster before the pod (names only).
+    materialised: list[str] = Field(default_factory=list)
 
 
 class ConditionModel(BaseModel):
@@ -429,7 +431,13 @@ def create_app(  # noqa: PLR0915 - one route per statement
         except Forbidden:
             metrics.SUBMISSIONS.labels(outcome="forbidden").inc()
             raise
-        view, created = await run_in_threadpool(runtime.dispatcher.submit, spec, principal.tenant)
+        view, created = await run_in_threadpool(
+            runtime.dispatcher.submit,
+            spec,
+            principal.tenant,
+            # The caller's trace (W3C Trace Context), which the job's trace joins.
+            request.headers.get("traceparent"),
+        )
         response.status_code = 201 if created else 200
         return view
 

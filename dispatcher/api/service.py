@@ -21,7 +21,7 @@ import structlog
 import uvicorn
 from prometheus_client import start_http_server
 
-from dispatcher import __version__, metrics
+from dispatcher import __version__, metrics, tracing
 from dispatcher.api.app import create_app
 from dispatcher.api.auth import Authenticator, TokenReviewer
 from dispatcher.clusters import ClusterCache
@@ -102,6 +102,7 @@ class Service:
             on_fenced=self._fenced if settings.service.leader_election else None,
             tenants=settings.tenants if settings.service.auth.enabled else None,
             fair_share=settings.fair_share,
+            vault=self.vault,
         )
         self.reloader = (
             SettingsReloader(self.settings_path, self.dispatcher.set_fair_share)
@@ -310,6 +311,7 @@ def serve(
     ``settings_path``: the file ``settings`` came from, whose ``fair_share`` section is
     then reloaded when it changes."""
     configure_logging(json=settings.service.log_json, level=settings.service.log_level)
+    tracing.configure(settings.tracing)
     service = Service(settings, settings_path=settings_path)
     if settings.service.auth.insecure_development_mode:
         log.warning(
@@ -341,6 +343,7 @@ def serve(
     @app.on_event("shutdown")
     def _shutdown() -> None:
         service.stop()
+        tracing.shutdown()
 
     uvicorn.run(
         app,

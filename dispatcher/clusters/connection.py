@@ -56,6 +56,7 @@ from dispatcher.settings import ClientSettings
 __all__ = [
     "ClientProvider",
     "Connection",
+    "CopyResource",
     "ListResult",
     "LogLines",
     "NamespacedResource",
@@ -93,6 +94,9 @@ class NamespacedResource:
 
 
 Resource = Literal["pods", "nodes"] | NamespacedResource
+#: What the dispatcher materialises in a cluster (``read_object``, ``create_object``...).
+CopyResource = Literal["secrets", "configmaps"]
+_COPY_KINDS: dict[str, str] = {"secrets": "secret", "configmaps": "config_map"}
 T = TypeVar("T")
 
 _CHUNK = 64 * 1024
@@ -346,6 +350,88 @@ class Connection:
             if exc.status == 404:
                 return None
             raise
+
+    # ----- Secrets and ConfigMaps (dependency copies) --------------------------------------
+    def read_object(self, plural: CopyResource, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret or ConfigMap, or ``None`` when it does not exist."""
+        kind = _COPY_KINDS[plural]
+        try:
+            return self._send(
+                "get",
+                f"read {kind.replace('_', '')} {namespace}/{name}",
+                lambda api, timeout: getattr(api, f"read_namespaced_{kind}")(
+                    name, namespace, _preload_content=False, _request_timeout=timeout
+                ),
+                _read_json,
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_namespaced(
+        self, plural: CopyResource, namespace: str, label_selector: str
+    ) -> list[dict[str, Any]]:
+        """The Secrets or ConfigMaps of ``namespace`` matching the selector, whole."""
+        return self.list_objects(
+            NamespacedResource(plural, namespace), label_selector=label_selector
+        ).items
+
+    def create_object(
+        self, plural: CopyResource, namespace: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Create a Secret or ConfigMap; 409 if the name exists."""
+        kind = _COPY_KINDS[plural]
+        name = (body.get("metadata") or {}).get("name", "")
+        return self._send(
+            "create",
+            f"create {kind.replace('_', '')} {namespace}/{name}",
+            lambda api, timeout: getattr(api, f"create_namespaced_{kind}")(
+                namespace, dict(body), _preload_content=False, _request_timeout=timeout
+            ),
+            _read_json,
+        )
+
+    def replace_object(
+        self, plural: CopyResource, namespace: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Replace a Secret or ConfigMap; 409 if its ``resourceVersion`` is not current."""
+        kind = _COPY_KINDS[plural]
+        name = (body.get("metadata") or {}).get("name", "")
+        return self._send(
+            "update",
+            f"update {kind.replace('_', '')} {namespace}/{name}",
+            lambda api, timeout: getattr(api, f"replace_namespaced_{kind}")(
+                name, namespace, dict(body), _preload_content=False, _request_timeout=timeout
+            ),
+            _read_json,
+        )
+
+    def delete_object(
+        self,
+        plural: CopyResource,
+        namespace: str,
+        name: str,
+        resource_version: str | None = None,
+    ) -> bool:
+        """Delete a Secret or ConfigMap (only at ``resource_version`` if given: 409
+        otherwise); ``False`` when it was already gone."""
+        kind = _COPY_KINDS[plural]
+        body = {"preconditions": {"resourceVersion": resource_version}} if resource_version else {}
+        try:
+            self._send(
+                "delete",
+                f"delete {kind.replace('_', '')} {namespace}/{name}",
+                lambda api, timeout: getattr(api, f"delete_namespaced_{kind}")(
+                    name, namespace, body=body, _preload_content=False, _request_timeout=timeout
+                ),
+                _discard,
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def pod_logs(  # noqa: PLR0917 - positional like the dispatcher's Connection protocol
         self,

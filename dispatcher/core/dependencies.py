@@ -236,6 +236,9 @@ class DependencyReport:
     missing: tuple[tuple[Reference, str], ...] = ()
     #: Required references the view cannot judge (its kind not listed), with why.
     unknown: tuple[tuple[Reference, str], ...] = ()
+    #: Missing references the cluster's copy policy brings there before the pod, with
+    #: where from (``dispatcher.core.copies.resolve``).
+    would_copy: tuple[tuple[Reference, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -243,6 +246,7 @@ class DependencyReport:
             "present": [_ref_dict(r) for r in self.present],
             "missing": [{**_ref_dict(r), "message": why} for r, why in self.missing],
             "unknown": [{**_ref_dict(r), "message": why} for r, why in self.unknown],
+            "would_copy": [{**_ref_dict(r), "message": why} for r, why in self.would_copy],
         }
 
 

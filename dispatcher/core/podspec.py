@@ -75,6 +75,8 @@ class Placement:
     #: Nodes the pod must stay off (``kubernetes.io/hostname`` NotIn): capacity reserved
     #: there for a task ahead in the queue (``dispatcher.core.fairshare``).
     avoid_nodes: tuple[str, ...] = ()
+    #: Pull Secrets the cluster's registries add (``dispatcher.core.copies.Registry``).
+    pull_secrets: tuple[str, ...] = ()
 
 
 def managed_pods_selector() -> str:
@@ -269,7 +271,9 @@ def build_pod(
     priority_class = task.priority_class_name or defaults.priority_class_name
     if priority_class:
         spec["priorityClassName"] = priority_class
-    pull_secrets = dict.fromkeys((*task.image_pull_secrets, *defaults.image_pull_secrets))
+    pull_secrets = dict.fromkeys(
+        (*task.image_pull_secrets, *defaults.image_pull_secrets, *placement.pull_secrets)
+    )
     if pull_secrets:
         spec["imagePullSecrets"] = [{"name": name} for name in pull_secrets]
     if task.active_deadline_seconds is not None:

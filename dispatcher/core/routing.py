@@ -11,8 +11,10 @@ restricts nothing and is named in the decision's notes. Then, for each cluster, 
    pod defaults; then a cluster whose credentials were refused (``Health.REFUSED``) can
    run nothing until someone fixes them (REJECT, "refused: <reason>"); then the task's
    dependencies (``dependencies``: Secrets, ConfigMaps, PVCs, the ServiceAccount) must be
-   in the cluster's task namespace, with the keys the task reads (REJECT naming the object:
-   nothing copies them yet), or WAIT while the cluster's view of them is not listed;
+   in the cluster's task namespace, with the keys the task reads, or be copyable there by the
+   cluster's copy policy (``copies``: from the in-plane task namespace, or Vault; explained
+   as "would be copied from ..."), else REJECT naming the object; WAIT while the cluster's
+   (or the copy source's) view of them is not listed;
 2. static node filters, once per node shape (per node only when the task names a per-node
    label): GPU model, node selector, required node affinity, taints, and whether the task
    fits an *empty* node of the shape. No shape passing means the cluster can never run the
@@ -42,7 +44,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from dispatcher.core import quantity
-from dispatcher.core.dependencies import DependencyReport, NamespaceView, check, dependencies
+from dispatcher.core.copies import Source, registries_for, resolve
+from dispatcher.core.dependencies import (
+    DependencyKind,
+    DependencyReport,
+    NamespaceView,
+    Reference,
+    check,
+    dependencies,
+)
 from dispatcher.core.names import DNSLabel
 from dispatcher.core.podsecurity import Level, violations
 from dispatcher.core.podspec import Placement
@@ -56,6 +66,7 @@ from dispatcher.core.scheduling import (
     untolerated_taints,
 )
 from dispatcher.core.snapshot import (
+    ClusterInfo,
     ClusterRole,
     ClusterState,
     Health,
@@ -65,7 +76,7 @@ from dispatcher.core.snapshot import (
     Taint,
     gpu_model_matches,
 )
-from dispatcher.core.spec import TaskSpec
+from dispatcher.core.spec import PodDefaults, TaskSpec
 from dispatcher.core.tenancy import ClusterAllowance
 
 __all__ = [
@@ -658,6 +669,8 @@ def _judge_cluster(
     requests: tuple[tuple[str, int], ...],
     hint: _Hint,
     allowance: ClusterAllowance | None,
+    *,
+    source: Source | None,
 ) -> ClusterVerdict | _Candidate:
     constraints = pod_constraints(task, state.info.pod_defaults)
     refused = _cluster_filters(task, state, constraints, hint, allowance)
@@ -671,15 +684,11 @@ def _judge_cluster(
             Reason.CLUSTER_REFUSED,
             f"refused: {state.refusal or 'its credentials were refused'}",
         )
-    report = _dependency_report(task, state)
+    report = _dependency_report(task, state, source)
     if report is not None and report.missing:
         words = "; ".join(why for _, why in report.missing)
         return ClusterVerdict(
-            state.name,
-            Verdict.REJECT,
-            Reason.DEPENDENCY_MISSING,
-            f"{words} (copying dependencies to a cluster is not available yet)",
-            dependencies=report,
+            state.name, Verdict.REJECT, Reason.DEPENDENCY_MISSING, words, dependencies=report
         )
     verdict = _judge_nodes(task, state, requests)
     if isinstance(verdict, _Candidate):
@@ -698,19 +707,52 @@ def _judge_cluster(
     return dataclasses.replace(verdict, dependencies=report)
 
 
-def _dependency_report(task: TaskSpec, state: ClusterState) -> DependencyReport | None:
-    """How the cluster stands for the task's dependencies; ``None`` when not checked."""
+def _dependency_report(
+    task: TaskSpec, state: ClusterState, source: Source | None
+) -> DependencyReport | None:
+    """How the cluster stands for the task's dependencies (and what its copy policy would
+    bring there from ``source`` or Vault); ``None`` when not checked."""
     if not state.info.check_dependencies or state.objects is None:
         return None
     defaults = state.info.pod_defaults
-    references = dependencies(task, defaults)
+    references = (*dependencies(task, defaults), *registry_references(task, state.info))
     if not references:
         return None
     namespace = pod_namespace(task, defaults)
     view = state.objects.get(namespace)
     if view is None:
         view = NamespaceView(unknown=dict.fromkeys({r.kind for r in references}, "not watched"))
-    return check(references, namespace, view)
+    return resolve(check(references, namespace, view), state.info.copies, source)
+
+
+def copy_source(task: TaskSpec, snapshot: Snapshot, target: str) -> Source | None:
+    """Where copies of ``task``'s dependencies for cluster ``target`` come from: the task's
+    namespace in the in-plane cluster (``None`` without one, or when it is the target)."""
+    plane = next((c for c in snapshot.clusters if c.info.role is ClusterRole.IN_PLANE), None)
+    if plane is None or plane.name == target:
+        return None
+    namespace = pod_namespace(task, plane.info.pod_defaults)
+    view = None if plane.objects is None else plane.objects.get(namespace)
+    return Source(plane.name, namespace, view)
+
+
+def registry_references(task: TaskSpec, info: ClusterInfo) -> tuple[Reference, ...]:
+    """The pull Secrets the cluster's registries give ``task`` (its images' registries)."""
+    images = task_images(task, info.pod_defaults)
+    return tuple(
+        Reference(
+            DependencyKind.SECRET, registry.secret_name, field=f"registries[{registry.server}]"
+        )
+        for registry in registries_for(images, info.copies)
+    )
+
+
+def task_images(task: TaskSpec, defaults: PodDefaults) -> tuple[str, ...]:
+    """Every image the task's pod pulls on a cluster with these pod defaults."""
+    images = [task.image, *(c.image for c in task.init_containers)]
+    if task.xcom_sidecar:
+        images.append(defaults.xcom_sidecar_image)
+    return tuple(dict.fromkeys(images))
 
 
 def _judge_nodes(
@@ -784,7 +826,8 @@ def route(
     candidates: list[_Candidate] = []
     others: list[ClusterVerdict] = []
     for state in snapshot.clusters:
-        judged = _judge_cluster(task, state, requests, hint, allowance)
+        source = copy_source(task, snapshot, state.name) if state.info.copies.enabled else None
+        judged = _judge_cluster(task, state, requests, hint, allowance, source=source)
         if isinstance(judged, _Candidate):
             candidates.append(judged)
         else:
@@ -850,5 +893,6 @@ def placement_for(task: TaskSpec, state: ClusterState) -> Placement:
     return Placement(
         cluster=state.name,
         defaults=state.info.pod_defaults,
+        pull_secrets=tuple(r.name for r in registry_references(task, state.info)),
         gpu_model_labels={key: tuple(sorted(values)) for key, values in sorted(pins.items())},
     )

@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dispatcher.core import quantity
+from dispatcher.core.copies import CopyPolicy
 from dispatcher.core.dependencies import DependencyKind, NamespaceView
 from dispatcher.core.names import DNSLabel, LabelKey, LabelValue
 from dispatcher.core.podsecurity import PodSecurity
@@ -405,6 +406,8 @@ class ClusterInfo:
     #: Whether routing refuses the cluster for a task whose Secrets, ConfigMaps, PVCs or
     #: ServiceAccount are not in its task namespace (``dispatcher.core.dependencies``).
     check_dependencies: bool = True
+    #: Which missing dependencies the dispatcher may bring here (``dispatcher.core.copies``).
+    copies: CopyPolicy = field(default_factory=CopyPolicy)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ from typing import Any, Protocol, TypeVar
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
+from dispatcher import tracing
 from dispatcher.core.backoff import backoff_delay
 from dispatcher.credentials.clients import ClusterApiClient, build_api_client
 from dispatcher.credentials.kubeconfig import (
@@ -179,11 +180,22 @@ class CredentialProvider:
         Raises ``CredentialError`` (``VaultError``, ``KubeconfigRejected``) when no usable
         credential can be had; a still-valid one is kept if only an early refresh failed.
         """
-        state = self._state(cluster)
-        current = state.current
-        now = self._clock()
-        if current is not None and not self._due(state, current, now):
-            return current.client
+        # In the trace of the job whose call needed it (a pod create), if any: cached, or
+        # fetched (with the Vault calls under it).
+        with tracing.child("credentials", {"dispatcher.cluster": cluster}) as span:
+            state = self._state(cluster)
+            current = state.current
+            now = self._clock()
+            cached = current is not None and not self._due(state, current, now)
+            if span is not None:
+                span.set_attribute("dispatcher.credentials.cached", cached)
+            if cached and current is not None:
+                return current.client
+            return self._locked_client(state, cluster, current, now)
+
+    def _locked_client(
+        self, state: _Cluster, cluster: str, current: _Current | None, now: float
+    ) -> ApiClient:
         still_valid = current is not None and (
             current.expires_at is None or now < current.expires_at
         )

@@ -37,6 +37,7 @@ import hvac
 import hvac.exceptions
 import requests
 
+from dispatcher import tracing
 from dispatcher.credentials.material import KeyMaterial
 from dispatcher.errors import CredentialError, VaultError
 from dispatcher.logging import get_logger, redact_text
@@ -503,6 +504,15 @@ class VaultSession:
         return self._request(operation, where, lambda: fn(token.client), cluster=cluster)
 
     def _request(
+        self, operation: str, where: str, fn: Callable[[], T], *, cluster: str | None = None
+    ) -> T:
+        # In a job's trace when a job's pod create needed it (``tracing.child``).
+        with tracing.child(
+            f"vault.{operation}", {"vault.path": where, "dispatcher.cluster": cluster}
+        ):
+            return self._send(operation, where, fn, cluster=cluster)
+
+    def _send(
         self, operation: str, where: str, fn: Callable[[], T], *, cluster: str | None = None
     ) -> T:
         try:

@@ -43,6 +43,7 @@ I/O: through the injected cache, cluster connections, record store and runner on
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -52,16 +53,17 @@ from typing import Any
 
 import structlog
 
-from dispatcher import metrics
+from dispatcher import metrics, tracing
 from dispatcher.core import CONTAINER_NAME, RoutingPolicy, TaskSpec, Verdict, route
 from dispatcher.core.backoff import backoff_delay
 from dispatcher.core.fairshare import FairShareSettings
-from dispatcher.core.lifecycle import Action, Event, State, transition
+from dispatcher.core.lifecycle import LIVE, Action, Event, State, transition
 from dispatcher.core.podsecurity import submission_problems
 from dispatcher.core.routing import Decision
 from dispatcher.core.tenancy import ClusterAllowance, TenantPolicy, cluster_allowance
 from dispatcher.core.xcom import XCOM_SIDECAR_NAME, XComError, parse_sidecar_log
-from dispatcher.dispatching import facts, recovery, timers
+from dispatcher.dispatching import facts, recovery, timers, traces
+from dispatcher.dispatching.copies import Copier, KVReader
 from dispatcher.dispatching.cycle import Router
 from dispatcher.dispatching.fairness import FairShare
 from dispatcher.dispatching.jobs import Attempt, Job, job_id_for
@@ -76,6 +78,7 @@ from dispatcher.dispatching.table import JobTable
 from dispatcher.dispatching.tracking import Reachability
 from dispatcher.errors import (
     Conflict,
+    DispatcherError,
     Fenced,
     SpecError,
     StaleRecord,
@@ -90,6 +93,17 @@ __all__ = ["Cache", "Connection", "Dispatcher"]
 
 def _no_election() -> Fence:
     return Fence(holder="", term=0)
+
+
+def _ended_attempt(old: Job, new: Job) -> Attempt | None:
+    """The attempt this step ended (the job finished, or its attempt was given up), whose
+    dependency copies it no longer needs."""
+    attempt = old.attempt
+    if attempt is None or old.state.finished:
+        return None
+    if new.state.finished or new.attempt is None or new.attempt.number != attempt.number:
+        return attempt
+    return None
 
 
 class Dispatcher:
@@ -109,6 +123,7 @@ class Dispatcher:
         on_fenced: Callable[[], None] | None = None,
         tenants: Mapping[str, TenantPolicy] | None = None,
         fair_share: FairShareSettings | None = None,
+        vault: KVReader | None = None,
     ) -> None:
         self._cache = cache
         #: Replaced whole by ``set_fair_share`` (a settings reload); read once per cycle.
@@ -133,6 +148,8 @@ class Dispatcher:
         self._records = Recorder(store, fence, on_fenced)
         self._mail = Mailboxes(self._runner, self._handle, clock=clock, draw=draw)
         self._reach = Reachability()
+        self._copies = Copier(cache, vault)
+        self._next_sweep = 0.0
         self._pods = PodActions(
             cache,
             self._jobs,
@@ -142,6 +159,7 @@ class Dispatcher:
             service=self._service,
             clock=clock,
             draw=draw,
+            copier=self._copies,
         )
         self._events = PodEvents(
             cache,
@@ -204,8 +222,28 @@ class Dispatcher:
             return
         now = self._clock()
         self._check_timers(now)
+        if now >= self._next_sweep and self._copies.enabled():
+            self._next_sweep = now + self._service.copy_sweep_interval_seconds
+            self._runner.submit(self.sweep_copies)
         self._router.route_queued(now)
         self._publish()
+
+    def sweep_copies(self) -> None:
+        """Delete the dependency copies no live job uses any more, in every cluster
+        (``dispatching.copies``); a cluster that cannot be read is tried next time."""
+        for cluster in self._clusters:
+            try:
+                self._copies.sweep(cluster, functools.partial(self._live_on, cluster))
+            except DispatcherError as exc:
+                log.warning("copy.sweep_failed", cluster=cluster, error=str(exc))
+
+    def _live_on(self, cluster: str) -> set[str]:
+        return {
+            j.id
+            for j in self._jobs.select(
+                lambda j: j.state in LIVE and j.attempt is not None and j.attempt.cluster == cluster
+            )
+        }
 
     def reattach(self) -> None:
         """Rebuild jobs from the records, then judge every managed pod against them
@@ -221,6 +259,10 @@ class Dispatcher:
             reach=self._reach,
             clock=self._clock,
         )
+        # Copies of jobs that ended while no dispatcher ran (or whose release failed):
+        # found by their label, judged against the jobs just rebuilt.
+        self.sweep_copies()
+        self._next_sweep = self._clock() + self._service.copy_sweep_interval_seconds
         self._attached.set()
         self._publish()
 
@@ -245,20 +287,34 @@ class Dispatcher:
         return cluster_allowance(tenant, self._tenants)
 
     # ----- submission -----------------------------------------------------------------
-    def submit(self, spec: TaskSpec, tenant: str | None = None) -> tuple[dict[str, Any], bool]:
+    def submit(
+        self, spec: TaskSpec, tenant: str | None = None, traceparent: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
         """Accept a validated (and authorized) task of ``tenant``; returns (job view,
-        created). The same key of the same tenant -> the same job.
+        created). The same key of the same tenant -> the same job. ``traceparent``: the
+        submitter's W3C trace context, which the job's trace joins (invalid: ignored).
 
         Raises ``SpecError`` (nothing created) when the task breaks pod security.
         """
         self._check_pod_security(spec, tenant)
         self._require_attached()
         job_id = job_id_for(spec.idempotency_key, tenant)
+        traceparent = tracing.parse_traceparent(traceparent)
+        with tracing.live(tracing.JobTrace(job_id, traceparent), "submit") as span:
+            view, created = self._submit(job_id, spec, tenant, traceparent)
+            if span is not None:
+                span.set_attribute("dispatcher.job.created", created)
+                span.set_attribute("dispatcher.job.state", str(view["state"]))
+        return view, created
+
+    def _submit(
+        self, job_id: str, spec: TaskSpec, tenant: str | None, traceparent: str | None
+    ) -> tuple[dict[str, Any], bool]:
         # A concurrent submission of the same key finishes first; then it is a duplicate.
         with self._jobs.submitting(job_id) as existing:
             if existing is not None:
                 return self._duplicate(existing, spec), False
-            job = self._new_job(job_id, spec, tenant)
+            job = self._new_job(job_id, spec, tenant, traceparent)
             # The record exists before any pod: a restart (or the next leader) finds it.
             try:
                 job = replace(job, version=self._records.create(job))
@@ -271,6 +327,7 @@ class Dispatcher:
                 return self._duplicate(kept, spec), False
             self._jobs.put(job)
         if job.state is State.REJECTED:
+            traces.finished(job, job.submitted_at)
             metrics.SUBMISSIONS.labels(outcome="rejected").inc()
             metrics.JOBS_FINISHED.labels(cluster="", outcome="rejected", failure_class="").inc()
             log.info("job.rejected", job_id=job_id, reason=job.reason)
@@ -280,7 +337,9 @@ class Dispatcher:
             self.wake()
         return job.view(), True
 
-    def _new_job(self, job_id: str, spec: TaskSpec, tenant: str | None) -> Job:
+    def _new_job(
+        self, job_id: str, spec: TaskSpec, tenant: str | None, traceparent: str | None
+    ) -> Job:
         """The job as submitted: queued, or rejected at once if no cluster could ever run it."""
         now = self._clock()
         job = Job(
@@ -289,8 +348,14 @@ class Dispatcher:
             submitted_at=now,
             idempotency_key=spec.idempotency_key,
             tenant=tenant,
+            traceparent=traceparent,
+            since=now,
         )
-        decision = self._router.route(job, self._cache.snapshot())
+        with tracing.child("route") as span:
+            decision = self._router.route(job, self._cache.snapshot())
+            if span is not None:
+                span.set_attribute("dispatcher.routing.verdict", decision.verdict.value)
+                span.set_attribute("dispatcher.routing.reason", decision.message()[:1024])
         job = replace(job, reason=decision.message())
         if decision.verdict is Verdict.REJECT:
             job = replace(job, state=State.REJECTED, message=job.reason, finished_at=now)
@@ -479,20 +544,21 @@ class Dispatcher:
             log.info("job.event_ignored", job_id=job_id, state=job.state.value, on=event.value)
             self._orphaned_mail(mail)
             return
+        now = self._clock()
         new = facts.advance(
             job,
             step.target,
             event,
             mail.payload,
             step.actions,
-            now=self._clock(),
+            now=now,
             service=self._service,
             draw=self._draw,
         )
         # ``WRITE_RECORD`` is always the first action with an effect (END_ATTEMPT is folded
         # into ``facts.advance``): nothing happens unless the record says so first.
         if Action.WRITE_RECORD in step.actions:
-            written = self._write(job, new, mail)
+            written = self._write(job, new, mail, now)
             if written is None:
                 self._orphaned_mail(mail)
                 return
@@ -501,6 +567,9 @@ class Dispatcher:
             new = self._jobs.commit(new)
         for action in step.actions:
             new = self._act(new, action, mail.payload.get("manifest"))
+        ended = _ended_attempt(job, new)
+        if ended is not None:
+            self._pods.release_copies(new, ended)
 
     def _orphaned_mail(self, mail: Mail) -> None:
         # A placement that will not be launched gives its assumed room back.
@@ -508,8 +577,9 @@ class Dispatcher:
             attempt: Attempt = mail.payload["attempt"]
             self._cache.forget(attempt.cluster, attempt.pod)
 
-    def _write(self, old: Job, new: Job, mail: Mail) -> Job | None:
+    def _write(self, old: Job, new: Job, mail: Mail, now: float) -> Job | None:
         """Write ``new``'s record over ``old``'s version; the committed job or ``None``.
+        ``now``: when the event was decided (the moment ``new``'s state began).
 
         ``None`` means nothing may follow: the event is decided again later on the record
         as it is now (stale), retried after a backoff (store error), or this replica has
@@ -531,6 +601,8 @@ class Dispatcher:
         if written.state is State.QUEUED:
             self._wake.set()  # route it now, not at the next timer turn
         if new.state is not old.state:
+            written = replace(written, since=now)
+            traces.changed(old, written, now)
             self._finished_metrics(old, written)
             log.info(
                 "job.transition",

@@ -102,6 +102,12 @@ def _event_facts(  # noqa: PLR0917 - private, called once
             scheduled_at=None,
         )
     if event is Event.CREATED:
+        materialised = tuple(payload.get("materialised") or ())
+        if materialised and new.attempt is not None:
+            new = replace(new, attempt=replace(new.attempt, materialised=materialised))
+            new = new.with_condition(
+                "DependenciesCopied", True, "Copied", "; ".join(materialised), now
+            )
         return replace(new, create_failures=0, resolve_at=None)
     if event is Event.CREATE_UNCERTAIN:
         failures = job.create_failures + 1

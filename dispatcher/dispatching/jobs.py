@@ -17,6 +17,7 @@ from typing import Any
 
 from dispatcher.core import FailureClass, TaskSpec
 from dispatcher.core.lifecycle import State
+from dispatcher.tracing import JobTrace
 
 #: The job states are the state machine's (``queued``, ``launching``, ``pending``...).
 JobState = State
@@ -45,6 +46,9 @@ class Attempt:
     ended: str | None = None  # why this attempt ended: "moved: ...", "abandoned: ..."
     #: Abandoned on an unreachable cluster: its pod may still run there until deleted.
     abandoned: bool = False
+    #: Dependencies the dispatcher copied to the cluster for this attempt (names only:
+    #: "Secret regcred copied to gpu-a100/batch from plane/batch/regcred").
+    materialised: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +60,7 @@ class Attempt:
             "uid": self.uid,
             "ended": self.ended,
             "abandoned": self.abandoned,
+            "materialised": list(self.materialised),
         }
 
     @classmethod
@@ -69,6 +74,7 @@ class Attempt:
             uid=data.get("uid"),
             ended=data.get("ended"),
             abandoned=bool(data.get("abandoned", False)),
+            materialised=tuple(str(m) for m in data.get("materialised") or ()),
         )
 
 
@@ -138,6 +144,8 @@ class Job:
     running_at: float | None = None
     finished_at: float | None = None
     conditions: tuple[Condition, ...] = ()
+    #: The submitter's W3C ``traceparent`` (validated), so the job's trace joins its own.
+    traceparent: str | None = None
     #: The record's resourceVersion this value was read or written with.
     version: str = ""
     # Not persisted: timers and retry counters of this process.
@@ -148,6 +156,11 @@ class Job:
     not_before: float = 0.0
     cleanup_due: float | None = None  # when a lingering finished pod is deleted
     cleaned: bool = False  # the finished pod was deleted (or kept on purpose)
+    since: float | None = None  # when this process saw the job enter its state (traces)
+
+    @property
+    def trace(self) -> JobTrace:
+        return JobTrace(self.id, self.traceparent)
 
     @property
     def cluster(self) -> str | None:
@@ -218,6 +231,7 @@ class Job:
             "scheduled_at": self.scheduled_at,
             "running_at": self.running_at,
             "finished_at": self.finished_at,
+            **({"traceparent": self.traceparent} if self.traceparent else {}),
         }
 
     @classmethod
@@ -242,6 +256,7 @@ class Job:
             scheduled_at=record.get("scheduled_at"),
             running_at=record.get("running_at"),
             finished_at=record.get("finished_at"),
+            traceparent=record.get("traceparent") or None,
             version=version,
         )
 

@@ -7,7 +7,10 @@ whether the pod exists is read later, never guessed); ``resolve`` reads the atte
 and posts what it saw (or ``POD_ABSENT``). Only timers (``resolve_at``, ``cleanup_due``)
 are set here, in this process's bookkeeping of the job.
 
-I/O: pod create/delete/read through the cache's cluster connections.
+Before a pod is created, the dependencies its cluster's copy policy brings are copied there
+(``dispatching.copies``); when the attempt ends, they are released.
+
+I/O: pod create/delete/read (and dependency copies) through the cache's cluster connections.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from typing import Any
 
 import structlog
 
-from dispatcher import metrics
+from dispatcher import metrics, tracing
 from dispatcher.core import FailureClass, OnFinishAction, build_pod, placement_for
 from dispatcher.core.apierrors import authorizer_denied
 from dispatcher.core.backoff import backoff_delay
 from dispatcher.core.lifecycle import LIVE, Event, State
+from dispatcher.dispatching.copies import Copier
 from dispatcher.dispatching.facts import RESOLVE_SAFETY_SECONDS, UNRESOLVED
 from dispatcher.dispatching.jobs import Attempt, Job
 from dispatcher.dispatching.mailbox import Mail, Mailboxes
@@ -59,8 +63,10 @@ class PodActions:
         service: ServiceSettings,
         clock: Callable[[], float],
         draw: Callable[[], float],
+        copier: Copier | None = None,
     ) -> None:
         self._cache = cache
+        self._copier = copier or Copier(cache)
         self._table = table
         self._mail = mail
         self._runner = runner
@@ -76,11 +82,14 @@ class PodActions:
             message = f"{attempt.cluster} is not known yet"
             self._mail.post(job.id, Mail(Event.CREATE_UNCERTAIN, {"message": message}))
             return
+        materialised = self._materialise(job, attempt)
+        if materialised is None:
+            return
         try:
-            pod = self._cache.connection(attempt.cluster).create_pod(attempt.namespace, manifest)
+            pod = self._traced_create(job, attempt, manifest)
         except ApiError as exc:
             if exc.kind is ErrorKind.CONFLICT:  # the name exists: this attempt's pod
-                self._mail.post(job.id, Mail(Event.CREATED, {}))
+                self._mail.post(job.id, Mail(Event.CREATED, {"materialised": materialised}))
             elif authorizer_denied(exc):
                 # Not the pod: this cluster's RBAC, maybe not loaded yet after a restart.
                 # Retried with backoff; after ``launch_retries``, another cluster is tried.
@@ -95,7 +104,44 @@ class PodActions:
             return
         uid = (pod.get("metadata") or {}).get("uid")
         log.info("job.launched", job_id=job.id, cluster=attempt.cluster, pod=attempt.pod)
-        self._mail.post(job.id, Mail(Event.CREATED, {"uid": uid}))
+        self._mail.post(job.id, Mail(Event.CREATED, {"uid": uid, "materialised": materialised}))
+
+    def _materialise(self, job: Job, attempt: Attempt) -> list[str] | None:
+        """The attempt's dependency copies, made before its pod (``dispatching.copies``);
+        ``None`` when they could not all be made: the create's failure is posted instead
+        and no pod is created that would name an object its cluster lacks."""
+        try:
+            with tracing.live(
+                job.trace, "dependencies", self._span_attributes(job, attempt)
+            ) as span:
+                made = list(self._copier.materialise(job, attempt))
+                if span is not None:
+                    span.set_attribute("dispatcher.materialised", made)
+                return made
+        except ApiError as exc:
+            if exc.kind is ErrorKind.PERMANENT and not authorizer_denied(exc):
+                self._refused(job, attempt, exc, what="a dependency copy")
+            else:
+                self._uncertain(job, attempt, exc, retry_after=exc.retry_after)
+        except DispatcherError as exc:
+            self._uncertain(job, attempt, exc, retry_after=None)
+        return None
+
+    @staticmethod
+    def _span_attributes(job: Job, attempt: Attempt) -> dict[str, Any]:
+        return {
+            "dispatcher.job.id": job.id,
+            "dispatcher.cluster": attempt.cluster,
+            "dispatcher.attempt": attempt.number,
+            "k8s.namespace.name": attempt.namespace,
+            "k8s.pod.name": attempt.pod,
+        }
+
+    def _traced_create(
+        self, job: Job, attempt: Attempt, manifest: dict[str, Any]
+    ) -> dict[str, Any]:
+        with tracing.live(job.trace, "pod.create", self._span_attributes(job, attempt)):
+            return self._cache.connection(attempt.cluster).create_pod(attempt.namespace, manifest)
 
     def _manifest(self, job: Job, attempt: Attempt) -> dict[str, Any] | None:
         """The attempt's manifest again (after a restart): same cluster, same name."""
@@ -111,10 +157,10 @@ class PodActions:
         )
         return manifest if manifest["metadata"]["name"] == attempt.pod else None
 
-    def _refused(self, job: Job, attempt: Attempt, exc: ApiError) -> None:
+    def _refused(self, job: Job, attempt: Attempt, exc: ApiError, *, what: str = "the pod") -> None:
         metrics.LAUNCH_ERRORS.labels(cluster=attempt.cluster, kind="refused").inc()
         self._cache.forget(attempt.cluster, attempt.pod)
-        message = f"the API server of {attempt.cluster} refused the pod ({exc.status}): {exc}"
+        message = f"the API server of {attempt.cluster} refused {what} ({exc.status}): {exc}"
         payload = {"failure": FailureClass.LAUNCH_REFUSED, "message": message}
         self._mail.post(job.id, Mail(Event.CREATE_REFUSED, payload))
 
@@ -165,6 +211,17 @@ class PodActions:
         # The log goes with the pod: leave a short task's log readable for a while (or
         # until the client acknowledges the job).
         return self._table.commit(replace(job, cleanup_due=self._clock() + linger))
+
+    def release_copies(self, job: Job, attempt: Attempt) -> None:
+        """The attempt has ended (its job finished, or it moved on): its dependency copies
+        lose it as a user, and go when it was their last."""
+        try:
+            self._copier.release(job.id, attempt.cluster, attempt.namespace)
+        except DispatcherError as exc:
+            # Left to the sweep (``copy_sweep_interval_seconds``), which finds every copy.
+            log.warning(
+                "copy.release_failed", job_id=job.id, cluster=attempt.cluster, error=str(exc)
+            )
 
     # ----- read -----------------------------------------------------------------------
     def resolve(self, job: Job) -> None:

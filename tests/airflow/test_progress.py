@@ -187,3 +187,18 @@ def test_a_queued_job_says_where_it_stands_each_time_that_changes() -> None:
     assert watch.on_job(queued("16 a100 GPUs on one node; largest free block 8; 1 ahead")).say == (
         "Job j1 waits for 16 a100 GPUs on one node; largest free block 8; 1 ahead",
     )
+
+
+def test_what_was_materialised_in_the_cluster_is_said_once_by_name() -> None:
+    copied = "Secret regcred copied to gpu-a100/batch from plane/batch/regcred"
+    attempt = {"number": 1, "cluster": "gpu-a100", "pod": "train-abc-1", "materialised": []}
+    watch = Watch(Progress())
+    # Launching: the pod's create has not answered, nothing is known to be copied yet.
+    assert len(watch.on_job(job_view("pending", history=[attempt])).say) == 1
+    done = {**attempt, "materialised": [copied]}
+    said = watch.on_job(job_view("running", history=[done])).say
+    assert said == (f"Materialised in cluster gpu-a100 before the pod: {copied}",)
+    assert watch.on_job(job_view("running", history=[done])).say == ()
+    # A deferral remembers it was said.
+    resumed = Watch(Progress.from_dict(watch.progress.to_dict()))
+    assert resumed.on_job(job_view("running", history=[done])).say == ()

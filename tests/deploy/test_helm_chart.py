@@ -65,6 +65,8 @@ TASK_RULES = [
         "resources": ["secrets", "configmaps", "persistentvolumeclaims", "serviceaccounts"],
         "verbs": ["list", "watch"],
     },
+    # The source of dependency copies to external clusters: read, never written.
+    {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["get"]},
 ]
 
 

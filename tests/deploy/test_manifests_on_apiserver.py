@@ -241,6 +241,9 @@ def test_chart_rbac_grants_what_the_dispatcher_needs_and_nothing_more(
             for verb in ("list", "watch")
             for resource in ("secrets", "configmaps", "persistentvolumeclaims", "serviceaccounts")
         ),
+        # The source of dependency copies to external clusters.
+        ("get", "secrets", "batch", ""),
+        ("get", "configmaps", "batch", ""),
         ("create", "dispatchjobs", RELEASE_NAMESPACE, "kube-dispatcher.dev"),
         ("update", "dispatchjobs", RELEASE_NAMESPACE, "kube-dispatcher.dev"),
         ("list", "dispatchjobs", RELEASE_NAMESPACE, "kube-dispatcher.dev"),
@@ -250,8 +253,8 @@ def test_chart_rbac_grants_what_the_dispatcher_needs_and_nothing_more(
     denied = [
         ("create", "pods", "default", ""),
         ("create", "pods", RELEASE_NAMESPACE, ""),
-        ("get", "secrets", "batch", ""),
         ("list", "secrets", "", ""),
+        ("delete", "secrets", "batch", ""),
         ("update", "configmaps", "batch", ""),
         ("update", "configmaps", RELEASE_NAMESPACE, ""),
         ("create", "dispatchjobs", "batch", "kube-dispatcher.dev"),
@@ -300,10 +303,16 @@ def test_external_cluster_rbac_is_accepted_and_least_privilege(
         assert cluster.can(dispatcher, "watch", "pods")
         assert cluster.can(dispatcher, "list", "nodes")
         assert not cluster.can(dispatcher, "create", "pods", namespace="dispatch")
-        assert not cluster.can(dispatcher, "get", "secrets", namespace="batch")
         for resource in ("secrets", "configmaps", "persistentvolumeclaims", "serviceaccounts"):
             assert cluster.can(dispatcher, "watch", resource, namespace="batch")
             assert not cluster.can(dispatcher, "list", resource)  # only task namespaces
+        # Dependency copies: made, updated and deleted in task namespaces only.
+        for resource in ("secrets", "configmaps"):
+            for verb in ("get", "create", "update", "delete"):
+                assert cluster.can(dispatcher, verb, resource, namespace="batch")
+            assert not cluster.can(dispatcher, "create", resource, namespace="dispatch")
+        for resource in ("persistentvolumeclaims", "serviceaccounts"):
+            assert not cluster.can(dispatcher, "create", resource, namespace="batch")
         assert not cluster.can(dispatcher, "create", "pods", namespace="batch", subresource="exec")
         # The task namespace enforces the baseline Pod Security Standard: a second line
         # behind the dispatcher's own check.

@@ -34,6 +34,9 @@ def test_vault_accepts_the_policy_and_it_grants_only_what_is_needed(
         expected = {
             "secret/data/clusters/gpu-a100": ["read"],
             "secret/metadata/clusters/gpu-a100": ["list", "read"],
+            "secret/data/registries/ghcr": ["read"],
+            "secret/data/dependencies/api-token": ["read"],
+            "secret/metadata/registries/ghcr": ["deny"],
             "kubernetes-gpu-h100/creds/dispatcher": ["update"],
             "sys/leases/revoke/kubernetes-gpu-h100/creds/dispatcher/abc": ["update"],
             "sys/leases/revoke/secret/data/clusters/x": ["deny"],

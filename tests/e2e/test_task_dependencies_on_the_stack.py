@@ -63,8 +63,7 @@ def test_a_pvc_only_in_gpu_h100_pins_the_task_there_and_the_others_name_it(
     for other in ("plane", "gpu-a100"):
         assert verdicts[other]["reason"] == "dependency-missing"
         assert verdicts[other]["message"] == (
-            f"PersistentVolumeClaim dataset-a not in namespace {namespace} "
-            "(copying dependencies to a cluster is not available yet)"
+            f"PersistentVolumeClaim dataset-a not in namespace {namespace}"
         )
         missing = verdicts[other]["dependencies"]["missing"]
         assert [(m["kind"], m["name"]) for m in missing] == [("PersistentVolumeClaim", "dataset-a")]

@@ -15,10 +15,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plane-nodes", type=int, default=3)
     parser.add_argument("--a100-nodes", type=int, default=4)
     parser.add_argument("--h100-nodes", type=int, default=2)
+    parser.add_argument(
+        "--audit",
+        action="store_true",
+        help="up: give the apiservers an audit log (.stack/audit/<cluster>.log)",
+    )
     args = parser.parse_args(argv)
     from .launcher import default_clusters
 
-    stack = Stack(clusters=default_clusters(args.plane_nodes, args.a100_nodes, args.h100_nodes))
+    stack = Stack(
+        clusters=default_clusters(args.plane_nodes, args.a100_nodes, args.h100_nodes),
+        audit=args.audit,
+    )
     try:
         if args.command == "build":
             for name, path in sorted(build.build().items()):

@@ -69,6 +69,38 @@ def stack() -> Iterator[Stack]:
         stack.down()
 
 
+#: An audited stack (``audited_stack``) takes ports this far above the session stack's,
+#: inside the same ``PORTS_PER_STACK`` span.
+AUDITED_OFFSET = 50
+
+
+@pytest.fixture(scope="session")
+def audited_stack() -> Iterator[Stack]:
+    """A second stack whose apiservers keep an audit log (``Stack(audit=True)``), for tests
+    that count requests from the apiservers' own records: its own folder
+    (``KD_STACK_DIR``-audit) and ports (``AUDITED_OFFSET`` above the base). Started on
+    first use, stopped at the end (reused, and kept, like ``stack``)."""
+    stack = Stack(
+        state_dir=state_dir_default().with_name(state_dir_default().name + "-audit"),
+        port_base=port_base_default() + AUDITED_OFFSET,
+        audit=True,
+    )
+    was_up = stack.is_up()
+    try:
+        stack.up()
+    except (StackError, SystemExit) as exc:
+        pytest.fail(f"the audited test stack could not start: {exc}", pytrace=False)
+    if not stack.audited():
+        pytest.fail(
+            f"the stack at {stack.state_dir} was started without an audit log: stop it "
+            "(KD_STACK_DIR=... python -m tests.stack down)",
+            pytrace=False,
+        )
+    yield stack
+    if not was_up and os.environ.get("KD_STACK_KEEP") != "1":
+        stack.down()
+
+
 @pytest.fixture(scope="session")
 def stack_env(stack: Stack) -> StackEnv:
     return stack.env()
@@ -140,5 +172,5 @@ def faults(stack: Stack) -> Iterator[Faults]:
 
 def pytest_collection_modifyitems(config: Any, items: list[pytest.Item]) -> None:
     for item in items:
-        if "stack" in getattr(item, "fixturenames", ()):
+        if {"stack", "audited_stack"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.stack)

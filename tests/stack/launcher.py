@@ -42,6 +42,8 @@ from . import build
 from .pki import Pki, ensure_pki
 
 STAGES_DIR = Path(__file__).resolve().parent / "stages"
+#: The audit policy of a stack started with ``audit=True`` (Metadata level, every user).
+AUDIT_POLICY = Path(__file__).resolve().parent / "audit-policy.yaml"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "deploy" / "helm" / "kube-dispatcher"
 #: Job records (the chart's CRD) and their fencing (the chart's policy and binding): the
@@ -266,11 +268,16 @@ class Stack:
         port_base: int | None = None,
         clusters: tuple[ClusterSpec, ...] | None = None,
         out: TextIO = sys.stderr,
+        *,
+        audit: bool = False,
     ) -> None:
         self.state_dir = (state_dir or state_dir_default()).resolve()
         self.port_base = port_base if port_base is not None else port_base_default()
         self.clusters = clusters or default_clusters()
         self.out = out
+        #: Start the apiservers with an audit log (``audit_log``); opt-in, since every
+        #: request then costs a line of JSON on disk.
+        self.audit = audit
         self._bins: dict[str, Path] = {}
 
     # ----- layout -------------------------------------------------------------------
@@ -289,6 +296,19 @@ class Stack:
     def container_log_file(self, cluster: str) -> Path:
         """The CRI-format file every container of ``cluster`` serves as its log."""
         return self.state_dir / "container-logs" / f"{cluster}.log"
+
+    @property
+    def _audit_policy_copy(self) -> Path:
+        return self.state_dir / "audit-policy.yaml"
+
+    def audited(self) -> bool:
+        """Whether this stack's apiservers were started with an audit log (decided at
+        ``up``: a restarted apiserver keeps what its stack started with)."""
+        return self._audit_policy_copy.is_file()
+
+    def audit_log(self, cluster: ClusterSpec | str) -> Path:
+        """The apiserver's audit log of ``cluster`` (JSON lines; read with tests.stack.audit)."""
+        return self.state_dir / "audit" / f"{self._spec(cluster).name}.log"
 
     def etcd_port(self) -> int:
         return self.port_base
@@ -520,6 +540,9 @@ class Stack:
         )
         self._check_ports_free()
         self._write_kwok_configs()
+        if self.audit:
+            (self.state_dir / "audit").mkdir(mode=0o700)
+            shutil.copy(AUDIT_POLICY, self._audit_policy_copy)
 
         self._start_etcd()
         for spec in self.clusters:
@@ -590,6 +613,20 @@ class Stack:
             30,
         )
 
+    def _audit_flags(self, spec: ClusterSpec) -> list[str]:
+        if not self.audited():
+            return []
+        return [
+            f"--audit-policy-file={self._audit_policy_copy}",
+            f"--audit-log-path={self.audit_log(spec)}",
+            "--audit-log-format=json",
+            # Written synchronously by the request's own handler: no batch that drops
+            # events under load, so a count is exact once the last event is in the file.
+            "--audit-log-mode=blocking",
+            # No rotation within a run (the log is read as one file); 0 would mean 100 MB.
+            "--audit-log-maxsize=100000",
+        ]
+
     def _start_apiserver(self, spec: ClusterSpec) -> None:
         pki = Pki(self.state_dir / "pki")
         self._spawn(
@@ -623,6 +660,7 @@ class Stack:
                 "--max-requests-inflight=2000",
                 "--max-mutating-requests-inflight=1000",
                 "--v=1",
+                *self._audit_flags(spec),
             ],
         )
 
@@ -1304,9 +1342,16 @@ TASK_RULES = [
     },
     # Routing's view of a task's dependencies (``check_dependencies``): the dispatcher keeps
     # names and key names only, but RBAC cannot grant a list of Secrets without values.
+    # Secrets are also read (a copy's source, in ``plane``) and created, updated and
+    # deleted (its copies, in GPU clusters: ``copy_dependencies``, ``registries``).
     {
         "apiGroups": [""],
-        "resources": ["secrets", "persistentvolumeclaims", "serviceaccounts"],
+        "resources": ["secrets"],
+        "verbs": ["get", "list", "watch", "create", "update", "delete"],
+    },
+    {
+        "apiGroups": [""],
+        "resources": ["persistentvolumeclaims", "serviceaccounts"],
         "verbs": ["list", "watch"],
     },
     {
@@ -1339,6 +1384,8 @@ RECORDS_RULES = [
 VAULT_POLICY_HCL = """
 path "{kv}/data/clusters/*" {{ capabilities = ["read"] }}
 path "{kv}/metadata/clusters/*" {{ capabilities = ["read", "list"] }}
+path "{kv}/data/registries/*" {{ capabilities = ["read"] }}
+path "{kv}/data/dependencies/*" {{ capabilities = ["read"] }}
 path "{k8s}/creds/*" {{ capabilities = ["update"] }}
 path "sys/leases/revoke/{k8s}/creds/*" {{ capabilities = ["update"] }}
 """

@@ -167,3 +167,68 @@ def test_route_explain_shows_which_dependencies_each_cluster_has(tmp_path: Path)
     assert a100["message"].startswith("PersistentVolumeClaim data-a not in namespace batch")
     assert [m["name"] for m in a100["dependencies"]["missing"]] == ["data-a"]
     assert [(p["name"], p["key"]) for p in a100["dependencies"]["present"]] == [("db", "password")]
+
+
+def test_route_explain_says_which_dependencies_would_be_copied_from_where(
+    tmp_path: Path,
+) -> None:
+    gpu = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    node = {
+        "metadata": {"name": "a100-0", "labels": {"nvidia.com/gpu.product": "A100"}},
+        "status": {
+            "allocatable": {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": "8"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }
+    snapshot = tmp_path / "snapshot.json"
+    snapshot.write_text(
+        json.dumps(
+            {
+                "clusters": [
+                    {"name": "plane", "objects": {"batch": {"secrets": {"regcred": []}}}},
+                    {"name": "gpu-a100", "nodes": [node], "objects": {"batch": {}}},
+                ]
+            }
+        )
+    )
+    config = tmp_path / "dispatcher.yaml"
+    kubeconfig = {"kubeconfig_file": {"path": "/nonexistent"}}
+    config.write_text(
+        json.dumps(
+            {
+                "clusters": [
+                    {
+                        "name": "plane",
+                        "role": "in-plane",
+                        "credentials": kubeconfig,
+                        "pod_defaults": {"namespace": "batch"},
+                    },
+                    {
+                        "name": "gpu-a100",
+                        "credentials": kubeconfig,
+                        "pod_defaults": {"namespace": "batch", "gpu_tolerations": [gpu]},
+                        "copy_dependencies": {"from_plane": {"secrets": ["regcred"]}},
+                    },
+                ]
+            }
+        )
+    )
+    task = tmp_path / "task.json"
+    task.write_text(
+        json.dumps(
+            {
+                "image": "busybox:1.36",
+                "container_resources": {"limits": {"nvidia.com/gpu": "1"}},
+                "image_pull_secrets": ["regcred"],
+            }
+        )
+    )
+    code, output = _route("--explain", task, "--snapshot", snapshot, "--config", config)
+    assert code == 0, output
+    assert "PLACE: placed on gpu-a100" in output
+    assert "would be copied" in " ".join(output.split())
+    code, output = _route("--output", "json", task, "--snapshot", snapshot, "--config", config)
+    a100 = {c["cluster"]: c for c in json.loads(output)["clusters"]}["gpu-a100"]
+    assert [(w["name"], w["message"]) for w in a100["dependencies"]["would_copy"]] == [
+        ("regcred", "would be copied from plane namespace batch")
+    ]

@@ -314,10 +314,7 @@ def test_a_pvc_pins_the_task_to_the_cluster_that_has_it_and_the_others_say_so() 
     other = decision.explain("gpu-a100")
     assert other is not None
     assert (other.verdict, other.reason) == (Verdict.REJECT, Reason.DEPENDENCY_MISSING)
-    assert other.message == (
-        "PersistentVolumeClaim dataset-a not in namespace batch "
-        "(copying dependencies to a cluster is not available yet)"
-    )
+    assert other.message == ("PersistentVolumeClaim dataset-a not in namespace batch")
     explained = {c["cluster"]: c["dependencies"] for c in decision.to_dict()["clusters"]}
     assert [m["name"] for m in explained["gpu-a100"]["missing"]] == ["dataset-a"]
     assert [p["name"] for p in explained["gpu-h100"]["present"]] == ["dataset-a"]
