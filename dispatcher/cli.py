@@ -15,6 +15,7 @@ invalid configuration in ``validate-config``).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from enum import StrEnum
@@ -38,7 +39,7 @@ from dispatcher.core import (
 )
 from dispatcher.core.dependencies import DependencyReport
 from dispatcher.errors import DispatcherError, InputError, SnapshotError, SpecError
-from dispatcher.settings import load_settings
+from dispatcher.settings import CONFIG_ENV, load_settings
 
 __all__ = ["app", "main"]
 
@@ -263,7 +264,8 @@ def serve_command(
     # other commands do not need.
     from dispatcher.api.service import serve  # noqa: PLC0415
 
-    serve(settings, host=host, port=port)
+    path = config if config is not None else os.environ.get(CONFIG_ENV) or None
+    serve(settings, host=host, port=port, settings_path=path)
 
 
 @app.command("submit")
@@ -314,6 +316,53 @@ def status_command(  # noqa: PLR0917 - typer maps parameters to options
         console.print_json(json.dumps(jobs))
     else:
         console.print(jobs_table(jobs))
+
+
+def queue_table(jobs: list[dict[str, Any]]) -> Table:
+    """Waiting jobs in the dispatcher's order, with where each stands and what it waits for."""
+    table = Table(show_lines=False, title_justify="left")
+    for column in ("#", "job", "name", "tenant", "pool", "ahead in tenant", "waits for"):
+        table.add_column(column, overflow="fold")
+    ordered = sorted(
+        (job for job in jobs if job.get("queue")),
+        key=lambda job: (job["queue"]["ahead"], job["submitted_at"]),
+    )
+    for job in ordered:
+        queue = job["queue"]
+        waits = queue["waiting_for"]
+        if queue.get("reservation"):
+            reserved = queue["reservation"]
+            waits += f"; node {reserved['node']} on {reserved['cluster']} reserved for it"
+        table.add_row(
+            str(queue["ahead"] + 1),
+            job["id"],
+            job.get("name") or "",
+            queue["tenant"],
+            f"{queue['pool']} (#{queue['ahead_in_pool'] + 1})",
+            str(queue["ahead_in_tenant"]),
+            waits,
+        )
+    return table
+
+
+@app.command("queue")
+def queue_command(
+    server: Annotated[str, _SERVER] = "http://127.0.0.1:8080",
+    token: Annotated[str | None, _TOKEN] = None,
+    token_file: Annotated[Path | None, _TOKEN_FILE] = None,
+    output: Annotated[Output, typer.Option("--output", "-o")] = Output.TABLE,
+) -> None:
+    """Show the waiting jobs you may see, in the order they will run, and what each waits for."""
+    with _client(server, token, token_file) as client:
+        try:
+            jobs = client.jobs(state="queued")
+        except ApiClientError as exc:
+            _api_fail(exc)
+    console = Console(highlight=False)
+    if output is Output.JSON:
+        console.print_json(json.dumps([{"id": j["id"], "queue": j.get("queue")} for j in jobs]))
+    else:
+        console.print(queue_table(jobs))
 
 
 @app.command("logs")

@@ -259,6 +259,63 @@ API_LONG_REQUESTS_REFUSED = Counter(
     registry=REGISTRY,
 )
 
+# ---- fair share (labels: configured tenants and pools, so bounded) -----------------------
+TENANT_QUOTA = Gauge(
+    "dispatcher_tenant_quota",
+    "A tenant's nominal quota across clusters per quota resource (fair_share.tenants.*.quota; "
+    "pool: gpu/<model as configured>, cpu in millicores, memory in bytes).",
+    ["tenant", "pool"],
+    registry=REGISTRY,
+)
+TENANT_USAGE = Gauge(
+    "dispatcher_tenant_usage",
+    "What a tenant's live jobs hold, per pool (gpu/<node GPU model>, cpu in millicores, "
+    "memory in bytes).",
+    ["tenant", "pool"],
+    registry=REGISTRY,
+)
+TENANT_BORROWED = Gauge(
+    "dispatcher_tenant_borrowed",
+    "How much of a quota resource a tenant holds beyond its nominal quota (borrowed from "
+    "its cohort).",
+    ["tenant", "pool"],
+    registry=REGISTRY,
+)
+TENANT_WAITING = Gauge(
+    "dispatcher_tenant_waiting_jobs",
+    "Queued jobs per fair-share tenant.",
+    ["tenant"],
+    registry=REGISTRY,
+)
+TENANT_OLDEST_WAIT = Gauge(
+    "dispatcher_tenant_oldest_wait_seconds",
+    "How long the tenant's longest-waiting queued job has waited (0 when none waits).",
+    ["tenant"],
+    registry=REGISTRY,
+)
+TENANT_WAIT_SECONDS = Histogram(
+    "dispatcher_tenant_wait_seconds",
+    "Time from submission to pod creation, per fair-share tenant.",
+    ["tenant"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+RESERVATIONS = Gauge(
+    "dispatcher_reservations",
+    "Nodes reserved for waiting jobs (fair share), per cluster.",
+    ["cluster"],
+    registry=REGISTRY,
+)
+
+# ---- settings -------------------------------------------------------------------------------
+SETTINGS_RELOADS = Counter(
+    "dispatcher_settings_reloads_total",
+    "Changes of the settings file seen, by outcome (applied: its fair_share section is in "
+    "force; invalid: refused, the settings in force kept).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
 # ---- threads -------------------------------------------------------------------------------
 THREAD_RESTARTS = Counter(
     "dispatcher_thread_restarts_total",
@@ -359,3 +416,15 @@ def sample_value(name: str, labels: Mapping[str, str] | None = None) -> float:
     """Current value of one sample (0 when absent): for tests and the demo summary."""
     value = REGISTRY.get_sample_value(name, dict(labels or {}))
     return 0.0 if value is None else value
+
+
+def replace_gauge(gauge: Gauge, fresh: Mapping[tuple[str, ...], float]) -> None:
+    """Set ``gauge`` to exactly ``fresh`` (label values -> value): label sets no longer in
+    it are removed (a tenant taken out of the settings stops being reported)."""
+    for metric in gauge.collect():
+        for sample in metric.samples:
+            labels = tuple(sample.labels.values())
+            if labels not in fresh:
+                gauge.remove(*labels)
+    for labels, value in fresh.items():
+        gauge.labels(*labels).set(value)

@@ -41,6 +41,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from dispatcher.core import ClusterInfo, ClusterRole, CostTable, PodDefaults, RoutingPolicy
 from dispatcher.core.copies import CopyPolicy, Registry, VaultObject
 from dispatcher.core.dependencies import DependencyKind
+from dispatcher.core.fairshare import FairShareSettings
 from dispatcher.core.names import DNSLabel, DNSSubdomain, LabelKey, LabelValue
 from dispatcher.core.podsecurity import PodSecurity
 from dispatcher.core.tenancy import TenantPolicy
@@ -69,6 +70,7 @@ __all__ = [
     "VaultKubernetesSecretsCredentials",
     "VaultSettings",
     "VaultTokenAuth",
+    "load_fair_share",
     "load_settings",
 ]
 
@@ -665,6 +667,9 @@ class ServiceSettings(_Section):
     #: How often credentials (the Vault token, leases, kubeconfigs) are checked for
     #: renewal ahead of expiry, whether or not any request needs them.
     credential_refresh_seconds: float = Field(default=10.0, gt=0, le=300)
+    #: How often the settings file is checked for a change of its ``fair_share`` section,
+    #: which then applies without a restart (other sections need one).
+    settings_reload_seconds: float = Field(default=5.0, gt=0, le=3600)
     #: Long polls (``GET /v1/jobs/{id}/wait``) one caller (``Principal.identity``: a static
     #: token's tenant, or a ServiceAccount) may have open at once; more are a 429 with
     #: ``Retry-After``. A long poll holds no thread (it awaits the job's change), so the
@@ -810,6 +815,9 @@ class Settings(BaseSettings):
     #: Tenants by name: who they are (``callers``, or a static token naming them) and what
     #: their tasks may ask for (``dispatcher.core.tenancy.TenantPolicy``).
     tenants: dict[DNSLabel, TenantPolicy] = Field(default_factory=dict)
+    #: Tenants' weights, quotas and cohorts, and reservations (docs/fair-share.md); the
+    #: service re-reads this section from the settings file without a restart.
+    fair_share: FairShareSettings = Field(default_factory=FairShareSettings)
     vault: VaultSettings | None = None
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
@@ -927,6 +935,7 @@ def _cross_field_problems(data: Any) -> list[Problem]:
             )
         )
     problems.extend(_tenant_problems(data, first_seen))
+    problems.extend(_fair_share_problems(data, first_seen))
     connections = _get(_get(data, "routing"), "airflow_connections")
     for key, names in connections.items() if isinstance(connections, Mapping) else ():
         listed = [names] if isinstance(names, str) else names
@@ -983,6 +992,30 @@ def _tenant_problems(data: Any, clusters: Mapping[str, int]) -> list[Problem]:
                 )
             )
     return problems
+
+
+def _fair_share_problems(data: Any, clusters: Mapping[str, int]) -> list[Problem]:
+    """Per-cluster quotas name configured clusters."""
+    tenants = _get(_get(data, "fair_share"), "tenants")
+    problems: list[Problem] = []
+    known = ", ".join(sorted(clusters)) or "none"
+    for name, tenant in tenants.items() if isinstance(tenants, Mapping) else ():
+        quotas = _get(tenant, "clusters")
+        problems.extend(
+            Problem(
+                f"fair_share.tenants.{name}.clusters.{cluster}",
+                f"{cluster!r} is not one of the configured clusters ({known})",
+            )
+            for cluster in (quotas if isinstance(quotas, Mapping) else ())
+            if clusters and cluster not in clusters
+        )
+    return problems
+
+
+def load_fair_share(path: str | Path) -> FairShareSettings:
+    """Only the ``fair_share`` section, from the whole settings file at ``path`` checked as
+    at start (a reload); raises ``ConfigError`` listing every problem."""
+    return load_settings(path).fair_share
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -550,6 +550,80 @@ def _queue_and_latency(g: Layout) -> None:
     )
 
 
+def _fair_share(g: Layout) -> None:
+    g.row("Fair share")
+    g.add(
+        timeseries(
+            "GPUs held by tenant",
+            "What each fair-share tenant's live jobs hold, per GPU model (docs/fair-share.md).",
+            [
+                (
+                    f'max by (tenant, pool) (dispatcher_tenant_usage{{{NS}, pool=~"gpu/.*"}})',
+                    "{{tenant}} {{pool}}",
+                )
+            ],
+            stack=True,
+        ),
+        w=8,
+        h=8,
+    )
+    g.add(
+        timeseries(
+            "Quota and borrowed, by tenant",
+            "Nominal quota per quota resource, and how much of it each tenant holds beyond "
+            "it on its cohort's idle quota.",
+            [
+                (
+                    f"max by (tenant, pool) (dispatcher_tenant_quota{{{NS}}})",
+                    "quota {{tenant}} {{pool}}",
+                ),
+                (
+                    f"max by (tenant, pool) (dispatcher_tenant_borrowed{{{NS}}})",
+                    "borrowed {{tenant}} {{pool}}",
+                ),
+            ],
+        ),
+        w=8,
+        h=8,
+    )
+    g.add(
+        timeseries(
+            "Waiting jobs and oldest wait, by tenant",
+            "Queued jobs per tenant; a tenant whose oldest wait climbs without falling is "
+            "starved (DispatcherTenantStarved).",
+            [
+                (f"max by (tenant) (dispatcher_tenant_waiting_jobs{{{NS}}})", "waiting {{tenant}}"),
+                (
+                    f"max by (tenant) (dispatcher_tenant_oldest_wait_seconds{{{NS}}}) / 60",
+                    "oldest wait (min) {{tenant}}",
+                ),
+            ],
+        ),
+        w=8,
+        h=8,
+    )
+    g.add(
+        timeseries(
+            "Queue wait by tenant (p95)",
+            "95th percentile of the time from submission to pod creation, per tenant.",
+            quantiles("dispatcher_tenant_wait_seconds", "tenant", NS, (0.95,)),
+            unit="s",
+        ),
+        w=12,
+        h=8,
+    )
+    g.add(
+        timeseries(
+            "Reserved nodes",
+            "Nodes held for waiting jobs that fit nowhere now (no starvation), by cluster.",
+            [(f"max by (cluster) (dispatcher_reservations{{{CL}}})", "{{cluster}}")],
+            stack=True,
+        ),
+        w=12,
+        h=8,
+    )
+
+
 def _outcomes(g: Layout) -> None:
     g.row("Job outcomes")
     g.add(
@@ -853,6 +927,7 @@ def build_panels() -> list[Panel]:
         _overview,
         _clusters,
         _queue_and_latency,
+        _fair_share,
         _outcomes,
         _routing,
         _credentials,

@@ -419,6 +419,10 @@ class DispatcherPodOperator(BaseOperator):
         if template:
             spec = parameters.over_template(template, spec)
         spec.setdefault("name", self.task_id)
+        owner = parameters.dag_owner(getattr(self, "owner", None))
+        if owner is not None:
+            # The fair-share tenant of a task submitted without authentication.
+            spec["requirements"] = {"owner": owner, **(spec.get("requirements") or {})}
         if context is not None:
             ti = context["ti"]
             identity = (ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)

@@ -54,6 +54,7 @@ __all__ = [
     "airflow_labels",
     "cluster_hints",
     "container_resources",
+    "dag_owner",
     "idempotency_key",
     "over_template",
     "plain",
@@ -339,6 +340,18 @@ def requirements(
             )
         merged[name] = value
     return merged or None
+
+
+#: Airflow's ``[operators] default_owner``: a task that names no owner of its own.
+AIRFLOW_DEFAULT_OWNER = "airflow"
+
+
+def dag_owner(owner: Any) -> str | None:
+    """The task's owner as ``requirements.owner`` (its fair-share tenant when submitted
+    without authentication): the first of a comma-separated list; ``None`` for Airflow's
+    default owner, which names nobody."""
+    first = str(owner or "").split(",")[0].strip()
+    return first[:256] if first and first != AIRFLOW_DEFAULT_OWNER else None
 
 
 def secrets_to_spec(

@@ -69,6 +69,8 @@ class Progress:
     #: The namespace the task asked for (its spec's), to say when a cluster put the pod
     #: in another one.
     namespace: str | None = None
+    #: Where the queued job stood when last said (``queue.message`` of the job view).
+    queue: str | None = None
     #: The placement whose dependency copies were said (``cluster/pod``).
     copies: str | None = None
 
@@ -99,6 +101,11 @@ class Progress:
         elif job.get("state") == "queued" and self.announced is None:
             messages.append(_sentence(f"Job {job.get('id')} is queued", reason))
             self.announced, self.reason = "queued", reason
+        if job.get("state") == "queued":
+            where = (job.get("queue") or {}).get("message")
+            if where and where != self.queue:
+                messages.append(f"Job {job.get('id')} waits for {where}")
+                self.queue = where
         return messages
 
     def _copies_notice(self, job: Job, cluster: str, placement: str) -> list[str]:
@@ -141,6 +148,7 @@ class Progress:
             announced=data.get("announced"),
             reason=data.get("reason"),
             namespace=data.get("namespace"),
+            queue=data.get("queue"),
             copies=data.get("copies"),
         )
 

@@ -114,6 +114,28 @@ class ConditionModel(BaseModel):
     lastTransitionTime: str  # noqa: N815 - the Kubernetes field name (RFC 3339)
 
 
+class ReservationModel(BaseModel):
+    cluster: str
+    node: str
+    #: When the job is expected to fit there (epoch seconds); ``None``: unknown.
+    eta: float | None
+
+
+class QueueModel(BaseModel):
+    """Where a waiting job stands at the last dispatch cycle."""
+
+    ahead: int
+    ahead_in_tenant: int
+    tenant: str
+    pool: str
+    ahead_in_pool: int
+    waiting_for: str
+    reservation: ReservationModel | None
+    expected_start: float | None
+    #: ``16 a100 GPUs on one node; largest free block 6; 2 tasks ahead in your tenant...``
+    message: str
+
+
 class JobModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -139,6 +161,8 @@ class JobModel(BaseModel):
     running_at: float | None
     finished_at: float | None
     priority: int
+    #: Where a queued job stands (docs/fair-share.md); ``None`` when it does not wait.
+    queue: QueueModel | None = None
 
 
 class GpuModel(BaseModel):

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 import uvicorn
@@ -26,13 +27,14 @@ from dispatcher.api.auth import Authenticator, TokenReviewer
 from dispatcher.api.console import mount_console
 from dispatcher.clusters import ClusterCache
 from dispatcher.core import ClusterRole, Snapshot
+from dispatcher.core.fairshare import FairShareSettings
 from dispatcher.core.tenancy import Principal
 from dispatcher.credentials import CredentialProvider, VaultSession, remove_all_key_material
 from dispatcher.dispatching import Dispatcher, Fence, KubernetesRecords, RecordStore
 from dispatcher.dispatching.leader import LeaderElector
 from dispatcher.errors import ConfigError, Problem
 from dispatcher.logging import configure_logging
-from dispatcher.settings import Settings
+from dispatcher.settings import Settings, load_fair_share
 from dispatcher.supervise import Supervisor
 
 log = structlog.get_logger("dispatcher.service")
@@ -44,11 +46,19 @@ STEPPED_DOWN_EXIT_CODE = 3
 class Service:
     """Everything one dispatcher process runs."""
 
-    def __init__(self, settings: Settings, *, store: RecordStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: RecordStore | None = None,
+        settings_path: str | Path | None = None,
+    ) -> None:
         problems = settings.service.auth.problems()
         if problems:
             raise ConfigError(problems)
         self.settings = settings
+        #: The file the settings came from: its ``fair_share`` section is reloaded.
+        self.settings_path = Path(settings_path) if settings_path is not None else None
         self.vault = VaultSession(settings.vault) if settings.vault else None
         self.provider = CredentialProvider(settings, self.vault)
         # Runs the informer and election threads; /healthz is its healthy().
@@ -92,7 +102,13 @@ class Service:
             fence=fence,
             on_fenced=self._fenced if settings.service.leader_election else None,
             tenants=settings.tenants if settings.service.auth.enabled else None,
+            fair_share=settings.fair_share,
             vault=self.vault,
+        )
+        self.reloader = (
+            SettingsReloader(self.settings_path, self.dispatcher.set_fair_share)
+            if self.settings_path is not None
+            else None
         )
         self.authenticator = Authenticator(
             settings.service.auth, settings.tenants, self._reviewer(settings)
@@ -163,6 +179,11 @@ class Service:
         self._refresher = self.supervisor.spawn(
             "kd-credentials", lambda thread: self.provider.refresh_forever(thread.wait, interval)
         )
+        if self.reloader is not None:
+            reloader, every = self.reloader, self.settings.service.settings_reload_seconds
+            self._reloading = self.supervisor.spawn(
+                "kd-settings", lambda thread: reloader.forever(thread.wait, every)
+            )
         self.cache.start()
         synced = self.cache.wait_synced(sync_timeout)
         if not synced:
@@ -186,10 +207,10 @@ class Service:
             self.elector.stop()
         self.dispatcher.stop()
         self.cache.stop()
-        refresher = getattr(self, "_refresher", None)
-        if refresher is not None:
-            refresher.stop()
-            refresher.join(5)
+        for thread in (getattr(self, "_refresher", None), getattr(self, "_reloading", None)):
+            if thread is not None:
+                thread.stop()
+                thread.join(5)
         self.provider.close()
         metrics.LEADER.set(0)
 
@@ -225,6 +246,48 @@ class Service:
         return self.provider.expiry(cluster)
 
 
+class SettingsReloader:
+    """Applies the settings file's ``fair_share`` section when the file changes.
+
+    A file that no longer validates is logged (every problem at its field) and counted
+    in ``dispatcher_settings_reloads_total{outcome="invalid"}``; the settings in force
+    stay as they were, and the next change is tried again.
+    """
+
+    def __init__(self, path: Path, apply: Callable[[FairShareSettings], None]) -> None:
+        self._path = path
+        self._apply = apply
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self._path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def check(self) -> bool:
+        """Reload if the file changed since last seen; whether new settings applied."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen:
+            return False
+        self._seen = stamp
+        try:
+            fair_share = load_fair_share(self._path)
+        except ConfigError as exc:
+            metrics.SETTINGS_RELOADS.labels(outcome="invalid").inc()
+            log.error("service.settings_reload_invalid", problems=str(exc))
+            return False
+        self._apply(fair_share)
+        metrics.SETTINGS_RELOADS.labels(outcome="applied").inc()
+        log.info("service.settings_reloaded", section="fair_share")
+        return True
+
+    def forever(self, wait: Callable[[float], bool], interval: float) -> None:
+        while not wait(interval):
+            self.check()
+
+
 def _identity() -> str:
     """This replica's name in the Lease: the pod name when the chart sets it."""
     base = os.environ.get("POD_NAME") or socket.gethostname()
@@ -244,11 +307,20 @@ def _in_plane(settings: Settings, field: str = "service.state_cluster") -> str:
     raise ConfigError([Problem(field, "required when no cluster has role in-plane")])
 
 
-def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
-    """Run the service until interrupted: API first (so probes answer), then the rest."""
+def serve(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    settings_path: str | Path | None = None,
+) -> None:
+    """Run the service until interrupted: API first (so probes answer), then the rest.
+
+    ``settings_path``: the file ``settings`` came from, whose ``fair_share`` section is
+    then reloaded when it changes."""
     configure_logging(json=settings.service.log_json, level=settings.service.log_level)
     tracing.configure(settings.tracing)
-    service = Service(settings)
+    service = Service(settings, settings_path=settings_path)
     if settings.service.auth.insecure_development_mode:
         log.warning(
             "service.authentication_disabled",

@@ -31,6 +31,9 @@ from dispatcher.core.scheduling import pod_constraints, pod_namespace
 from dispatcher.core.spec import XCOM_SIDECAR_RESOURCES, PodDefaults, TaskSpec
 from dispatcher.core.xcom import XCOM_MOUNT, XCOM_SIDECAR_NAME, XCOM_VOLUME, sidecar_command
 
+#: The node label kube-scheduler matches a node's name by (``avoid_nodes``).
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+
 __all__ = [
     "ATTEMPT_LABEL",
     "CONTAINER_NAME",
@@ -69,6 +72,9 @@ class Placement:
     defaults: PodDefaults = field(default_factory=PodDefaults)
     #: Node labels naming the requested GPU model: label key -> accepted values (ORed).
     gpu_model_labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Nodes the pod must stay off (``kubernetes.io/hostname`` NotIn): capacity reserved
+    #: there for a task ahead in the queue (``dispatcher.core.fairshare``).
+    avoid_nodes: tuple[str, ...] = ()
     #: Pull Secrets the cluster's registries add (``dispatcher.core.copies.Registry``).
     pull_secrets: tuple[str, ...] = ()
 
@@ -168,18 +174,31 @@ def _pod_fields(task: TaskSpec) -> dict[str, Any]:
 
 def _affinity(task: TaskSpec, placement: Placement) -> dict[str, Any] | None:
     affinity = task.affinity.to_k8s() if task.affinity is not None else {}
-    if not placement.gpu_model_labels:
+    if not placement.gpu_model_labels and not placement.avoid_nodes:
         return affinity or None
-    pins = [
+    pins: list[dict[str, Any] | None] = [
         {"key": key, "operator": "In", "values": list(values)}
         for key, values in sorted(placement.gpu_model_labels.items())
-    ]
+    ] or [None]
+    avoid = (
+        [{"key": HOSTNAME_LABEL, "operator": "NotIn", "values": sorted(placement.avoid_nodes)}]
+        if placement.avoid_nodes
+        else []
+    )
     terms = task.affinity.required_terms if task.affinity is not None else None
     # Terms are ORed and expressions ANDed: (t1 or t2) and (m1 or m2) becomes
-    # (t1 and m1) or (t1 and m2) or (t2 and m1) or (t2 and m2).
+    # (t1 and m1) or (t1 and m2) or (t2 and m1) or (t2 and m2). Nodes to avoid are
+    # ANDed into every term.
     base = [term.to_k8s() for term in terms] if terms else [{}]
     combined = [
-        {**term, "matchExpressions": [*term.get("matchExpressions", []), pin]}
+        {
+            **term,
+            "matchExpressions": [
+                *term.get("matchExpressions", []),
+                *([pin] if pin is not None else []),
+                *avoid,
+            ],
+        }
         for term in base
         for pin in pins
     ]

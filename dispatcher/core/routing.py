@@ -88,6 +88,7 @@ __all__ = [
     "ScoreWeights",
     "Strategy",
     "Verdict",
+    "feasible_nodes",
     "placement_for",
     "route",
 ]
@@ -387,6 +388,22 @@ def _static_filters(
                 have = shape.allocatable.get(name, 0)
                 result.largest[name] = max(result.largest.get(name, 0), have)
     return result
+
+
+def feasible_nodes(task: TaskSpec, state: ClusterState) -> tuple[NodeInfo, ...]:
+    """The ready, schedulable nodes of ``state`` that could run ``task`` once empty
+    enough: the static node filters pass and the task fits their allocatable. Cluster
+    filters (allow-lists, pod security, labels) are not checked here; a ``Decision``
+    says whether the cluster could run the task at all."""
+    constraints = pod_constraints(task, state.info.pod_defaults)
+    requests = tuple(sorted(task.requests.items()))
+    static = _static_filters(task, state, constraints, requests)
+    return tuple(
+        node
+        for candidate in static.feasible
+        if candidate.shape.schedulable
+        for node in (candidate.nodes if candidate.nodes is not None else candidate.shape.nodes)
+    )
 
 
 def _reject_message(

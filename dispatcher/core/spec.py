@@ -330,6 +330,12 @@ class Requirements(_Model):
     max_cost_per_hour: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     #: Higher runs first when tasks queue; routing itself ignores it.
     priority: int = Field(default=0, ge=-1000, le=1000)
+    #: The Airflow DAG owner the task belongs to: its fair-share tenant
+    #: (``fair_share.tenants``) when it was submitted without authentication.
+    owner: str | None = Field(default=None, min_length=1, max_length=256)
+    #: The fair-share tenant a task counts against when it was submitted without
+    #: authentication and names no owner; see docs/fair-share.md.
+    queue: DNSLabel | None = None
     cluster_hints: ClusterHints = Field(default_factory=ClusterHints)
 
 

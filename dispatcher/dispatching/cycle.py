@@ -1,4 +1,4 @@
-"""The dispatch cycle's routing turn: queued jobs, by priority then age, to placements.
+"""The dispatch cycle's routing turn: queued jobs, in fair-share order, to placements.
 
 Each turn takes the queued jobs with nothing in their mailbox (their state is settled),
 routes each on one snapshot of every cluster, and for a placement assumes the pod in the
@@ -18,9 +18,11 @@ from datetime import UTC, datetime
 
 from dispatcher import metrics
 from dispatcher.core import Placement, RoutingPolicy, Snapshot, Verdict, build_pod, route
+from dispatcher.core.fairshare import FairShareSettings
 from dispatcher.core.lifecycle import Event, State
 from dispatcher.core.routing import Decision
 from dispatcher.core.tenancy import ClusterAllowance
+from dispatcher.dispatching.fairness import FairShare
 from dispatcher.dispatching.jobs import Attempt, Job
 from dispatcher.dispatching.mailbox import Mail, Mailboxes
 from dispatcher.dispatching.ports import Cache
@@ -61,11 +63,15 @@ class Router:
         mail: Mailboxes,
         policy: RoutingPolicy,
         allowance: Callable[[str | None], ClusterAllowance | None] = lambda _: None,
+        *,
+        fair: FairShare | None = None,
     ) -> None:
         self._cache = cache
         self._table = table
         self._mail = mail
         self._policy = policy
+        #: Fair share (FAIR SHARE HOOK below); without settings: priority, then age.
+        self._fair = fair or FairShare(cache, table, FairShareSettings)
         #: The clusters a tenant's jobs may use: routing never places a job elsewhere.
         self._allowance = allowance
 
@@ -93,33 +99,39 @@ class Router:
         return decision
 
     def route_queued(self, now: float) -> None:
-        heads = sorted(
-            self._table.select(
-                lambda j: (
-                    j.state is State.QUEUED and j.not_before <= now and not self._mail.busy(j.id)
-                )
-            ),
-            key=lambda j: (-j.spec.requirements.priority, j.submitted_at, j.id),
+        heads = self._table.select(
+            lambda j: j.state is State.QUEUED and j.not_before <= now and not self._mail.busy(j.id)
         )
         if not heads:
             return
         snapshot = self._cache.snapshot()
+        # FAIR SHARE HOOK (dispatching.fairness over core.fairshare): the order of the
+        # waiting jobs, the snapshot each is routed on (nodes reserved for others taken
+        # away), quota admission, and reservations for jobs that fit nowhere now.
+        fair = self._fair.begin(heads, snapshot, now)
         waiting: dict[str, Decision] = {}
-        for job in heads:
-            shape = _routing_shape(job)
-            decision = waiting.get(shape) or self.route(job, snapshot)
+        for job in fair.order():
+            shape = _routing_shape(job) + fair.view_key(job)
+            decision = waiting.get(shape) or self.route(job, fair.view(job))
             if decision.verdict is Verdict.REJECT:
                 self._mail.post(job.id, Mail(Event.REJECTED, {"reason": decision.message()}))
                 continue
             if decision.verdict is Verdict.WAIT or decision.placement is None:
                 waiting[shape] = decision
                 # The reason is for readers; written with the job's next change.
-                self._table.replace_if_same(job, reason=decision.message())
+                self._table.replace_if_same(job, reason=fair.waiting(job, decision))
+                continue
+            held = fair.hold(job, decision)
+            if held is not None:
+                waiting[shape] = decision
+                self._table.replace_if_same(job, reason=held)
                 continue
             waiting.clear()
-            self._place(job, decision.placement, decision.message(), now)
+            self._place(job, fair.placement(job, decision.placement), decision.message(), now)
             # Only a placement changes what the next decision must see.
             snapshot = self._cache.snapshot()
+            fair.placed(job, decision.placement.cluster, snapshot)
+        fair.end()
 
     def _place(self, job: Job, placement: Placement, message: str, now: float) -> None:
         """Assume the placement, so the next decision sees it taken; the job's mailbox

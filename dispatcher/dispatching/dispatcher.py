@@ -4,8 +4,10 @@ How work flows (``run_once`` is one turn of the loop; ``start`` runs it on a thr
 
 1. **Submit** (API thread): route on a snapshot; the record is created synchronously
    (fenced by the leader term) before the job exists anywhere else; 201.
-2. **Route** (``run_once``): queued jobs by priority then age; a placement is assumed in
-   the cache at once (the next decision sees it taken) and handed to the job as ``PLACED``.
+2. **Route** (``run_once``): queued jobs in fair-share order (priority, then the tenants'
+   weighted dominant shares, then age; quotas and reservations: ``core.fairshare``); a
+   placement is assumed in the cache at once (the next decision sees it taken) and handed
+   to the job as ``PLACED``.
 3. **Per-job mailboxes**: every event of a job (placement, the create's answer, informer
    observations, timers, cancel) goes to its mailbox, drained by one runner task at a
    time, so a job's events are handled one by one and in order, never concurrently. For
@@ -54,6 +56,7 @@ import structlog
 from dispatcher import metrics, tracing
 from dispatcher.core import CONTAINER_NAME, RoutingPolicy, TaskSpec, Verdict, route
 from dispatcher.core.backoff import backoff_delay
+from dispatcher.core.fairshare import FairShareSettings
 from dispatcher.core.lifecycle import LIVE, Action, Event, State, transition
 from dispatcher.core.podsecurity import submission_problems
 from dispatcher.core.routing import Decision
@@ -62,6 +65,7 @@ from dispatcher.core.xcom import XCOM_SIDECAR_NAME, XComError, parse_sidecar_log
 from dispatcher.dispatching import facts, recovery, timers, traces
 from dispatcher.dispatching.copies import Copier, KVReader
 from dispatcher.dispatching.cycle import Router
+from dispatcher.dispatching.fairness import FairShare
 from dispatcher.dispatching.jobs import Attempt, Job, job_id_for
 from dispatcher.dispatching.mailbox import RESOLVE, Mail, Mailboxes
 from dispatcher.dispatching.pod_events import PodEvents
@@ -118,9 +122,12 @@ class Dispatcher:
         draw: Callable[[], float] = random.random,
         on_fenced: Callable[[], None] | None = None,
         tenants: Mapping[str, TenantPolicy] | None = None,
+        fair_share: FairShareSettings | None = None,
         vault: KVReader | None = None,
     ) -> None:
         self._cache = cache
+        #: Replaced whole by ``set_fair_share`` (a settings reload); read once per cycle.
+        self._fair_share = fair_share or FairShareSettings()
         # ``None``: no tenants (a service without authentication): nothing restricted.
         self._tenants = dict(tenants) if tenants is not None else None
         self._clusters = clusters
@@ -164,7 +171,10 @@ class Dispatcher:
             wake=self._wake.set,
             stopped=lambda: self._records.fenced,
         )
-        self._router = Router(cache, self._jobs, self._mail, self._policy, self.allowance)
+        self.fair = FairShare(cache, self._jobs, lambda: self._fair_share)
+        self._router = Router(
+            cache, self._jobs, self._mail, self._policy, self.allowance, fair=self.fair
+        )
         cache.add_listener(self._events.on_event)
 
     # ----- lifecycle ------------------------------------------------------------------
@@ -261,6 +271,15 @@ class Dispatcher:
         records: an empty table would call every job unknown."""
         if not self._attached.is_set():
             raise StoreError("this replica is still reading the job records; retry")
+
+    @property
+    def fair_share(self) -> FairShareSettings:
+        return self._fair_share
+
+    def set_fair_share(self, settings: FairShareSettings) -> None:
+        """New fair-share settings (a reload): the next cycle orders and admits by them."""
+        self._fair_share = settings
+        self.wake()
 
     def allowance(self, tenant: str | None) -> ClusterAllowance | None:
         """The clusters jobs of ``tenant`` may use (``None``: any), from the settings of
@@ -376,7 +395,7 @@ class Dispatcher:
     # ----- reads ----------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any]:
         self._require_attached()
-        return self._jobs.require(job_id).view()
+        return self._view(self._jobs.require(job_id))
 
     def spec(self, job_id: str) -> TaskSpec:
         """The task the job was submitted with (as validated), e.g. to explain its routing."""
@@ -407,7 +426,13 @@ class Dispatcher:
             ),
             key=lambda j: (j.submitted_at, j.id),
         )
-        return [j.view() for j in jobs[:limit]]
+        return [self._view(j) for j in jobs[:limit]]
+
+    def _view(self, job: Job) -> dict[str, Any]:
+        """What the API returns about ``job``, with where it stands in the queue."""
+        view = job.view()
+        view["queue"] = self.fair.queue(job.id) if job.state is State.QUEUED else None
+        return view
 
     def listen(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(job_id)`` after every change readers can see of a job (for
@@ -418,7 +443,7 @@ class Dispatcher:
     def wait(self, job_id: str, timeout: float) -> dict[str, Any]:
         """Block until the job has finished or ``timeout`` passed (long poll)."""
         self._require_attached()
-        return self._jobs.wait_finished(job_id, timeout, time.monotonic).view()
+        return self._view(self._jobs.wait_finished(job_id, timeout, time.monotonic))
 
     def logs(
         self, job_id: str, *, follow: bool = False, tail_lines: int | None = None
@@ -617,6 +642,7 @@ class Dispatcher:
             )
         if new.state is State.LAUNCHING:
             metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, self._clock() - new.submitted_at))
+            self.fair.observe_wait(new, self._clock())
         if not new.state.finished or old.state.finished:
             return
         failure = new.failure.value if new.failure and new.state is State.FAILED else ""
@@ -710,3 +736,4 @@ class Dispatcher:
         queued = [j.submitted_at for j in self._jobs.select(lambda j: j.state is State.QUEUED)]
         # The wait histogram only counts jobs that left the queue; a stuck queue shows here.
         metrics.QUEUE_OLDEST_SUBMISSION.set(min(queued, default=0.0))
+        self.fair.publish(self._cache.snapshot(), self._clock())

@@ -116,6 +116,17 @@ def test_the_routing_decision_comes_first_then_each_log_line_once_in_order(
     assert submitted["requirements"] == {"gpus": 2}
 
 
+def test_the_dag_owner_becomes_requirements_owner_unless_it_is_airflows_default(
+    said: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeDispatcher(states=[job_view("succeeded")])
+    use(fake, monkeypatch)
+    operator(owner="vision, alice").execute(context())
+    assert fake.submitted[-1]["requirements"] == {"owner": "vision", "gpus": 2}
+    operator().execute(context())  # owner "airflow": nobody in particular
+    assert "owner" not in fake.submitted[-1]["requirements"]
+
+
 def test_without_do_xcom_push_the_result_is_not_returned(
     said: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -169,6 +169,26 @@ def test_failure_messages_say_what_where_and_after_how_long(
     assert failure_message(job_view(job.pop("state", "failed"), **job)) == message
 
 
+def test_a_queued_job_says_where_it_stands_each_time_that_changes() -> None:
+    watch = Watch(Progress())
+
+    def queued(message: str) -> dict[str, Any]:
+        return job_view("queued", reason="no room", queue={"message": message})
+
+    first = watch.on_job(queued("16 a100 GPUs on one node; largest free block 6; 2 ahead"))
+    assert first.say == (
+        "Job j1 is queued: no room",
+        "Job j1 waits for 16 a100 GPUs on one node; largest free block 6; 2 ahead",
+    )
+    assert watch.on_job(queued("16 a100 GPUs on one node; largest free block 6; 2 ahead")).say == ()
+    # Not said again after a hand-over to the trigger (the progress travels as a dict).
+    watch = Watch(Progress.from_dict(watch.progress.to_dict()))
+    assert watch.on_job(queued("16 a100 GPUs on one node; largest free block 6; 2 ahead")).say == ()
+    assert watch.on_job(queued("16 a100 GPUs on one node; largest free block 8; 1 ahead")).say == (
+        "Job j1 waits for 16 a100 GPUs on one node; largest free block 8; 1 ahead",
+    )
+
+
 def test_what_was_materialised_in_the_cluster_is_said_once_by_name() -> None:
     copied = "Secret regcred copied to gpu-a100/batch from plane/batch/regcred"
     attempt = {"number": 1, "cluster": "gpu-a100", "pod": "train-abc-1", "materialised": []}

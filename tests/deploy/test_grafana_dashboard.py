@@ -87,5 +87,8 @@ def test_dashboard_covers_the_signals_sres_watch() -> None:
         "dispatcher_routing_decisions_total",
         "sum by (reason) (rate(dispatcher_routing_rejections_total",
         "dispatcher_leader",
+        "max by (tenant, pool) (dispatcher_tenant_usage",
+        "dispatcher_tenant_oldest_wait_seconds",
+        "dispatcher_tenant_borrowed",
     ]:
         assert needle in exprs, f"no panel shows {needle}"

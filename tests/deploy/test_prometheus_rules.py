@@ -19,6 +19,7 @@ EXPECTED_ALERTS = {
     "DispatcherFailureRateSpike",
     "DispatcherNoLeader",
     "DispatcherKubeAPIErrors",
+    "DispatcherTenantStarved",
 }
 
 

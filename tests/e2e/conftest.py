@@ -21,6 +21,7 @@ def service_factory(stack: Stack, namespace: str, tmp_path: Path) -> Iterator[An
     def make(
         clusters: dict[str, dict[str, Any]] | None = None,
         tenants: dict[str, dict[str, Any]] | None = None,
+        fair_share: dict[str, Any] | None = None,
         **service_settings: Any,
     ) -> ServiceProcess:
         config = dispatcher_settings(
@@ -30,6 +31,7 @@ def service_factory(stack: Stack, namespace: str, tmp_path: Path) -> Iterator[An
             service=service_settings,
             clusters=clusters,
             tenants=tenants,
+            fair_share=fair_share,
         )
         svc = ServiceProcess(config, tmp_path / f"svc{len(started)}.log")
         svc.start()

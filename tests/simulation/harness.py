@@ -213,8 +213,11 @@ class Simulation:
         policy: RoutingPolicy | None = None,
         unreachable: dict[str, Any] | None = None,
         relaunch_allowed: bool = False,
+        fair_share: Any = None,
     ) -> None:
         self.service = service or sim_service()
+        #: ``FairShareSettings`` for every process (dispatchers that know it).
+        self.fair_share = fair_share
         self.world = World(
             topology,
             lease_duration=self.service.lease_duration_seconds,
@@ -256,6 +259,7 @@ class Simulation:
             "runner": runner,
             "draw": lambda: 0.5,
             "on_fenced": functools.partial(self._fenced, process),
+            "fair_share": self.fair_share,
         }
         if self.legacy:
             process.dispatcher = LegacyDispatcher(

@@ -45,9 +45,11 @@ def dispatcher_settings(
     client: dict[str, Any] | None = None,
     clusters: dict[str, dict[str, Any]] | None = None,
     tenants: dict[str, dict[str, Any]] | None = None,
+    fair_share: dict[str, Any] | None = None,
 ) -> Path:
     """Write a settings file (and the Vault login JWT) into ``folder``; return its path.
 
+    ``fair_share``: the ``fair_share`` section (docs/fair-share.md), when given.
     ``clusters`` adds settings to the named clusters (e.g. an ``on_unreachable`` policy);
     ``tenants`` adds tenants to ``admin`` (role admin; its token is ``ADMIN_TOKEN``).
     ``service`` may replace ``auth`` (``default_auth()``).
@@ -137,6 +139,8 @@ def dispatcher_settings(
             **(service or {}),
         },
     }
+    if fair_share is not None:
+        settings["fair_share"] = fair_share
     for cluster in settings["clusters"]:
         cluster["client"] = dict(client or {})
         # The stack's API servers listen on 127.0.0.1, which production refuses.
