@@ -168,6 +168,10 @@ def test_clusters_and_queue_say_what_waits_for_what(
         )[0]
         assert "gpu-h100" in row.find_element(By.CSS_SELECTOR, ".waits").text
         assert "gpu:H100" in row.text
+        # What fair share says it waits for, as the API says it.
+        waits_for = api.get(waiting["id"])["queue"]["waiting_for"]
+        assert waits_for
+        assert waits_for in row.text
         browser.get(f"{service.url}/ui/clusters")
         rows = {
             r.get_attribute("data-cluster"): r

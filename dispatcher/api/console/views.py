@@ -200,15 +200,18 @@ class QueueSource(Protocol):
 
 
 class RoutingQueue:
-    """The dispatcher's queued jobs by priority then age, as the dispatch cycle takes
-    them; each is routed again on the current snapshot to say what it waits for."""
+    """The dispatcher's queued jobs in the order the dispatch cycle takes them (the fair
+    share's, from each job's ``queue`` view), with what fair share says each waits for;
+    each is routed again on the current snapshot to say which cluster it waits for."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
 
     def entries(self, visible: Visible, limit: int) -> list[QueueEntry]:
         queued = self._dispatcher.list(state="queued", limit=100_000, visible=visible)
-        queued.sort(key=lambda j: (-j["priority"], j["submitted_at"], j["id"]))
+        # The fair-share order of the last cycle (the job's ``queue`` view: jobs ahead of
+        # it) where there is one; jobs it has not ranked yet after, by priority then age.
+        queued.sort(key=_queue_order)
         entries = []
         for position, job in enumerate(queued[:limit], start=1):
             try:
@@ -226,6 +229,7 @@ class RoutingQueue:
                     submitted_at=job["submitted_at"],
                     pool=pool_of(spec),
                     summary=decision.message(),
+                    details=_fair_share_details(job.get("queue")),
                     waits_for=tuple(
                         Waiting(c.cluster, c.message)
                         for c in decision.clusters
@@ -234,6 +238,36 @@ class RoutingQueue:
                 )
             )
         return entries
+
+
+def _queue_order(job: Mapping[str, Any]) -> tuple[int, int, int, float, str]:
+    ahead = (job.get("queue") or {}).get("ahead")
+    ranked = isinstance(ahead, int)
+    return (
+        0 if ranked else 1,
+        ahead if isinstance(ahead, int) else 0,
+        -int(job["priority"]),
+        float(job["submitted_at"]),
+        str(job["id"]),
+    )
+
+
+def _fair_share_details(queue: Mapping[str, Any] | None) -> dict[str, str]:
+    """The fair-share columns of a waiting job (``dispatcher.core.fairshare.QueueView``);
+    the same columns for every row, so the table stays rectangular."""
+    queue = queue or {}
+    ahead = queue.get("ahead_in_tenant")
+    return {
+        "Fair share": str(queue.get("waiting_for") or ""),
+        "Ahead in tenant": "" if ahead is None else str(ahead),
+        "Expected start": _clock_time(queue.get("expected_start")),
+    }
+
+
+def _clock_time(moment: Any) -> str:
+    if not isinstance(moment, int | float):
+        return ""
+    return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%S UTC")
 
 
 # ---------------------------------------------------------------------------- clusters
