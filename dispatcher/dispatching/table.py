@@ -36,7 +36,7 @@ class JobTable:
 
     def listen(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(job_id)`` after every change of a job's committed value (put,
-        commit, drop), on the thread that made it, outside the lock: it must not block."""
+        adopt, commit, drop), on the thread that made it, outside the lock: it must not block."""
         with self._lock:
             self._listeners = [*self._listeners, listener]
 
@@ -80,7 +80,10 @@ class JobTable:
     def adopt(self, job: Job) -> Job:
         """``job`` unless another value is already known for its id; the one kept."""
         with self._lock:
-            return self._jobs.setdefault(job.id, job)
+            kept = self._jobs.setdefault(job.id, job)
+        if kept is job:
+            self._tell(job.id)
+        return kept
 
     def commit(self, job: Job) -> Job:
         """Publish a written job (unless it was forgotten meanwhile) and wake long polls."""
