@@ -5,6 +5,7 @@ Run from the repository root::
     python -m benchmarks.bench_hotpath                  # 50 clusters x 5,000 nodes, 100,000 jobs
     python -m benchmarks.bench_hotpath --clusters 3 --nodes 500 --jobs 2000
     python -m benchmarks.bench_hotpath --baseline main  # the ref to compare with (default)
+    python -m benchmarks.bench_hotpath --baseline none  # this tree only
 
 Both contenders run the same workload, one after the other, each in its own process: the
 baseline is ``git archive <ref>`` unpacked in a temporary directory, with this file's
@@ -168,8 +169,12 @@ def workload(args: argparse.Namespace) -> dict[str, Any]:
     mail = Mailboxes(_NoRunner(), lambda job_id, m: None, clock=time.time, draw=lambda: 0.5)
     gc.collect()
     rss_before = _rss()
+    # One parsed spec per shape, copied per job with its own name: parsing 100,000 specs
+    # would take minutes here. The copies share the nested values (resources, tolerations),
+    # so the memory per job below is a floor for jobs parsed one by one.
+    specs = [parse_task_spec(_task(shape, shape)) for shape in range(args.shapes)]
     for j in range(args.jobs):
-        spec = parse_task_spec(_task(j % args.shapes, j))
+        spec = specs[j % args.shapes].model_copy(update={"name": f"task-{j}"})
         table.put(Job(id=f"job-{j:07d}", spec=spec, submitted_at=float(j)))
     router = Router(cache, table, mail, RoutingPolicy())
     gc.collect()
@@ -257,7 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", type=int, default=200)
     parser.add_argument("--free", type=int, default=20, help="free nodes per cluster")
     parser.add_argument("--freed", type=int, default=20, help="nodes freed in one cluster")
-    parser.add_argument("--baseline", default="main", help="git ref to compare with")
+    parser.add_argument(
+        "--baseline", default="main", help="git ref to compare with; none: this tree only"
+    )
     parser.add_argument("--json", type=Path, help="also write both results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -268,11 +275,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         print(json.dumps(workload(args)))
         return
-    with tempfile.TemporaryDirectory(prefix="bench-hotpath-") as tmp:
-        _unpack(args.baseline, Path(tmp))
-        base = _contend(Path(tmp) / "tree", sizes)
-    ours = _contend(ROOT, sizes)
-    _report(args, base, ours)
+    if args.baseline == "none":
+        ours = _contend(ROOT, sizes)
+        print(json.dumps(ours, indent=2))
+        base = {}
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-hotpath-") as tmp:
+            _unpack(args.baseline, Path(tmp))
+            base = _contend(Path(tmp) / "tree", sizes)
+        ours = _contend(ROOT, sizes)
+        _report(args, base, ours)
     if args.json:
         args.json.write_text(json.dumps({"baseline": base, "ours": ours}, indent=2))
 

@@ -135,7 +135,7 @@ class Router:
 
     def route_queued(self, now: float) -> None:
         """One routing turn (see the module docstring)."""
-        changed = self._queue.refresh()
+        changed = self._queue.take_changed()
         snapshot = self._cache.snapshot()
         if not changed and not self._passed_over and snapshot is self._routed_on:
             return

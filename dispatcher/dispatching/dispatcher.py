@@ -396,11 +396,7 @@ class Dispatcher:
                 close()
 
     def counts(self) -> dict[tuple[str, str], int]:
-        counts: dict[tuple[str, str], int] = {}
-        for job in self._jobs.all():
-            key = (job.state.value, job.cluster or "")
-            counts[key] = counts.get(key, 0) + 1
-        return counts
+        return self._jobs.counts()
 
     # ----- client actions -------------------------------------------------------------
     def request_cancel(self, job_id: str) -> threading.Event:
@@ -630,6 +626,7 @@ class Dispatcher:
         counts = self.counts()
         metrics.record_jobs((phase, cluster, n) for (phase, cluster), n in counts.items())
         metrics.QUEUE_DEPTH.set(sum(n for (phase, _), n in counts.items() if phase == "queued"))
-        queued = [j.submitted_at for j in self._jobs.select(lambda j: j.state is State.QUEUED)]
         # The wait histogram only counts jobs that left the queue; a stuck queue shows here.
-        metrics.QUEUE_OLDEST_SUBMISSION.set(min(queued, default=0.0))
+        # The routing queue knows its oldest job per shape (no walk over every job).
+        self._router.queue.refresh()
+        metrics.QUEUE_OLDEST_SUBMISSION.set(self._router.queue.oldest() or 0.0)

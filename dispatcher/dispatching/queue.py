@@ -57,6 +57,8 @@ class RoutingQueue:
         self._groups: dict[str, ShapeGroup] = {}
         #: Job id -> (shape, key) where it is queued.
         self._where: dict[str, tuple[str, QueueKey]] = {}
+        #: Whether the queue changed since ``take_changed`` last answered.
+        self._changed_since = False
         table.listen(self._mark)
         # Jobs already in the table (a router made after them, as in tests) are taken too.
         for job in table.all():
@@ -84,6 +86,14 @@ class RoutingQueue:
                 self._remove(job_id, *before)
             if place is not None:
                 self._insert(job_id, *place)
+        self._changed_since = self._changed_since or changed
+        return changed
+
+    def take_changed(self) -> bool:
+        """Take in the job changes; whether the queue changed since the last call (refreshes
+        made meanwhile for other readers included)."""
+        self.refresh()
+        changed, self._changed_since = self._changed_since, False
         return changed
 
     def _insert(self, job_id: str, shape: str, key: QueueKey) -> None:
