@@ -9,10 +9,13 @@ makes only the tasks that need it wait, and says why.
 
 Per cluster, three informers (nodes; our pods, every phase, for job tracking; everybody
 else's pods that still hold resources, for capacity; the last can be switched off with
-``client.watch_all_pods: false``) feed an incremental account: per node its ``NodeInfo``
-and the requests of the pods bound to it. Each change bumps the cluster's version;
-``snapshot()`` rebuilds a cluster's ``ClusterState`` only when its version moved and reuses
-it otherwise, so a routing decision does not copy every node of every cluster.
+``client.watch_all_pods: false``) feed an incremental account (``accounting``): per node
+its ``NodeInfo`` and the requests of the pods bound to it, nodes grouped by shape. Each
+change bumps the cluster's version; ``snapshot()`` re-assembles only the node shapes whose
+nodes changed, and reuses a cluster's ``ClusterState`` while its version stays, so neither
+a placement nor a routing decision copies every node of a cluster. The state's
+``generation`` moves only with changes that may let a waiting task run (not with a pod
+assumed, or seen bound where it was assumed).
 
 Pods we just created but the informers have not yet seen bound are *assumed*
 (``assume``), so two quick placements cannot both take the same free GPUs:
