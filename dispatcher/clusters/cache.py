@@ -9,10 +9,13 @@ makes only the tasks that need it wait, and says why.
 
 Per cluster, three informers (nodes; our pods, every phase, for job tracking; everybody
 else's pods that still hold resources, for capacity; the last can be switched off with
-``client.watch_all_pods: false``) feed an incremental account: per node its ``NodeInfo``
-and the requests of the pods bound to it. Each change bumps the cluster's version;
-``snapshot()`` rebuilds a cluster's ``ClusterState`` only when its version moved and reuses
-it otherwise, so a routing decision does not copy every node of every cluster.
+``client.watch_all_pods: false``) feed an incremental account (``accounting``): per node
+its ``NodeInfo`` and the requests of the pods bound to it, nodes grouped by shape. Each
+change bumps the cluster's version; ``snapshot()`` re-assembles only the node shapes whose
+nodes changed, and reuses a cluster's ``ClusterState`` while its version stays, so neither
+a placement nor a routing decision copies every node of a cluster. The state's
+``generation`` moves only with changes that may let a waiting task run (not with a pod
+assumed, or seen bound where it was assumed).
 
 Pods we just created but the informers have not yet seen bound are *assumed*
 (``assume``), so two quick placements cannot both take the same free GPUs:
@@ -75,6 +78,7 @@ from typing import Any
 import structlog
 
 from dispatcher import metrics
+from dispatcher.clusters.accounting import ClusterAccount, is_bound
 from dispatcher.clusters.connection import ClientProvider, Connection, NamespacedResource
 from dispatcher.clusters.health import ClusterHealth, HealthPolicy, HealthStatus
 from dispatcher.clusters.watching import DELETED, Informer, WatchOptions, object_key
@@ -87,18 +91,10 @@ from dispatcher.core import (
     NodeInfo,
     Snapshot,
     managed_pods_selector,
-    pod_requests,
     quantity,
 )
 from dispatcher.core.dependencies import DependencyKind, NamespaceView
-from dispatcher.core.scheduling import (
-    fits,
-    matches_node_affinity,
-    matches_node_selector,
-    untolerated_taints,
-)
 from dispatcher.core.snapshot import ClusterRefusal, is_terminated
-from dispatcher.core.spec import Affinity, Toleration
 from dispatcher.settings import ClusterSettings, Settings
 from dispatcher.supervise import Supervisor
 
@@ -127,8 +123,6 @@ OTHER_PODS = "pods-other"
 RUNNING_PODS_FIELD_SELECTOR = "status.phase!=Succeeded,status.phase!=Failed"
 #: Everything not ours: pods without the label and pods some other tool labelled.
 OTHER_PODS_LABEL_SELECTOR = f"{MANAGED_BY_LABEL}!={MANAGED_BY_VALUE}"
-
-_SCORED_RESOURCES = (quantity.CPU, quantity.MEMORY)
 
 #: The dependency kinds watched in each task namespace, by their resource's plural.
 #: PVCs and ServiceAccounts come as ``PartialObjectMetadata`` (no spec at all); Secrets
@@ -187,40 +181,6 @@ class CacheOptions:
     tick_seconds: float = 0.5
 
 
-@dataclass(slots=True)
-class _Assumed:
-    name: str
-    namespace: str
-    pod: Mapping[str, Any]
-    requests: dict[str, int]
-    node: str | None
-    expires: float
-
-
-def _add(total: dict[str, int], more: Mapping[str, int], sign: int = 1) -> None:
-    for name, amount in more.items():
-        value = total.get(name, 0) + sign * amount
-        if value:
-            total[name] = value
-        else:
-            total.pop(name, None)
-
-
-def _is_bound(pod: Mapping[str, Any]) -> bool:
-    return bool((pod.get("spec") or {}).get("nodeName"))
-
-
-def _requests_with_slot(pod: Mapping[str, Any]) -> dict[str, int]:
-    """What the pod takes on its node, the pod slot included (as ``usage_by_node``)."""
-    try:
-        requests = pod_requests(pod)
-    except ValueError:
-        log.warning("cache.pod_requests_unreadable", pod=object_key(pod))
-        requests = {}
-    requests[quantity.PODS] = requests.get(quantity.PODS, 0) + 1
-    return requests
-
-
 class _Cluster:
     """Everything the cache knows about one cluster; guarded by ``lock``."""
 
@@ -234,20 +194,8 @@ class _Cluster:
         self.health = health
         self.informers: dict[str, Informer] = {}
         self.lock = threading.Lock()
-        #: Node name -> node as listed (``used`` empty).
-        self.nodes: dict[str, NodeInfo] = {}
-        #: Node name -> requests of the pods bound to it, as the informers saw them.
-        self.usage: dict[str, dict[str, int]] = {}
-        #: (informer, pod key) -> (node, requests) of every pod counted in ``usage``.
-        self.pod_usage: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}
-        #: Pod name -> assumption; and node name -> requests of assumptions placed there.
-        self.assumed: dict[str, _Assumed] = {}
-        self.assumed_usage: dict[str, dict[str, int]] = {}
-        #: Node name -> ``NodeInfo`` with usage; recomputed for ``stale`` nodes only.
-        self.node_infos: dict[str, NodeInfo] = {}
-        self.stale: set[str] = set()
-        self.version = 0
-        self.built: tuple[int, ClusterState] | None = None
+        #: Nodes, usage and assumptions, kept incrementally (``accounting``).
+        self.account = ClusterAccount(self.info)
         self.published = -1
         #: (namespace, kind) -> the informer of that kind's objects there.
         self.dependency_informers: dict[tuple[str, DependencyKind], Informer] = {}
@@ -256,44 +204,20 @@ class _Cluster:
         return [*self.informers.values(), *self.dependency_informers.values()]
 
     # ----- all below run under ``lock`` -------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self.account.version
+
     def changed(self, *nodes: str | None) -> None:
-        self.version += 1
-        self.stale.update(n for n in nodes if n)
-
-    def unplaced(self) -> int:
-        return sum(1 for a in self.assumed.values() if a.node is None)
-
-    def node_info(self, name: str) -> NodeInfo | None:
-        if name in self.stale or name not in self.node_infos:
-            self._refresh(name)
-        return self.node_infos.get(name)
-
-    def _refresh(self, name: str) -> None:
-        self.stale.discard(name)
-        base = self.nodes.get(name)
-        if base is None:
-            self.node_infos.pop(name, None)
-            return
-        used = dict(self.usage.get(name) or {})
-        _add(used, self.assumed_usage.get(name) or {})
-        self.node_infos[name] = dataclasses.replace(base, used=used)
+        self.account.touch(*nodes)
 
     def state(self) -> ClusterState:
-        if self.built is not None and self.built[0] == self.version:
-            return self.built[1]
-        for name in list(self.stale):
-            self._refresh(name)
         status = self.health.status()
-        state = ClusterState.build(
-            self.info,
-            health=status.health,
-            nodes=self.node_infos.values(),
-            queue_depth=self.unplaced(),
-            refusal=_refusal(status),
-            objects=self.objects() if self.settings.check_dependencies else None,
+        return self.account.state(
+            status.health,
+            _refusal(status),
+            self.objects() if self.settings.check_dependencies else None,
         )
-        self.built = (self.version, state)
-        return state
 
     def objects(self) -> dict[str, NamespaceView]:
         """Per task namespace, the dependency objects as the informers last listed them."""
@@ -316,111 +240,6 @@ class _Cluster:
             namespace: NamespaceView(objects=found[namespace], unknown=unknown[namespace])
             for namespace in found
         }
-
-    def count_pod(self, source: str, key: str, pod: Mapping[str, Any] | None) -> bool:
-        """Account a pod's current state; returns whether usage changed."""
-        counted: tuple[str, dict[str, int]] | None = None
-        if pod is not None and _is_bound(pod) and not is_terminated(pod):
-            counted = (str(pod["spec"]["nodeName"]), _requests_with_slot(pod))
-        before = self.pod_usage.get((source, key))
-        if before == counted:
-            return False
-        if before is not None:
-            _add(self.usage.setdefault(before[0], {}), before[1], -1)
-            self.stale.add(before[0])
-        if counted is not None:
-            _add(self.usage.setdefault(counted[0], {}), counted[1])
-            self.stale.add(counted[0])
-            self.pod_usage[(source, key)] = counted
-        else:
-            self.pod_usage.pop((source, key), None)
-        return True
-
-    def drop_assumption(self, name: str) -> bool:
-        assumed = self.assumed.pop(name, None)
-        if assumed is None:
-            return False
-        if assumed.node is not None:
-            _add(self.assumed_usage.setdefault(assumed.node, {}), assumed.requests, -1)
-            self.stale.add(assumed.node)
-        return True
-
-    def settle(self) -> None:
-        """Keep assumptions where the scheduler can still put their pods.
-
-        The scheduler may bind a pod elsewhere than assumed; the real pod then counts on
-        its node, and an assumption sharing that node may no longer fit. Left there, the
-        node would be over-committed while the assumed node looks free: a window for a
-        double booking. Such assumptions (the latest first) are placed again, and
-        assumptions that fitted nowhere get a node when one frees up, as their pods will.
-        """
-        if not self.assumed:
-            return
-        moved = False
-        by_node: dict[str, list[_Assumed]] = {}
-        for assumed in self.assumed.values():
-            node = assumed.node
-            if node is not None and (node in self.stale or node not in self.nodes):
-                by_node.setdefault(node, []).append(assumed)
-        for node, assumptions in by_node.items():
-            while assumptions and self._overcommitted(node):
-                assumed = assumptions.pop()
-                _add(self.assumed_usage.setdefault(node, {}), assumed.requests, -1)
-                self.stale.add(node)
-                assumed.node = None
-                moved = True
-        for assumed in self.assumed.values():
-            if assumed.node is None:
-                assumed.node = self.choose_node(assumed.pod, assumed.requests)
-                if assumed.node is not None:
-                    _add(self.assumed_usage.setdefault(assumed.node, {}), assumed.requests)
-                    self.stale.add(assumed.node)
-                    moved = True
-        if moved:
-            self.version += 1
-
-    def _overcommitted(self, node: str) -> bool:
-        info = self.node_info(node)
-        return info is None or any(amount < 0 for amount in info.free.values())
-
-    def choose_node(self, pod: Mapping[str, Any], requests: Mapping[str, int]) -> str | None:
-        """The node kube-scheduler would most likely pick now, or ``None`` if none fits."""
-        spec = pod.get("spec") or {}
-        try:
-            tolerations = [Toleration.model_validate(t) for t in spec.get("tolerations") or ()]
-            affinity = spec.get("affinity")
-            terms = Affinity.model_validate(affinity).required_terms if affinity else None
-        except ValueError:
-            log.warning("cache.assume_constraints_unreadable", cluster=self.name)
-            return None
-        selector = spec.get("nodeSelector") or {}
-        wanted = tuple(requests.items())
-        best: tuple[float, str] | None = None
-        for name, base in self.nodes.items():
-            if not base.ready or base.unschedulable:
-                continue
-            if untolerated_taints(base.taints, tolerations):
-                continue
-            if not matches_node_selector(selector, base.labels):
-                continue
-            if not matches_node_affinity(terms, base.labels, name):
-                continue
-            info = self.node_info(name)
-            if info is None:
-                continue
-            free = info.free
-            if not fits(wanted, free):
-                continue
-            shares = [
-                (free.get(r, 0) - requests.get(r, 0)) / base.allocatable[r]
-                for r in _SCORED_RESOURCES
-                if base.allocatable.get(r)
-            ]
-            score = sum(shares) / len(shares) if shares else 0.0
-            # Highest score wins; among equals the first name, like a stable sort.
-            if best is None or (-score, name) < (-best[0], best[1]):
-                best = (score, name)
-        return best[1] if best else None
 
 
 class ClusterCache:
@@ -647,7 +466,7 @@ class ClusterCache:
         """Assumed pod name -> the node it is counted on (``None``: in the queue depth)."""
         view = self._cluster(cluster)
         with view.lock:
-            return {name: a.node for name, a in view.assumed.items()}
+            return {name: a.node for name, a in view.account.assumed.items()}
 
     def _cluster(self, name: str) -> _Cluster:
         try:
@@ -662,33 +481,22 @@ class ClusterCache:
         metadata = pod.get("metadata") or {}
         name = str(metadata.get("name", ""))
         namespace = str(metadata.get("namespace", ""))
-        requests = _requests_with_slot(pod)
         with view.lock:
             seen = view.informers[MANAGED_PODS].get(f"{namespace}/{name}")
-            if seen is not None and (_is_bound(seen) or is_terminated(seen)):
+            if seen is not None and (is_bound(seen) or is_terminated(seen)):
                 return  # already counted as what it really is
-            view.drop_assumption(name)
-            node = (pod.get("spec") or {}).get("nodeName") or view.choose_node(pod, requests)
-            view.assumed[name] = _Assumed(
-                name,
-                namespace,
-                pod,
-                requests,
-                node,
-                self._clock() + self.options.assume_ttl_seconds,
+            node = view.account.assume(
+                name, namespace, pod, self._clock() + self.options.assume_ttl_seconds
             )
-            if node is not None:
-                _add(view.assumed_usage.setdefault(node, {}), requests)
-            view.changed(node)
         log.debug("cache.assumed", cluster=cluster, pod=name, node=node)
 
     def forget(self, cluster: str, pod_name: str) -> None:
         """Stop counting an assumed pod (its creation failed, or it was given up)."""
         view = self._cluster(cluster)
         with view.lock:
-            if view.drop_assumption(pod_name):
+            if view.account.drop(pod_name):
                 view.changed()
-                view.settle()
+                view.account.settle()
 
     # ----- listeners -------------------------------------------------------------------
     def add_listener(self, callback: Listener) -> None:
@@ -722,7 +530,7 @@ class ClusterCache:
         name = str((node.get("metadata") or {}).get("name", ""))
         with cluster.lock:
             if kind == DELETED:
-                changed = cluster.nodes.pop(name, None) is not None
+                changed = cluster.account.remove_node(name)
             else:
                 try:
                     info = NodeInfo.from_k8s(node)
@@ -731,11 +539,9 @@ class ClusterCache:
                         "cache.node_unreadable", cluster=cluster.name, node=name, error=str(exc)
                     )
                     return
-                changed = cluster.nodes.get(name) != info
-                cluster.nodes[name] = info
+                changed = cluster.account.set_node(info)
             if changed:
-                cluster.changed(name)
-                cluster.settle()
+                cluster.account.settle()
         if changed:
             self._emit(cluster.name, "node", kind, node)
 
@@ -744,19 +550,23 @@ class ClusterCache:
     ) -> None:
         key = object_key(pod)
         with cluster.lock:
-            changed = cluster.count_pod(watch, key, None if kind == DELETED else pod)
+            account = cluster.account
+            changed = account.count_pod(watch, key, None if kind == DELETED else pod)
             if managed:
                 name = str((pod.get("metadata") or {}).get("name", ""))
-                assumed = cluster.assumed.get(name)
+                assumed = account.assumed.get(name)
                 if (
                     assumed is not None
                     and assumed.namespace == (pod.get("metadata") or {}).get("namespace", "")
-                    and (kind == DELETED or _is_bound(pod) or is_terminated(pod))
+                    and (kind == DELETED or is_bound(pod) or is_terminated(pod))
                 ):
-                    changed = cluster.drop_assumption(name) or changed
+                    counted = account.pod_usage.get((watch, key))
+                    changed = account.drop(name, replaced_by=counted) or changed
             if changed:
-                cluster.changed()
-                cluster.settle()
+                # Only the pod's own counting moved (``count_pod``, ``drop`` judge
+                # whether room grew).
+                account.touch(grows=False)
+                account.settle()
         if managed:
             self._emit(cluster.name, "pod", kind, pod)
         elif changed:
@@ -808,12 +618,10 @@ class ClusterCache:
         for cluster in self._clusters.values():
             cluster.health.refresh()
             with cluster.lock:
-                expired = [a.name for a in cluster.assumed.values() if a.expires <= now]
-                for name in expired:
-                    cluster.drop_assumption(name)
+                expired = cluster.account.expire(now)
                 if expired:
                     cluster.changed()
-                    cluster.settle()
+                    cluster.account.settle()
                 state = cluster.state() if cluster.published != cluster.version else None
                 cluster.published = cluster.version
             if expired:

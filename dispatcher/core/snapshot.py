@@ -42,15 +42,18 @@ __all__ = [
     "ClusterRole",
     "ClusterState",
     "CostTable",
+    "FreeVector",
     "Health",
     "NodeInfo",
     "NodeShape",
     "Snapshot",
     "Taint",
+    "free_vector",
     "gpu_model_labels",
     "gpu_model_matches",
     "is_terminated",
     "pod_requests",
+    "shape_key",
     "snapshot_from_document",
     "usage_by_node",
 ]
@@ -353,20 +356,40 @@ class NodeShape:
     def of(cls, nodes: Iterable[NodeInfo]) -> NodeShape:
         """Group nodes known to share a shape (same allocatable, labels, taints, state)."""
         members = tuple(sorted(nodes, key=lambda n: n.name))
+        frees: dict[FreeVector, int] = {}
+        for node in members:
+            vector = free_vector(node)
+            frees[vector] = frees.get(vector, 0) + 1
+        return cls.assemble(members, frees)
+
+    @classmethod
+    def assemble(cls, members: tuple[NodeInfo, ...], frees: Mapping[FreeVector, int]) -> NodeShape:
+        """The shape of ``members`` (sorted by name, alike as ``of`` says), given how many of
+        them have each free vector (``free_vector``). Costs O(distinct free vectors) besides
+        taking ``members`` as they are, so a cache that keeps the counts up to date rebuilds
+        a shape without visiting its nodes."""
         first = members[0]
-        frees = [node.free for node in members]
-        names = sorted({name for free in frees for name in free})
+        names = sorted({name for vector in frees for name, _ in vector})
         # Aligned on one key order, so that tuple order below compares amounts.
-        distinct = {tuple(free.get(name, 0) for name in names) for free in frees}
-        max_free = {name: max(free.get(name, 0) for free in frees) for name in names}
-        total_free = {name: sum(max(free.get(name, 0), 0) for free in frees) for name in names}
+        aligned: dict[tuple[int, ...], int] = {}
+        for vector, count in frees.items():
+            amounts = dict(vector)
+            key = tuple(amounts.get(name, 0) for name in names)
+            aligned[key] = aligned.get(key, 0) + count
+        max_free = {
+            name: max(vector[index] for vector in aligned) for index, name in enumerate(names)
+        }
+        total_free = {
+            name: sum(max(vector[index], 0) * count for vector, count in aligned.items())
+            for index, name in enumerate(names)
+        }
         # Visit in descending lexicographic order: whatever dominates a vector comes before
         # it, so comparing against the frontier kept so far is enough.
         kept: list[tuple[int, ...]] = []
-        for vector in sorted(distinct, reverse=True):
-            if not any(all(k >= v for k, v in zip(other, vector, strict=True)) for other in kept):
-                kept.append(vector)
-        frontier = tuple(dict(zip(names, vector, strict=True)) for vector in kept)
+        for point in sorted(aligned, reverse=True):
+            if not any(all(k >= v for k, v in zip(other, point, strict=True)) for other in kept):
+                kept.append(point)
+        frontier = tuple(dict(zip(names, point, strict=True)) for point in kept)
         return cls(
             allocatable=dict(first.allocatable),
             labels={k: v for k, v in first.labels.items() if k not in IDENTITY_LABELS},
@@ -383,7 +406,19 @@ class NodeShape:
         )
 
 
-def _shape_key(node: NodeInfo) -> tuple[Any, ...]:
+#: A node's free room as sorted (resource, amount) pairs: hashable, so nodes can be
+#: counted by it (``NodeShape.assemble``).
+FreeVector = tuple[tuple[str, int], ...]
+
+
+def free_vector(node: NodeInfo) -> FreeVector:
+    """``node.free`` as a ``FreeVector``."""
+    return tuple(sorted(node.free.items()))
+
+
+def shape_key(node: NodeInfo) -> tuple[Any, ...]:
+    """What the nodes of one ``NodeShape`` share: all but their names, identity labels
+    and free room."""
     return (
         tuple(sorted(node.allocatable.items())),
         tuple(sorted((k, v) for k, v in node.labels.items() if k not in IDENTITY_LABELS)),
@@ -445,6 +480,11 @@ class ClusterState:
     #: (names and key names only). ``None``: nobody looked, so routing cannot check a
     #: task's dependencies here and says so.
     objects: Mapping[str, NamespaceView] | None = field(default=None, repr=False)
+    #: Moves with every change that may let a waiting task run here (room freed, nodes,
+    #: health, dependencies), not with changes that only take room (a pod assumed or
+    #: bound where it was assumed): while it stays, what had to wait still must. Kept by
+    #: the cache; not part of what the state says, so not compared.
+    generation: int = field(default=0, compare=False)
 
     @property
     def name(self) -> str:
@@ -490,17 +530,37 @@ class ClusterState:
     ) -> ClusterState:
         groups: dict[tuple[Any, ...], list[NodeInfo]] = {}
         for node in nodes:
-            groups.setdefault(_shape_key(node), []).append(node)
-        shapes = sorted(
-            (NodeShape.of(group) for group in groups.values()), key=lambda s: s.nodes[0].name
+            groups.setdefault(shape_key(node), []).append(node)
+        return cls.assemble(
+            info,
+            health=health,
+            shapes=(NodeShape.of(group) for group in groups.values()),
+            queue_depth=queue_depth,
+            refusal=refusal,
+            objects=objects,
         )
+
+    @classmethod
+    def assemble(
+        cls,
+        info: ClusterInfo,
+        *,
+        health: Health,
+        shapes: Iterable[NodeShape],
+        queue_depth: int = 0,
+        refusal: ClusterRefusal | None = None,
+        objects: Mapping[str, NamespaceView] | None = None,
+        generation: int = 0,
+    ) -> ClusterState:
+        """From shapes already grouped (``build`` groups nodes; a cache keeps them)."""
         return cls(
             info=info,
             health=health,
-            shapes=tuple(shapes),
+            shapes=tuple(sorted(shapes, key=lambda s: s.nodes[0].name)),
             queue_depth=queue_depth,
             refusal=refusal if health is Health.REFUSED else None,
             objects=objects,
+            generation=generation,
         )
 
     @classmethod

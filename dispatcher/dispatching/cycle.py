@@ -28,7 +28,7 @@ from dispatcher.dispatching.mailbox import Mail, Mailboxes
 from dispatcher.dispatching.ports import Cache
 from dispatcher.dispatching.table import JobTable
 
-__all__ = ["Router"]
+__all__ = ["Router", "routing_shape"]
 
 _ROUTING_FIELDS = frozenset(
     {
@@ -45,7 +45,7 @@ _ROUTING_FIELDS = frozenset(
 )
 
 
-def _routing_shape(job: Job) -> str:
+def routing_shape(job: Job) -> str:
     """What routing looks at, as a key: jobs with the same key get the same decision."""
     # The tenant too: tenants' cluster allow-lists differ.
     return (
@@ -111,7 +111,7 @@ class Router:
         fair = self._fair.begin(heads, snapshot, now)
         waiting: dict[str, Decision] = {}
         for job in fair.order():
-            shape = _routing_shape(job) + fair.view_key(job)
+            shape = routing_shape(job) + fair.view_key(job)
             decision = waiting.get(shape) or self.route(job, fair.view(job))
             if decision.verdict is Verdict.REJECT:
                 self._mail.post(job.id, Mail(Event.REJECTED, {"reason": decision.message()}))

@@ -491,11 +491,7 @@ class Dispatcher:
                 close()
 
     def counts(self) -> dict[tuple[str, str], int]:
-        counts: dict[tuple[str, str], int] = {}
-        for job in self._jobs.all():
-            key = (job.state.value, job.cluster or "")
-            counts[key] = counts.get(key, 0) + 1
-        return counts
+        return self._jobs.counts()
 
     # ----- client actions -------------------------------------------------------------
     def request_cancel(self, job_id: str) -> threading.Event:
@@ -733,7 +729,7 @@ class Dispatcher:
         counts = self.counts()
         metrics.record_jobs((phase, cluster, n) for (phase, cluster), n in counts.items())
         metrics.QUEUE_DEPTH.set(sum(n for (phase, _), n in counts.items() if phase == "queued"))
-        queued = [j.submitted_at for j in self._jobs.select(lambda j: j.state is State.QUEUED)]
         # The wait histogram only counts jobs that left the queue; a stuck queue shows here.
+        queued = [j.submitted_at for j in self._jobs.select(lambda j: j.state is State.QUEUED)]
         metrics.QUEUE_OLDEST_SUBMISSION.set(min(queued, default=0.0))
         self.fair.publish(self._cache.snapshot(), self._clock())

@@ -11,6 +11,7 @@ I/O: none; a lock and a condition for long polls, and listeners told of every ch
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -31,12 +32,15 @@ class JobTable:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._jobs: dict[str, Job] = {}
+        #: (state, cluster) -> how many jobs: kept with every write, so that gauges do
+        #: not walk every job each cycle.
+        self._counts: Counter[tuple[str, str]] = Counter()
         self._submitting: set[str] = set()
         self._listeners: list[Callable[[str], None]] = []
 
     def listen(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(job_id)`` after every change of a job's committed value (put,
-        commit, drop), on the thread that made it, outside the lock: it must not block."""
+        adopt, commit, drop), on the thread that made it, outside the lock: it must not block."""
         with self._lock:
             self._listeners = [*self._listeners, listener]
 
@@ -62,6 +66,25 @@ class JobTable:
         with self._lock:
             return list(self._jobs.values())
 
+    def _set(self, job: Job) -> None:
+        """Store ``job`` (under the lock), keeping the counts."""
+        old = self._jobs.get(job.id)
+        if old is not None:
+            self._count(old, -1)
+        self._jobs[job.id] = job
+        self._count(job, 1)
+
+    def _count(self, job: Job, sign: int) -> None:
+        key = (job.state.value, job.cluster or "")
+        self._counts[key] += sign
+        if not self._counts[key]:
+            del self._counts[key]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """How many jobs per (state, cluster), without visiting them."""
+        with self._lock:
+            return dict(self._counts)
+
     def select(self, keep: Callable[[Job], bool]) -> list[Job]:
         with self._lock:
             return [j for j in self._jobs.values() if keep(j)]
@@ -73,20 +96,26 @@ class JobTable:
     def put(self, job: Job) -> None:
         """Take a job as the record store holds it (submission, restart, re-read)."""
         with self._lock:
-            self._jobs[job.id] = job
+            self._set(job)
             self._changed.notify_all()
         self._tell(job.id)
 
     def adopt(self, job: Job) -> Job:
         """``job`` unless another value is already known for its id; the one kept."""
         with self._lock:
-            return self._jobs.setdefault(job.id, job)
+            kept = self._jobs.get(job.id)
+            if kept is None:
+                self._set(job)
+                kept = job
+        if kept is job:
+            self._tell(job.id)
+        return kept
 
     def commit(self, job: Job) -> Job:
         """Publish a written job (unless it was forgotten meanwhile) and wake long polls."""
         with self._lock:
             if job.id in self._jobs:
-                self._jobs[job.id] = job
+                self._set(job)
             self._changed.notify_all()
         self._tell(job.id)
         return job
@@ -96,24 +125,26 @@ class JobTable:
         with self._lock:
             current = self._jobs.get(job_id)
             if current is not None:
-                self._jobs[job_id] = replace(current, **fields)
+                self._set(replace(current, **fields))
 
     def touch_if(self, job_id: str, keep: Callable[[Job], bool], **fields: Any) -> None:
         """``touch`` if the job, as it is now, passes ``keep``."""
         with self._lock:
             current = self._jobs.get(job_id)
             if current is not None and keep(current):
-                self._jobs[job_id] = replace(current, **fields)
+                self._set(replace(current, **fields))
 
     def replace_if_same(self, old: Job, **fields: Any) -> None:
         """Change unpersisted fields of ``old`` only if nothing changed the job meanwhile."""
         with self._lock:
             if self._jobs.get(old.id) is old:
-                self._jobs[old.id] = replace(old, **fields)
+                self._set(replace(old, **fields))
 
     def drop(self, job_id: str) -> None:
         with self._lock:
-            self._jobs.pop(job_id, None)
+            gone = self._jobs.pop(job_id, None)
+            if gone is not None:
+                self._count(gone, -1)
             self._changed.notify_all()
         self._tell(job_id)
 

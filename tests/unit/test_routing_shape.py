@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.dispatching.cycle import _routing_shape
+from dispatcher.dispatching.cycle import routing_shape
 from dispatcher.dispatching.jobs import Job
 from tests.unit.factories import task
 
@@ -29,8 +29,8 @@ def job(**fields: object) -> Job:
 
 @pytest.mark.parametrize("field", sorted(DIFFERENT))
 def test_a_job_asking_for_something_else_gets_its_own_decision(field: str) -> None:
-    assert _routing_shape(job(**{field: DIFFERENT[field]})) != _routing_shape(job())
+    assert routing_shape(job(**{field: DIFFERENT[field]})) != routing_shape(job())
 
 
 def test_jobs_differing_only_in_what_routing_ignores_share_a_decision() -> None:
-    assert _routing_shape(job(name="a", image="x:1")) == _routing_shape(job(name="b", image="y:2"))
+    assert routing_shape(job(name="a", image="x:1")) == routing_shape(job(name="b", image="y:2"))
