@@ -222,7 +222,7 @@ class ClusterAccount:
     ) -> str | None:
         """Count ``pod`` until it is seen bound (or dropped, or ``expires``); the node it is
         counted on (``None``: it fits nowhere now and counts in the queue depth)."""
-        self.drop(name)
+        replaced = self.drop(name)
         requests = requests_with_slot(pod)
         node = (pod.get("spec") or {}).get("nodeName") or self.choose_node(pod, requests)
         assumed = Assumed(name, namespace, pod, requests, node, expires, next(self._seq))
@@ -230,6 +230,9 @@ class ClusterAccount:
         heapq.heappush(self._expiry, (expires, assumed.seq, name))
         self._place(assumed, node)
         self.touch(node, grows=False)
+        if replaced and self.unplaced:
+            # The earlier assumption's room may be what one that fitted nowhere waited for.
+            self.settle()
         return node
 
     def drop(self, name: str, replaced_by: tuple[str, Mapping[str, int]] | None = None) -> bool:
