@@ -395,6 +395,8 @@ def feasible_nodes(task: TaskSpec, state: ClusterState) -> tuple[NodeInfo, ...]:
     enough: the static node filters pass and the task fits their allocatable. Cluster
     filters (allow-lists, pod security, labels) are not checked here; a ``Decision``
     says whether the cluster could run the task at all."""
+    if not state.shapes:  # no node (yet), or unreachable: nothing to filter
+        return ()
     constraints = pod_constraints(task, state.info.pod_defaults)
     requests = tuple(sorted(task.requests.items()))
     static = _static_filters(task, state, constraints, requests)

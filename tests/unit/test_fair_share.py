@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from dispatcher.core import ClusterState, NodeInfo, Snapshot, TaskSpec, Verdict, route
+from dispatcher.core import ClusterState, Health, NodeInfo, Snapshot, TaskSpec, Verdict, route
 from dispatcher.core.fairshare import (
     CyclePlan,
     Ending,
@@ -31,6 +31,7 @@ from dispatcher.core.fairshare import (
     may_backfill,
 )
 from dispatcher.core.podspec import Placement, build_pod
+from dispatcher.core.routing import feasible_nodes
 from tests.unit.factories import A100, H100, cluster, gpu_node, gpu_task, info, snapshot
 
 # ----- quotas and borrowing ------------------------------------------------------------------
@@ -527,3 +528,11 @@ def test_a_waiting_job_says_what_it_waits_for_and_how_many_are_ahead() -> None:
         "(team-a), 4 overall, 3 in pool gpu/a100"
     )
     assert view.to_dict(0.0)["ahead_in_pool"] == 3
+
+
+def test_what_a_job_waits_for_on_a_cluster_without_nodes_is_no_error() -> None:
+    # A cluster that is unreachable (or has no node yet) has no node shape: the queue view
+    # of a job that could run there later must not fail the routing turn.
+    empty = cluster(info("gpu-a100"), [], health=Health.DOWN)
+    assert feasible_nodes(gpu_task(8, model="A100"), empty) == ()
+    assert feasible_nodes(gpu_task(8, model="A100"), cluster(info("gpu-a100"), [])) == ()
