@@ -34,6 +34,7 @@ from dispatcher.dispatching.mailbox import Mail, Mailboxes
 from dispatcher.dispatching.ports import Cache
 from dispatcher.dispatching.runner import Runner
 from dispatcher.dispatching.table import JobTable
+from dispatcher.dispatching.traces import job_attributes
 from dispatcher.dispatching.tracking import Reachability, observation_mail
 from dispatcher.errors import ApiError, ClusterError, DispatcherError, ErrorKind
 from dispatcher.settings import ServiceSettings
@@ -111,9 +112,7 @@ class PodActions:
         ``None`` when they could not all be made: the create's failure is posted instead
         and no pod is created that would name an object its cluster lacks."""
         try:
-            with tracing.live(
-                job.trace, "dependencies", self._span_attributes(job, attempt)
-            ) as span:
+            with tracing.live(job.trace, "dependencies", job_attributes(job, attempt)) as span:
                 made = list(self._copier.materialise(job, attempt))
                 if span is not None:
                     span.set_attribute("dispatcher.materialised", made)
@@ -127,20 +126,10 @@ class PodActions:
             self._uncertain(job, attempt, exc, retry_after=None)
         return None
 
-    @staticmethod
-    def _span_attributes(job: Job, attempt: Attempt) -> dict[str, Any]:
-        return {
-            "dispatcher.job.id": job.id,
-            "dispatcher.cluster": attempt.cluster,
-            "dispatcher.attempt": attempt.number,
-            "k8s.namespace.name": attempt.namespace,
-            "k8s.pod.name": attempt.pod,
-        }
-
     def _traced_create(
         self, job: Job, attempt: Attempt, manifest: dict[str, Any]
     ) -> dict[str, Any]:
-        with tracing.live(job.trace, "pod.create", self._span_attributes(job, attempt)):
+        with tracing.live(job.trace, "pod.create", job_attributes(job, attempt)):
             return self._cache.connection(attempt.cluster).create_pod(attempt.namespace, manifest)
 
     def _manifest(self, job: Job, attempt: Attempt) -> dict[str, Any] | None:

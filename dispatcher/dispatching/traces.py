@@ -12,14 +12,15 @@ from typing import Any
 
 from dispatcher import tracing
 from dispatcher.core.lifecycle import State
-from dispatcher.dispatching.jobs import Job
+from dispatcher.dispatching.jobs import Attempt, Job
 
 __all__ = ["changed", "finished", "job_attributes"]
 
 
-def job_attributes(job: Job) -> dict[str, Any]:
-    """What every span of the job says about it: ids and names, never values."""
-    attempt = job.attempt
+def job_attributes(job: Job, attempt: Attempt | None = None) -> dict[str, Any]:
+    """What every span of the job says about it (of ``attempt``, or its current one): ids
+    and names, never values."""
+    attempt = attempt or job.attempt
     return {
         "dispatcher.job.id": job.id,
         "dispatcher.job.name": job.spec.name,
